@@ -1,0 +1,39 @@
+"""Test configuration: CPU determinism, two logical CPU devices, quiet TensorFlow.
+
+Two logical CPU devices are configured before TensorFlow initialises so that
+MirroredStrategy tests can split batches across replicas on a CPU-only machine.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+except RuntimeError:  # already initialised (e.g. by a plugin); tests needing 2 devices skip
+    pass
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same seeds."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "two_devices: needs 2 logical CPU devices")
