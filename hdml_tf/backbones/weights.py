@@ -1,0 +1,333 @@
+"""Import and export of converted-Caffe GoogLeNet weights for :class:`InceptionV1`.
+
+The layout is that of the file the HDML authors' code loads (``tf_ckpt_from_caffe.mat``,
+read with ``scipy.io.loadmat``): one array per Caffe layer name,
+
+* ``<name>``: the kernel, OIHW ``(out, in, kh, kw)`` for convolutions and
+  ``(out, in)`` for the classifier (Caffe's blob order);
+* ``<name>_bias``: the bias, ``(out,)``; ``loadmat`` returns it as ``(1, out)`` or
+  ``(out, 1)``, both accepted.
+
+The same keys in a ``.npz`` archive, or in a pickled dict saved with ``np.save`` as
+``.npy``, are read the same way. A kernel goes to Keras HWIO by transposing axes
+``(2, 3, 1, 0)``; the classifier's ``(out, in)`` is transposed to ``(in, out)``.
+
+Loading validates the whole file against the model first (missing keys, unexpected
+keys, wrong shapes: one error naming all of them and the file) and only then assigns,
+so a model is never half-loaded.
+
+Reference: BVLC Caffe ``models/bvlc_googlenet``; the HDML authors' code
+(lib/GoogleNet_Model.py) for the .mat layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = [
+    "CaffeWeightsError",
+    "load_caffe_weights",
+    "save_caffe_weights",
+    "convert_caffe_weights",
+    "read_caffe_weights_file",
+    "weights_import_main",
+    "SUPPORTED_EXTENSIONS",
+]
+
+SUPPORTED_EXTENSIONS = (".mat", ".npz", ".npy")
+_BIAS_SUFFIX = "_bias"
+# Real converted files also carry the auxiliary heads (loss1/*, loss2/*), which
+# InceptionV1 does not build, so they are always ignored; the final classifier's keys
+# (loss3/classifier*) are ignored when skip_classifier.
+_AUX_PREFIXES = ("loss1/", "loss2/")
+_CLASSIFIER_PREFIX = "loss3/"
+
+
+class CaffeWeightsError(ValueError):
+    """A weights file does not fit the model (lists every problem and the file)."""
+
+
+def _extension(path):
+    name = os.fspath(path).lower()
+    for ext in SUPPORTED_EXTENSIONS:
+        if name.endswith(ext):
+            return ext
+    raise ValueError(
+        f"Unsupported Caffe weights file {os.fspath(path)!r}: the extension must be "
+        f"one of {', '.join(SUPPORTED_EXTENSIONS)}"
+    )
+
+
+def read_caffe_weights_file(path):
+    """Reads a converted-Caffe weights file into a dict ``key -> np.ndarray``.
+
+    Args:
+        path: a ``.mat``, ``.npz`` or ``.npy`` (pickled dict) file.
+
+    Returns:
+        Dict of arrays; MATLAB header keys (``__header__``, ``__version__``,
+        ``__globals__``) are dropped.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: unsupported extension, or a .npy that does not hold a dict.
+    """
+    path = os.fspath(path)
+    ext = _extension(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Caffe weights file not found: {path!r}")
+    if ext == ".mat":
+        import scipy.io
+
+        raw = scipy.io.loadmat(path)
+    elif ext == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            raw = {k: archive[k] for k in archive.files}
+    else:
+        # The .npy variant is a pickled dict (np.save of a dict); only open trusted files.
+        obj = np.load(path, allow_pickle=True)
+        if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+            obj = obj.item()
+        if not isinstance(obj, dict):
+            raise ValueError(
+                f"{path!r} must hold a dict of arrays saved with np.save, "
+                f"got {type(obj).__name__}"
+            )
+        raw = obj
+    return {
+        str(k): np.asarray(v) for k, v in raw.items() if not str(k).startswith("__")
+    }
+
+
+def _caffe_layers(model):
+    if not hasattr(model, "caffe_layers"):
+        raise TypeError(
+            "load/save_caffe_weights needs an hdml_tf.backbones.InceptionV1 "
+            f"(a model with caffe_layers()), got {type(model).__name__}"
+        )
+    if not model.built:
+        raise ValueError("the model must be built before loading weights")
+    return model.caffe_layers()
+
+
+def _caffe_kernel_shape(keras_shape):
+    """Caffe blob shape of a Keras kernel shape (HWIO -> OIHW, (in, out) -> (out, in))."""
+    if len(keras_shape) == 4:
+        h, w, i, o = keras_shape
+        return (o, i, h, w)
+    i, o = keras_shape
+    return (o, i)
+
+
+def _to_keras_kernel(array):
+    return np.transpose(array, (2, 3, 1, 0)) if array.ndim == 4 else array.T
+
+
+def _bias_fits(array, n):
+    return array.shape in ((n,), (1, n), (n, 1))
+
+
+def _is_ignored(key, skip_classifier):
+    if key.startswith(_AUX_PREFIXES):
+        return True
+    return skip_classifier and key.startswith(_CLASSIFIER_PREFIX)
+
+
+def load_caffe_weights(model, path, skip_classifier=None):
+    """Loads converted-Caffe GoogLeNet weights into an :class:`InceptionV1`.
+
+    Every problem is collected before anything is assigned: if the file lacks a key
+    the model needs, has a key the model cannot take, or has an array of the wrong
+    shape, one :class:`CaffeWeightsError` names all of them and the file, and the
+    model's weights are unchanged.
+
+    Args:
+        model: a built ``InceptionV1`` (anything with ``caffe_layers()``).
+        path: ``.mat`` / ``.npz`` / ``.npy`` file in the layout of the module
+            docstring.
+        skip_classifier: ignore ``loss3/classifier*`` keys (and leave a model's own
+            classifier as it is). Defaults to True when the model has no top.
+            The auxiliary heads' keys (``loss1/*``, ``loss2/*``) are always ignored.
+
+    Returns:
+        Dict with ``"loaded"`` (Caffe layer names assigned) and ``"ignored"`` (file
+        keys skipped), both sorted lists.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: unsupported extension.
+        CaffeWeightsError: the file does not fit the model.
+    """
+    layers = _caffe_layers(model)
+    if skip_classifier is None:
+        skip_classifier = not getattr(model, "include_top", False)
+    arrays = read_caffe_weights_file(path)
+
+    targets = {
+        name: layer
+        for name, layer in layers.items()
+        if not (skip_classifier and name.startswith(_CLASSIFIER_PREFIX))
+    }
+    expected = set()
+    missing, wrong = [], []
+    for name, layer in targets.items():
+        for key, variable, is_bias in (
+            (name, layer.kernel, False),
+            (name + _BIAS_SUFFIX, layer.bias, True),
+        ):
+            expected.add(key)
+            if key not in arrays:
+                missing.append(key)
+                continue
+            array = arrays[key]
+            if not np.issubdtype(array.dtype, np.number):
+                wrong.append(f"{key}: dtype {array.dtype} is not numeric")
+                continue
+            if is_bias:
+                n = int(variable.shape[0])
+                if not _bias_fits(array, n):
+                    wrong.append(f"{key}: shape {array.shape}, expected ({n},)")
+            else:
+                want = _caffe_kernel_shape(tuple(variable.shape))
+                if array.shape != want:
+                    wrong.append(f"{key}: shape {array.shape}, expected {want}")
+    ignored = sorted(k for k in arrays if k not in expected and _is_ignored(k, skip_classifier))
+    unexpected = sorted(k for k in arrays if k not in expected and k not in ignored)
+
+    if missing or unexpected or wrong:
+        lines = [f"Caffe weights file {os.fspath(path)!r} does not fit model {model.name!r}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing))}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+        if wrong:
+            lines.append(f"  wrong shapes ({len(wrong)}): " + "; ".join(wrong))
+        lines.append("No weights were assigned.")
+        raise CaffeWeightsError("\n".join(lines))
+
+    # Convert everything first, so that a failure here also leaves the model untouched.
+    updates = []
+    for name, layer in targets.items():
+        kernel = _to_keras_kernel(arrays[name]).astype(layer.kernel.dtype)
+        bias = arrays[name + _BIAS_SUFFIX].reshape(-1).astype(layer.bias.dtype)
+        updates += [(layer.kernel, kernel), (layer.bias, bias)]
+    for variable, value in updates:
+        variable.assign(value)
+    return {"loaded": sorted(targets), "ignored": ignored}
+
+
+def save_caffe_weights(model, path, include_classifier=None):
+    """Writes an :class:`InceptionV1`'s weights in the converted-Caffe layout.
+
+    The inverse of :func:`load_caffe_weights`: OIHW kernels (``(out, in)`` for the
+    classifier) under the Caffe layer names, 1-D biases under ``<name>_bias``.
+
+    Args:
+        model: a built ``InceptionV1``.
+        path: output file; the extension (``.mat``, ``.npz``, ``.npy``) picks the
+            format (``.npy`` is a pickled dict, as ``np.save`` writes it).
+        include_classifier: write ``loss3/classifier`` when the model has one
+            (default: whenever it has one).
+
+    Returns:
+        The path written (str).
+    """
+    layers = _caffe_layers(model)
+    path = os.fspath(path)
+    ext = _extension(path)
+    if include_classifier is None:
+        include_classifier = True
+    arrays = {}
+    for name, layer in layers.items():
+        if name.startswith(_CLASSIFIER_PREFIX) and not include_classifier:
+            continue
+        kernel = np.asarray(layer.kernel.numpy())
+        arrays[name] = np.ascontiguousarray(
+            np.transpose(kernel, (3, 2, 0, 1)) if kernel.ndim == 4 else kernel.T
+        )
+        arrays[name + _BIAS_SUFFIX] = np.asarray(layer.bias.numpy())
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    if ext == ".mat":
+        import scipy.io
+
+        scipy.io.savemat(path, arrays)
+    elif ext == ".npz":
+        np.savez(path, **arrays)
+    else:
+        np.save(path, arrays, allow_pickle=True)
+    return path
+
+
+def convert_caffe_weights(src, dst, input_shape=(227, 227, 3), include_top=False):
+    """Converts a converted-Caffe file into a Keras ``.weights.h5`` for ``InceptionV1``.
+
+    Builds ``InceptionV1(include_top=include_top, input_shape=input_shape)``, loads
+    `src` with :func:`load_caffe_weights` and saves the weights to `dst`, which
+    ``InceptionV1(...).load_weights(dst)`` or
+    ``build_backbone("inception_v1", weights=dst)`` read back.
+
+    Args:
+        src: ``.mat`` / ``.npz`` / ``.npy`` Caffe weights.
+        dst: output path ending in ``.weights.h5``.
+        input_shape: shape the model is built at (weights do not depend on it).
+        include_top: also convert the 1000-way classifier.
+
+    Returns:
+        The model with the loaded weights.
+    """
+    from hdml_tf.backbones.inception_v1 import InceptionV1
+
+    dst = os.fspath(dst)
+    if not dst.endswith(".weights.h5"):
+        raise ValueError(f"output path must end in '.weights.h5', got {dst!r}")
+    model = InceptionV1(include_top=include_top, input_shape=input_shape)
+    load_caffe_weights(model, src, skip_classifier=not include_top)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    model.save_weights(dst)
+    return model
+
+
+def weights_import_main(argv=None):
+    """``hdml-tf weights import <file> -o <out.weights.h5>``: the CLI entry point.
+
+    Args:
+        argv: arguments after ``weights import`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        Exit status: 0 on success, 1 when the file does not fit or cannot be read.
+    """
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf weights import",
+        description=(
+            "Convert BVLC GoogLeNet weights from the converted-Caffe .mat (the HDML "
+            "authors' tf_ckpt_from_caffe.mat), .npz or .npy layout into a Keras "
+            ".weights.h5 for hdml_tf's InceptionV1."
+        ),
+    )
+    parser.add_argument("src", help="input .mat / .npz / .npy file")
+    parser.add_argument("-o", "--output", required=True, help="output .weights.h5 path")
+    parser.add_argument(
+        "--include-top", action="store_true",
+        help="also convert the 1000-way loss3/classifier",
+    )
+    parser.add_argument(
+        "--input-size", type=int, default=227,
+        help="square input size the model is built at (default 227)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        convert_caffe_weights(
+            args.src, args.output,
+            input_shape=(args.input_size, args.input_size, 3),
+            include_top=args.include_top,
+        )
+    except (OSError, ValueError) as error:
+        print(f"hdml-tf weights import: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output}")
+    return 0
