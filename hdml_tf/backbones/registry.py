@@ -227,7 +227,8 @@ def _keras_application(constructor_name):
         features = keras.layers.Activation(
             "linear", dtype="float32", name="features_float32"
         )(base.output)
-        return keras.Model(base.inputs, features, name=base.name)
+        # base.input (one tensor, not the list base.inputs) so calls take a plain tensor.
+        return keras.Model(base.input, features, name=base.name)
 
     build.__name__ = f"build_{constructor_name}"
     return build

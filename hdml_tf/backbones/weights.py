@@ -220,7 +220,7 @@ def load_caffe_weights(model, path, skip_classifier=None):
     return {"loaded": sorted(targets), "ignored": ignored}
 
 
-def save_caffe_weights(model, path, include_classifier=None):
+def save_caffe_weights(model, path, include_classifier=True):
     """Writes an :class:`InceptionV1`'s weights in the converted-Caffe layout.
 
     The inverse of :func:`load_caffe_weights`: OIHW kernels (``(out, in)`` for the
@@ -230,8 +230,7 @@ def save_caffe_weights(model, path, include_classifier=None):
         model: a built ``InceptionV1``.
         path: output file; the extension (``.mat``, ``.npz``, ``.npy``) picks the
             format (``.npy`` is a pickled dict, as ``np.save`` writes it).
-        include_classifier: write ``loss3/classifier`` when the model has one
-            (default: whenever it has one).
+        include_classifier: write ``loss3/classifier`` when the model has one.
 
     Returns:
         The path written (str).
@@ -239,8 +238,6 @@ def save_caffe_weights(model, path, include_classifier=None):
     layers = _caffe_layers(model)
     path = os.fspath(path)
     ext = _extension(path)
-    if include_classifier is None:
-        include_classifier = True
     arrays = {}
     for name, layer in layers.items():
         if name.startswith(_CLASSIFIER_PREFIX) and not include_classifier:
