@@ -1,0 +1,648 @@
+"""Class-balanced training batches for HDML, and the evaluation input pipeline.
+
+Two layers:
+
+* Samplers (pure numpy, seeded): infinite streams of image *indices* laid out as
+  N-pair, triplet or "m per class" batches.
+* ``npair_dataset``, ``triplet_dataset``, ``m_per_class_dataset``: tf.data pipelines
+  that turn those indices into decoded, augmented, normalised images, decoding in
+  parallel, with AUTOTUNE and prefetch. ``eval_dataset`` is the ordered, unaugmented
+  pipeline for computing embeddings.
+
+Batch structures (what ``hdml_tf.models.HDML.train_step`` consumes):
+
+* N-pair: ``((anchors, positives), (anchor_labels, positive_labels))``; images
+  float32 (P, H, W, 3), labels int32 (P,); the P anchors are of P distinct classes
+  and ``positives[i]`` is another image of ``anchors[i]``'s class.
+* Triplet: ``((anchors, positives, negatives), (anchor_labels, positive_labels,
+  negative_labels))``, T each, anchors of distinct classes, negatives of another class.
+* m per class: ``(images, labels)``, K classes x m images, grouped by class.
+
+The nested layout is deliberate: ``tf.distribute`` splits every leaf along its first
+axis, so replica r receives anchors[r*P/R:(r+1)*P/R] together with the *matching*
+positives. A flat ``[anchors; positives]`` batch would be split into replica 0 =
+anchors, replica 1 = positives, silently breaking the pairs. Choose P (or T, K)
+divisible by the number of replicas.
+
+Bad images: an image that cannot be decoded does not stop training. The batch that
+holds it is dropped, the file is recorded in ``data.skipped`` (path -> reason) and
+named in a ``CorruptImageWarning``, and the samplers stop drawing it. With
+``strict=True`` the pipeline raises instead, naming the file. With ``cache=True``
+all images are decoded once up front, so bad files are known before the first batch
+and the batch stream stays exactly reproducible.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import warnings
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from hdml_tf.data import preprocess
+from hdml_tf.data.base import CorruptImageWarning, DataWarning, ImageDataset
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+class _ClassPools:
+    """Per-class image queues shared by the samplers.
+
+    Classes with fewer than ``min_images`` usable images are left out, with one
+    warning that lists them. Each class's images are drawn from a shuffled queue,
+    so every image is used before any is repeated; classes are drawn the same way.
+    """
+
+    def __init__(self, labels, rng, class_names=None, min_images=2, exclude=None):
+        labels = np.asarray(labels)
+        if labels.ndim != 1:
+            raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+        self.rng = rng
+        self.exclude = exclude if exclude is not None else set()
+        self.min_images = min_images
+        classes, counts = np.unique(labels, return_counts=True)
+        small = classes[counts < min_images]
+        if len(small):
+            names = [class_names[c] if class_names is not None else str(c) for c in small]
+            warnings.warn(
+                f"{len(small)} class(es) with fewer than {min_images} images left out of "
+                f"training batches: {names}",
+                DataWarning,
+                stacklevel=3,
+            )
+        order = np.argsort(labels, kind="stable")
+        bounds = np.searchsorted(labels[order], classes)
+        members = np.split(order, bounds[1:])
+        self.members = {int(c): m for c, m in zip(classes, members) if len(m) >= min_images}
+        self.classes = np.array(sorted(self.members), dtype=np.int64)
+        self._image_queues = {c: [] for c in self.members}
+        self._class_queue: list = []
+
+    def usable(self, c) -> np.ndarray:
+        m = self.members[c]
+        if self.exclude:
+            m = np.array([i for i in m if int(i) not in self.exclude], dtype=np.int64)
+        return m
+
+    def next_classes(self, k: int, avoid=()) -> list:
+        """k distinct classes (none in ``avoid``), from a reshuffled-when-empty queue."""
+        out: list = []
+        avoid = set(avoid)
+        refills = 0
+        while len(out) < k:
+            if not self._class_queue:
+                refills += 1
+                if refills > 2:
+                    raise ValueError(
+                        f"cannot draw {k} distinct classes with >= {self.min_images} usable "
+                        f"images; only {len(self.classes)} such classes exist"
+                    )
+                self._class_queue = list(self.rng.permutation(self.classes))
+            c = int(self._class_queue.pop())
+            if c in out or c in avoid:
+                continue
+            if self.exclude and len(self.usable(c)) < self.min_images:
+                continue  # lost images to decoding errors
+            out.append(c)
+        return out
+
+    def next_images(self, c: int, n: int) -> list:
+        """n images of class c, distinct when the class has at least n."""
+        pool = self.usable(c)
+        q = [i for i in self._image_queues[c] if i not in self.exclude] if self.exclude else self._image_queues[c]
+        out: list = []
+        while len(out) < n:
+            if not q:
+                fresh = [int(i) for i in self.rng.permutation(pool) if int(i) not in out]
+                if not fresh:  # fewer images than n: repeat (m-per-class only)
+                    fresh = [int(i) for i in self.rng.permutation(pool)]
+                q = fresh
+            out.append(q.pop())
+        self._image_queues[c] = q
+        return out
+
+
+class NPairSampler:
+    """Infinite N-pair index batches: P distinct classes, one anchor + one positive each.
+
+    Args:
+        labels: int array (N,) of class labels.
+        num_pairs: P, classes per batch (batch holds 2P images).
+        seed: the stream is a function of ``seed`` alone: iterating twice gives the
+            same batches.
+        class_names: optional names for the warning about left-out classes.
+        exclude: optional live set of image indices never to draw (bad files).
+
+    Yields:
+        int64 arrays (anchors (P,), positives (P,)).
+    """
+
+    def __init__(self, labels, num_pairs: int, seed: int = 0, class_names=None, exclude=None):
+        self.labels = np.asarray(labels)
+        self.num_pairs = int(num_pairs)
+        self.seed = seed
+        self.class_names = class_names
+        self.exclude = exclude
+        pools = _ClassPools(self.labels, np.random.default_rng(seed), class_names, 2, exclude)
+        if self.num_pairs < 1 or self.num_pairs > len(pools.classes):
+            raise ValueError(f"num_pairs={num_pairs} needs that many classes with >= 2 images; "
+                             f"there are {len(pools.classes)}")
+
+    def __iter__(self) -> Iterator:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)  # already warned in __init__
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+        while True:
+            classes = pools.next_classes(self.num_pairs)
+            pairs = np.array([pools.next_images(c, 2) for c in classes], dtype=np.int64)
+            yield pairs[:, 0], pairs[:, 1]
+
+
+class TripletSampler:
+    """Infinite triplet index batches: T anchors of distinct classes, a positive of the
+    anchor's class and a negative of a different class for each.
+
+    Args and determinism as ``NPairSampler``; ``num_triplets`` is T.
+
+    Yields:
+        int64 arrays (anchors (T,), positives (T,), negatives (T,)).
+    """
+
+    def __init__(self, labels, num_triplets: int, seed: int = 0, class_names=None, exclude=None):
+        self.labels = np.asarray(labels)
+        self.num_triplets = int(num_triplets)
+        self.seed = seed
+        self.class_names = class_names
+        self.exclude = exclude
+        pools = _ClassPools(self.labels, np.random.default_rng(seed), class_names, 2, exclude)
+        if len(pools.classes) < 2 or not 1 <= self.num_triplets <= len(pools.classes):
+            raise ValueError(f"num_triplets={num_triplets} needs that many (and >= 2) classes "
+                             f"with >= 2 images; there are {len(pools.classes)}")
+
+    def __iter__(self) -> Iterator:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+        rng = pools.rng
+        while True:
+            classes = pools.next_classes(self.num_triplets)
+            a, p, n = [], [], []
+            for c in classes:
+                i, j = pools.next_images(c, 2)
+                others = pools.classes[pools.classes != c]
+                neg_class = int(others[rng.integers(len(others))])
+                a.append(i)
+                p.append(j)
+                n.append(pools.next_images(neg_class, 1)[0])
+            yield np.array(a, np.int64), np.array(p, np.int64), np.array(n, np.int64)
+
+
+class MPerClassSampler:
+    """Infinite batches of K classes x m images, grouped by class.
+
+    Classes with fewer than 2 images are left out; a class with fewer than m images
+    repeats some of them.
+
+    Yields:
+        int64 array (K * m,): class k occupies rows k*m .. k*m + m - 1.
+    """
+
+    def __init__(self, labels, classes_per_batch: int, images_per_class: int, seed: int = 0,
+                 class_names=None, exclude=None):
+        self.labels = np.asarray(labels)
+        self.k = int(classes_per_batch)
+        self.m = int(images_per_class)
+        self.seed = seed
+        self.class_names = class_names
+        self.exclude = exclude
+        pools = _ClassPools(self.labels, np.random.default_rng(seed), class_names, 2, exclude)
+        if self.m < 2 or not 1 <= self.k <= len(pools.classes):
+            raise ValueError(f"need images_per_class >= 2 and 1 <= classes_per_batch <= "
+                             f"{len(pools.classes)} (classes with >= 2 images)")
+
+    def __iter__(self) -> Iterator:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+        while True:
+            classes = pools.next_classes(self.k)
+            yield np.array([i for c in classes for i in pools.next_images(c, self.m)], np.int64)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class _Source:
+    """Graph-side access to the pixels of an ImageDataset, plus Python-side diagnosis.
+
+    Decoding runs in graph ops (parallel, no GIL). TF cannot catch an error inside a
+    graph, so a failed decode surfaces as an error of the tf.data element that holds
+    the image; the pipelines drop that element with ``ignore_errors`` and a cheap
+    per-element Python hook (``_Tracker``) notices the missing element, re-decodes
+    its images in Python to name the bad file, records it and warns (or raises, when
+    ``strict``).
+    """
+
+    def __init__(self, data: ImageDataset):
+        self.data = data
+        if data.images is not None:
+            self.pixels = tf.constant(data.images)
+        elif data.paths is not None:
+            self.paths = tf.constant([str(p) for p in data.paths], tf.string)
+        else:
+            self.encoded = tf.constant(list(data.encoded), tf.string)
+
+    @property
+    def can_fail(self) -> bool:
+        return self.data.images is None
+
+    def load(self, index) -> tf.Tensor:
+        """index: int64 scalar tensor -> uint8 (H, W, 3). Raises in-graph if undecodable."""
+        if self.data.images is not None:
+            return preprocess.to_rgb(tf.gather(self.pixels, index))
+        if self.data.paths is not None:
+            contents = tf.io.read_file(tf.gather(self.paths, index))
+        else:
+            contents = tf.gather(self.encoded, index)
+        return preprocess.decode_image(contents)
+
+    def diagnose(self, i: int):
+        """None if image i reads and decodes, else the reason (for messages)."""
+        try:
+            if self.data.paths is not None:
+                with open(self.data.paths[i], "rb") as f:
+                    contents = f.read()
+            else:
+                contents = self.data.encoded[i]
+            preprocess.decode_image(tf.constant(contents))
+            return None
+        except Exception as e:  # noqa: BLE001 - any failure to read or decode
+            return _clean_reason(e)
+
+
+def _clean_reason(error) -> str:
+    """The useful part of a TF op error ("Unknown image file format. ..."), or str(error)."""
+    text = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text.splitlines()[-1])
+    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
+
+
+class _Tracker:
+    """Finds the elements ``ignore_errors`` dropped, from gaps in a running counter.
+
+    ``members(k)`` gives the image indices of element k (one image for evaluation,
+    a whole batch for training). Bad images go to ``data.skipped`` and ``bad`` (the
+    samplers' exclusion set), with a ``CorruptImageWarning`` naming each file.
+    """
+
+    def __init__(self, source: _Source, strict: bool, bad: set, members):
+        self.source = source
+        self.strict = strict
+        self.bad = bad
+        self.members = members
+        self.expected = 0
+        self._lock = threading.Lock()
+
+    def _check(self, k):
+        k = int(k.numpy()) if hasattr(k, "numpy") else int(k)
+        with self._lock:
+            dropped = range(self.expected, k)
+            self.expected = k + 1
+        for j in dropped:
+            self._report(j)
+        return np.int64(k)
+
+    def _report(self, j):
+        data = self.source.data
+        named = []
+        for i in self.members(j):
+            i = int(i)
+            if i in self.bad:
+                named.append(data.describe(i))
+                continue
+            reason = self.source.diagnose(i)
+            if reason is None:
+                continue
+            name = data.describe(i)
+            if self.strict:
+                raise ValueError(f"cannot decode image {name!r}: {reason}")
+            with self._lock:
+                self.bad.add(i)
+                data.skipped[name] = reason
+                count = len(data.skipped)
+            named.append(name)
+            warnings.warn(f"skipped undecodable image {name!r} ({reason}); {count} image(s) "
+                          f"skipped so far", CorruptImageWarning)
+        if not named:
+            warnings.warn(f"{data.name}: input element {j} failed for a reason that did not "
+                          f"reproduce when its images were decoded again; skipped", DataWarning)
+
+    def check(self, k):
+        """Graph hook: k (int64 scalar) -> k, after reporting elements dropped before it."""
+        out = tf.py_function(self._check, [k], tf.int64)
+        out.set_shape([])
+        return out
+
+
+class _BatchLog:
+    """The sampler's recent batches, so a dropped batch can be diagnosed."""
+
+    def __init__(self):
+        self._batches = {}
+        self._lock = threading.Lock()
+
+    def record(self, b, idx):
+        with self._lock:
+            self._batches[b] = idx
+            for old in [k for k in self._batches if k < b - 4096]:
+                del self._batches[old]  # the pipeline never runs this far ahead
+
+    def members(self, b):
+        with self._lock:
+            return self._batches.get(b, ())
+
+
+def _sentinel_image(size):
+    """A black image big enough to pass the transforms (for end-of-data sentinels)."""
+    h, w = (size, size) if isinstance(size, int) else (size if size is not None else (1, 1))
+    return tf.zeros([h, w, 3], tf.uint8)
+
+
+def _cached(data: ImageDataset, resize, strict: bool, num_parallel_calls) -> tuple:
+    """Decode and resize every image once; returns (an in-memory ImageDataset of
+    uint8 (N, h, w, 3) pixels at the ``resize`` size, indices of the bad images).
+
+    Bad images are found up front here, so they never enter a batch.
+    """
+    if resize is None:
+        raise ValueError("cache=True needs a fixed resize size (images differ in size)")
+    source = _Source(data)
+    bad: set = set()
+    tracker = _Tracker(source, strict, bad, lambda j: (j,))
+    ds = tf.data.Dataset.range(len(data) + 1)  # + 1: a sentinel that reveals a bad last image
+
+    def load(i):
+        image = tf.cond(i < len(data), lambda: source.load(tf.minimum(i, len(data) - 1)),
+                        lambda: tf.zeros([1, 1, 3], tf.uint8))
+        return i, tf.cast(tf.round(preprocess.resize_image(image, resize)), tf.uint8)
+
+    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True).ignore_errors()
+    ds = ds.map(lambda i, image: (tracker.check(i), image)).batch(256)
+    pixels, kept = [], []
+    for idx, images in ds.as_numpy_iterator():
+        keep = idx < len(data)
+        pixels.append(images[keep])
+        kept.append(idx[keep])
+    kept = np.concatenate(kept)
+    pixels = np.concatenate(pixels)
+    full = np.zeros((len(data),) + pixels.shape[1:], np.uint8)
+    full[kept] = pixels  # bad images stay black, and the samplers never draw them
+    mem = ImageDataset(name=data.name, split=data.split, labels=data.labels,
+                       class_ids=data.class_ids, class_names=data.class_names,
+                       images=full, root=data.root)
+    mem.skipped = data.skipped
+    return mem, bad
+
+
+def _training_pipeline(
+    data: ImageDataset,
+    sampler,
+    batch_size: int,
+    structure,
+    *,
+    resize,
+    crop,
+    flip: bool,
+    preprocessing,
+    seed: int,
+    cache: bool,
+    strict: bool,
+    num_parallel_calls,
+    prefetch,
+):
+    """Shared tf.data plumbing: sampled index batches -> per-batch inner dataset that
+    decodes and augments its images in parallel -> drop batches with a bad image ->
+    normalise -> structure."""
+    mode = preprocess.preprocessing_mode(preprocessing)
+    resize_now = resize
+    if cache:
+        data, bad = _cached(data, resize, strict, num_parallel_calls)
+        sampler.exclude.update(bad)
+        resize_now = None  # already at the resize size
+    source = _Source(data)
+    labels_t = tf.constant(data.labels, tf.int32)
+    log = _BatchLog()
+    tracker = _Tracker(source, strict, sampler.exclude, log.members)
+
+    def indices():
+        for b, group in enumerate(sampler):
+            flat = np.concatenate(group) if isinstance(group, tuple) else group
+            if source.can_fail:
+                log.record(b, flat)
+            yield np.int64(b), flat
+
+    ds = tf.data.Dataset.from_generator(indices, output_signature=(
+        tf.TensorSpec((), tf.int64), tf.TensorSpec((batch_size,), tf.int64)))
+
+    def load_one(index, counter):
+        # Stateless per-image seeds (seed, running image number) make augmentation
+        # reproducible whatever order the parallel map finishes in.
+        image = preprocess.train_transform(
+            source.load(index), resize=resize_now, crop=crop, flip=flip,
+            seed=tf.stack([tf.constant(seed, tf.int64), counter]))
+        return image, tf.gather(labels_t, index)
+
+    def decode_batch(b, idx):
+        # One inner dataset per batch: an undecodable image fails this batch's single
+        # element only, so the following batches stay aligned.
+        counters = b * batch_size + tf.range(batch_size, dtype=tf.int64)
+        inner = tf.data.Dataset.from_tensor_slices((idx, counters))
+        inner = inner.map(load_one, num_parallel_calls=num_parallel_calls, deterministic=True)
+        return inner.batch(batch_size, drop_remainder=True).map(lambda x, y: (b, x, y))
+
+    # Two batches in flight keep both cores busy across batch boundaries.
+    ds = ds.interleave(decode_batch, cycle_length=2, block_length=1,
+                       num_parallel_calls=2, deterministic=True)
+    if source.can_fail:
+        ds = ds.ignore_errors().map(lambda b, x, y: (tracker.check(b), x, y))
+    ds = ds.map(lambda b, images, labels: structure(preprocess.normalize(images, mode), labels),
+                num_parallel_calls=num_parallel_calls, deterministic=True)
+    return ds.prefetch(prefetch)
+
+
+def _split(n_groups):
+    def structure(images, labels):
+        imgs = tuple(tf.split(images, n_groups))
+        labs = tuple(tf.split(labels, n_groups))
+        return imgs, labs
+
+    return structure
+
+
+def npair_dataset(
+    data: ImageDataset,
+    num_pairs: int,
+    *,
+    seed: int = 0,
+    resize=256,
+    crop=227,
+    flip: bool = True,
+    preprocessing="caffe",
+    cache: bool = False,
+    strict: bool = False,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """Infinite, seeded N-pair batches for HDML.
+
+    Args:
+        data: an ImageDataset (``load_dataset(...)``), usually the "train" split.
+        num_pairs: P, distinct classes per batch (official HDML: 64, i.e. 128 images).
+            Under ``tf.distribute`` choose P divisible by the number of replicas.
+        seed: fixes the class/image draw and the augmentation: the same seed gives
+            the same batches, pixel for pixel.
+        resize: int or (H, W) resize before cropping (256 in the spec); None to keep
+            the stored size (images must then share one size).
+        crop: int or (h, w) random crop (227 in the spec); None for no crop.
+        flip: random horizontal flips.
+        preprocessing: ``normalize`` mode, backbone name or backbone object
+            (``backbone.preprocessing``), e.g. "caffe" for inception_v1.
+        cache: decode and resize every image once into memory (N * resize^2 * 3
+            bytes) before training; faster epochs, and bad files are found up front.
+        strict: raise (naming the file) on an undecodable image instead of skipping.
+        num_parallel_calls, prefetch: tf.data tuning (AUTOTUNE by default).
+
+    Returns:
+        tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
+        float32 (P, crop, crop, 3) and int32 (P,).
+    """
+    sampler = NPairSampler(data.labels, num_pairs, seed=seed, class_names=data.class_names, exclude=set())
+    return _training_pipeline(
+        data, sampler, 2 * num_pairs, _split(2), resize=resize, crop=crop, flip=flip,
+        preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
+        num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+
+
+def triplet_dataset(
+    data: ImageDataset,
+    num_triplets: int,
+    *,
+    seed: int = 0,
+    resize=256,
+    crop=227,
+    flip: bool = True,
+    preprocessing="caffe",
+    cache: bool = False,
+    strict: bool = False,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """Infinite, seeded triplet batches (official HDML triplet: T = 40, 120 images).
+
+    Arguments as ``npair_dataset``, with ``num_triplets`` = T.
+
+    Returns:
+        tf.data.Dataset of ``((anchors, positives, negatives), (anchor_labels,
+        positive_labels, negative_labels))``: float32 (T, crop, crop, 3), int32 (T,).
+    """
+    sampler = TripletSampler(data.labels, num_triplets, seed=seed, class_names=data.class_names, exclude=set())
+    return _training_pipeline(
+        data, sampler, 3 * num_triplets, _split(3), resize=resize, crop=crop, flip=flip,
+        preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
+        num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+
+
+def m_per_class_dataset(
+    data: ImageDataset,
+    classes_per_batch: int,
+    images_per_class: int,
+    *,
+    seed: int = 0,
+    resize=256,
+    crop=227,
+    flip: bool = True,
+    preprocessing="caffe",
+    cache: bool = False,
+    strict: bool = False,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """Infinite, seeded batches of K classes x m images (semi-hard / lifted losses).
+
+    Arguments as ``npair_dataset``, with K = ``classes_per_batch`` and
+    m = ``images_per_class``.
+
+    Returns:
+        tf.data.Dataset of ``(images, labels)``: float32 (K*m, crop, crop, 3), int32
+        (K*m,), class k in rows k*m .. k*m + m - 1.
+    """
+    sampler = MPerClassSampler(data.labels, classes_per_batch, images_per_class, seed=seed,
+                               class_names=data.class_names, exclude=set())
+    return _training_pipeline(
+        data, sampler, classes_per_batch * images_per_class, lambda x, y: (x, y),
+        resize=resize, crop=crop, flip=flip, preprocessing=preprocessing, seed=seed,
+        cache=cache, strict=strict, num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+
+
+def eval_dataset(
+    data: ImageDataset,
+    batch_size: int = 128,
+    *,
+    resize=256,
+    crop=227,
+    preprocessing="caffe",
+    strict: bool = False,
+    num_parallel_calls=AUTOTUNE,
+    prefetch=AUTOTUNE,
+) -> tf.data.Dataset:
+    """Every image of ``data`` once, in order: resize, centre crop, normalise.
+
+    Undecodable images are skipped (named in a warning and in ``data.skipped``), so
+    use the labels this dataset yields, not ``data.labels``, to score retrieval.
+
+    Returns:
+        tf.data.Dataset of ``(images, labels)``: float32 (<=batch_size, crop, crop, 3),
+        int32; the last batch may be smaller.
+    """
+    mode = preprocess.preprocessing_mode(preprocessing)
+    source = _Source(data)
+    labels_t = tf.constant(data.labels, tf.int32)
+    n = len(data)
+
+    def load_one(index):
+        if source.can_fail:
+            # index n is a sentinel that lets the tracker notice a bad last image
+            image = tf.cond(index < n, lambda: source.load(tf.minimum(index, n - 1)),
+                            lambda: _sentinel_image(crop or resize))
+        else:
+            image = source.load(index)
+        image = preprocess.eval_transform(image, resize=resize, crop=crop)
+        return index, preprocess.normalize(image, mode), tf.gather(labels_t, tf.minimum(index, n - 1))
+
+    if not source.can_fail:
+        ds = tf.data.Dataset.range(n).map(load_one, num_parallel_calls=num_parallel_calls,
+                                          deterministic=True)
+    else:
+        tracker = _Tracker(source, strict, set(), lambda j: (j,))
+        ds = tf.data.Dataset.range(n + 1).map(load_one, num_parallel_calls=num_parallel_calls,
+                                              deterministic=True).ignore_errors()
+
+        def track(i, x, y):
+            return tracker.check(i), x, y
+
+        def not_sentinel(i, x, y):
+            return i < n
+
+        ds = ds.map(track).filter(not_sentinel)
+
+    def drop_index(i, x, y):
+        return x, y
+
+    ds = ds.map(drop_index)
+    return ds.batch(batch_size).prefetch(prefetch)
