@@ -91,6 +91,7 @@ def evaluate_embeddings(
     seed: int = 0,
     kmeans_backend: str = "auto",
     kmeans_niter: int | None = None,
+    kmeans_nredo: int = 1,
 ) -> dict[str, float]:
     """All requested metrics of precomputed embeddings, with one neighbour table.
 
@@ -104,7 +105,8 @@ def evaluate_embeddings(
             with k = number of classes in the union.
         clip_k, singleton_queries, backend, block_size: see
             `hdml_tf.evaluation.retrieval`.
-        seed, kmeans_backend, kmeans_niter: see `hdml_tf.evaluation.clustering.kmeans`.
+        seed, kmeans_backend, kmeans_niter, kmeans_nredo: see
+            `hdml_tf.evaluation.clustering.kmeans` (seed, backend, niter, nredo).
 
     Returns:
         A flat dict: "recall@K" for each K, "map@r", "r_precision", "nmi", "f1" (those
@@ -132,7 +134,8 @@ def evaluate_embeddings(
             x = np.concatenate([embeddings, np.asarray(gallery_embeddings)])
             y = np.concatenate([labels, np.asarray(gallery_labels).ravel()])
         kw = {} if kmeans_niter is None else {"niter": kmeans_niter}
-        res = clustering_metrics(x, y, seed=seed, backend=kmeans_backend, **kw)
+        res = clustering_metrics(x, y, seed=seed, backend=kmeans_backend, nredo=kmeans_nredo,
+                                 **kw)
         out.update({m: res[m] for m in clu})
     # Report in a stable order: recall@K ascending, then the rest as requested.
     order = [f"recall@{k}" for k in ks] + [m for m in metrics if m != "recall"]
@@ -207,7 +210,7 @@ def evaluate(
         batch_size: batch size when `data` is arrays.
         gallery: optional separate gallery data in the same form (In-Shop style).
         **kwargs: forwarded to `evaluate_embeddings` (clip_k, singleton_queries,
-            backend, seed, kmeans_backend, kmeans_niter, block_size).
+            backend, seed, kmeans_backend, kmeans_niter, kmeans_nredo, block_size).
 
     Returns:
         The dict of `evaluate_embeddings`.

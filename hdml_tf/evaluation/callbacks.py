@@ -1,0 +1,222 @@
+"""Training-time retrieval evaluation as a Keras callback, with best-weight selection.
+
+The official HDML code picked its best checkpoint on the test set; this callback refuses
+to *select* on a split named "test" unless told to (`allow_test_selection=True`).
+Logging metrics of the test split without selecting on them (``monitor=None``) is
+allowed.
+
+Metric values go into the `logs` dict that Keras passes along the callback list, so
+`fit`'s History records them, as do callbacks placed *after* this one (put it first if
+EarlyStopping or ModelCheckpoint should monitor its values). They also go to TensorBoard
+(a `tf.summary` file writer in `log_dir`) and to a CSV file.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Iterable, Sequence
+
+import keras
+import numpy as np
+
+from hdml_tf.evaluation import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """Evaluates retrieval / clustering metrics every N epochs or steps.
+
+    The embedder is `self.model.embedder` when the model has one (the HDML model does: a
+    keras.Model from images to L2-normalised embeddings), else the model itself.
+
+    Args:
+        data: the evaluation split, given explicitly: a tf.data.Dataset of
+            (images, labels) batches or a tuple of arrays (see `hdml_tf.evaluation.embed`).
+        split_name: name of the split, used as the key prefix ("val" -> "val_recall@1").
+        ks: K values of Recall@K.
+        metrics: subset of ("recall", "map@r", "r_precision", "nmi", "f1").
+        every_n_epochs: evaluate at the end of every n-th epoch (ignored when
+            `every_n_steps` is set).
+        every_n_steps: evaluate every n training steps (counted across epochs). The
+            latest values are also written into each epoch's logs, so History has them
+            once per epoch.
+        monitor: metric that selects the best weights, without prefix (e.g. "recall@1",
+            "map@r"), or None to only log.
+        mode: "max" or "min" for `monitor`. A later evaluation replaces the best only if
+            it is strictly better.
+        restore_best_weights: at the end of training, load the best weights into the
+            model (the whole model, not only the embedder).
+        save_best_path: if set, the best weights are also saved there each time they
+            improve (Keras 3 requires the suffix ".weights.h5").
+        log_dir: if set, TensorBoard scalars are written there, step = training step.
+        csv_path: if set, one row per evaluation (epoch, step, metrics) is appended.
+        allow_test_selection: permit `monitor` on a split named "test". Off by default:
+            choosing a checkpoint on the test set inflates the reported numbers.
+        batch_size: batch size used to embed array data.
+        verbose: print the metrics after every evaluation when > 0.
+        **eval_kwargs: forwarded to `evaluate_embeddings` (clip_k, singleton_queries,
+            backend, seed, kmeans_backend, kmeans_niter).
+
+    Raises:
+        ValueError: if `monitor` is set on a split named "test" without
+            `allow_test_selection=True`, or arguments are inconsistent.
+    """
+
+    def __init__(
+        self,
+        data,
+        *,
+        split_name: str = "val",
+        ks: Sequence[int] = KS_SMALL,
+        metrics: Iterable[str] = ALL_METRICS,
+        every_n_epochs: int = 1,
+        every_n_steps: int | None = None,
+        monitor: str | None = "recall@1",
+        mode: str = "max",
+        restore_best_weights: bool = True,
+        save_best_path: str | None = None,
+        log_dir: str | None = None,
+        csv_path: str | None = None,
+        allow_test_selection: bool = False,
+        batch_size: int = 256,
+        verbose: int = 0,
+        **eval_kwargs,
+    ):
+        super().__init__()
+        if monitor is not None and split_name.strip().lower() == "test" and not allow_test_selection:
+            raise ValueError(
+                "refusing to select weights on the test split: monitor a validation "
+                "split held out from the training classes, pass monitor=None to only "
+                "log test metrics, or pass allow_test_selection=True deliberately")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError("every_n_steps must be >= 1")
+        if every_n_epochs < 1:
+            raise ValueError("every_n_epochs must be >= 1")
+        if save_best_path is not None and monitor is None:
+            raise ValueError("save_best_path needs a monitor")
+        if save_best_path is not None and not save_best_path.endswith(".weights.h5"):
+            raise ValueError("save_best_path must end with '.weights.h5' (Keras 3)")
+        self.data = data
+        self.split_name = split_name
+        self.prefix = f"{split_name}_" if split_name else ""
+        self.ks = tuple(int(k) for k in ks)
+        self.metrics = tuple(metrics)
+        self.every_n_epochs = int(every_n_epochs)
+        self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
+        self.monitor = monitor
+        self.mode = mode
+        self.restore_best_weights = restore_best_weights
+        self.save_best_path = save_best_path
+        self.log_dir = log_dir
+        self.csv_path = csv_path
+        self.batch_size = batch_size
+        self.verbose = verbose
+        self.eval_kwargs = eval_kwargs
+        self.best: float | None = None
+        self.best_weights: list[np.ndarray] | None = None
+        self.best_epoch: int | None = None
+        self.best_step: int | None = None
+        self.evaluations: list[dict] = []  # every evaluation: epoch, step and metrics
+        self._latest: dict[str, float] = {}
+        self._step = 0
+        self._epoch = 0
+        self._writer = None
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _embedder(self):
+        embedder = getattr(self.model, "embedder", None)
+        return self.model if embedder is None else embedder
+
+    def _is_better(self, value: float) -> bool:
+        if value is None or math.isnan(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def evaluate_now(self) -> dict[str, float]:
+        """Embed the split with the current weights and return prefixed metrics."""
+        emb, lab = embed(self._embedder(), self.data, self.batch_size)
+        res = evaluate_embeddings(emb, lab, self.ks, self.metrics, **self.eval_kwargs)
+        if self.monitor is not None and self.monitor not in res:
+            raise ValueError(f"monitor {self.monitor!r} is not among the computed "
+                             f"metrics {sorted(res)}")
+        return res
+
+    def _run(self):
+        res = self.evaluate_now()
+        self._latest = {self.prefix + k: float(v) for k, v in res.items()}
+        self.evaluations.append({"epoch": self._epoch, "step": self._step, **self._latest})
+        self._write_tensorboard()
+        self._write_csv()
+        if self.monitor is not None and self._is_better(res[self.monitor]):
+            self.best = float(res[self.monitor])
+            self.best_epoch, self.best_step = self._epoch, self._step
+            self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+            if self.save_best_path:
+                os.makedirs(os.path.dirname(os.path.abspath(self.save_best_path)),
+                            exist_ok=True)
+                self.model.save_weights(self.save_best_path)
+        if self.verbose:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in self._latest.items())
+            print(f"\n[{self.split_name} epoch {self._epoch + 1} step {self._step}] {shown}")
+
+    def _write_tensorboard(self):
+        if not self.log_dir:
+            return
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        with self._writer.as_default():
+            for k, v in self._latest.items():
+                tf.summary.scalar(k, v, step=self._step)
+        self._writer.flush()
+
+    def _write_csv(self):
+        if not self.csv_path:
+            return
+        row = {"epoch": self._epoch + 1, "step": self._step, **self._latest}
+        new = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
+        os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    # -- Keras hooks -----------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self.best = None
+        self.best_weights = None
+        self.best_epoch = self.best_step = None
+        self._step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every_n_steps and self._step % self.every_n_steps == 0:
+            self._run()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch = epoch
+        if not self.every_n_steps and (epoch + 1) % self.every_n_epochs == 0:
+            self._run()
+        if logs is not None:
+            # Latest values (possibly from an earlier epoch or step) so that every
+            # History row has the keys once the first evaluation has happened.
+            logs.update(self._latest)
+
+    def on_train_end(self, logs=None):
+        if self.restore_best_weights and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
