@@ -358,6 +358,14 @@ class HDML(keras.Model):
             self.build_from_data(x)
         return super().evaluate(x, *args, **kwargs)
 
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        self.build_from_data(x)
+        return super().train_on_batch(x, y, *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        self.build_from_data(x)
+        return super().test_on_batch(x, y, *args, **kwargs)
+
     def compile(self, metric_optimizer=None, generator_optimizer=None,
                 classifier_optimizer=None, **kwargs):
         """Three optimizers, each over its own variables only.
@@ -488,12 +496,9 @@ class HDML(keras.Model):
         if self.loss_type == "npair":
             local_p = tf.shape(z_a)[0]
             # This replica's anchors against every positive of the global batch.
-            a = z_a[:, None, :]
-            z_hat = synthesis._interpolate(
-                a, z_p_all[None, :, :],
-                synthesis._distance(a, z_p[:, None, :]),
-                synthesis._distance(a, z_p_all[None, :, :]), lam)
-            synthetic = tf.concat([z_a, tf.reshape(z_hat, [-1, tf.shape(z)[1]])], axis=0)
+            synthetic = tf.concat(
+                [z_a, synthesis.npair_candidates(z_a, z_p, lam, all_positives=z_p_all)],
+                axis=0)
             synthetic_labels = tf.concat(
                 [labels[0], tf.tile(labels_all, [local_p])], axis=0)
         else:

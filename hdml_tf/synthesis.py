@@ -46,6 +46,13 @@ def _interpolate(anchors, negatives, d_pos, d_neg, lam):
     return tf.where(harden, z_hat_neg, negatives + tf.zeros_like(z_hat_neg))
 
 
+def _as_dtype(value, dtype):
+    """Python scalars straight to ``dtype`` (tf.cast would round through float32)."""
+    if tf.is_tensor(value) or hasattr(value, "dtype"):
+        return tf.cast(value, dtype)
+    return tf.constant(value, dtype=dtype)
+
+
 def _distance(a, b):
     return ops._safe_sqrt(tf.reduce_sum(tf.square(a - b), axis=-1, keepdims=True))
 
@@ -65,10 +72,39 @@ def hardness_aware_negatives(anchors, positives, negatives, lam):
     anchors = tf.convert_to_tensor(anchors)
     positives = tf.cast(positives, anchors.dtype)
     negatives = tf.cast(negatives, anchors.dtype)
-    lam = tf.cast(lam, anchors.dtype)
+    lam = _as_dtype(lam, anchors.dtype)
     d_pos = _distance(anchors, positives)
     d_neg = _distance(anchors, negatives)
     return _interpolate(anchors, negatives, d_pos, d_neg, lam)
+
+
+def npair_candidates(anchors, positives, lam, all_positives=None):
+    """The P * P' hardened candidates of an N-pair batch, row ``i * P' + j``.
+
+    Candidate j of anchor i is positive j (of the global batch when ``all_positives``
+    is given, as under a distribution strategy) treated as a negative of a_i, whose
+    own positive is ``positives[i]``, and hardened toward a_i.
+
+    Args:
+      anchors: float tensor (P, d).
+      positives: float tensor (P, d), positive i of anchor i's class.
+      lam: scalar λ.
+      all_positives: float tensor (P', d) of candidate negatives; defaults to
+        ``positives`` (P' = P).
+
+    Returns:
+      float tensor (P * P', d).
+    """
+    anchors = tf.convert_to_tensor(anchors)
+    positives = tf.cast(positives, anchors.dtype)
+    all_positives = positives if all_positives is None else tf.cast(all_positives,
+                                                                    anchors.dtype)
+    lam = _as_dtype(lam, anchors.dtype)
+    a = anchors[:, None, :]  # (P, 1, d): anchor i
+    d_pos = _distance(a, positives[:, None, :])  # (P, 1, 1)
+    n = all_positives[None, :, :]  # (1, P', d): candidate negative j
+    z_hat = _interpolate(a, n, d_pos, _distance(a, n), lam)  # (P, P', d)
+    return tf.reshape(z_hat, [-1, tf.shape(anchors)[1]])
 
 
 def npair_synthetic_tuple(anchors, positives, lam):
@@ -87,12 +123,4 @@ def npair_synthetic_tuple(anchors, positives, lam):
       float tensor (P + P^2, d).
     """
     anchors = tf.convert_to_tensor(anchors)
-    positives = tf.cast(positives, anchors.dtype)
-    lam = tf.cast(lam, anchors.dtype)
-    a = anchors[:, None, :]  # (P, 1, d): anchor i
-    p_own = positives[:, None, :]  # (P, 1, d): its positive
-    n = positives[None, :, :]  # (1, P, d): candidate negative j
-    d_pos = _distance(a, p_own)  # (P, 1, 1)
-    d_neg = _distance(a, n)  # (P, P, 1)
-    z_hat = _interpolate(a, n, d_pos, d_neg, lam)  # (P, P, d)
-    return tf.concat([anchors, tf.reshape(z_hat, [-1, tf.shape(anchors)[1]])], axis=0)
+    return tf.concat([anchors, npair_candidates(anchors, positives, lam)], axis=0)
