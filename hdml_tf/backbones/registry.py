@@ -135,7 +135,7 @@ def _check_weights_path(spec, path):
     return path
 
 
-def build_backbone(name, weights=None, input_shape=None, **kwargs):
+def build_backbone(name, weights=None, input_shape=None, *, model_name=None, **kwargs):
     """Builds a registered backbone: images ``(batch, H, W, 3)`` -> ``(batch, feature_dim)``.
 
     Args:
@@ -146,8 +146,10 @@ def build_backbone(name, weights=None, input_shape=None, **kwargs):
             ``.weights.h5`` / ``.keras`` (or legacy ``.h5``) saved from the same
             backbone, and for ``inception_v1`` also a Caffe ``.mat``/``.npz``/``.npy``.
         input_shape: optional ``(H, W, 3)``; ``None`` accepts any size.
+        model_name: name of the returned Keras model (``name`` is the registry
+            name, so the model's own name travels under this keyword).
         **kwargs: passed to the builder (e.g. ``include_preprocessing`` for
-            EfficientNetV2/ConvNeXt, ``name``).
+            EfficientNetV2/ConvNeXt).
 
     Returns:
         A ``keras.Model`` whose attributes ``feature_dim`` and ``preprocessing``
@@ -180,6 +182,8 @@ def build_backbone(name, weights=None, input_shape=None, **kwargs):
             f"weights must be None, 'imagenet' or a file path; got {weights!r}"
         )
 
+    if model_name is not None:
+        kwargs["name"] = model_name
     model = spec.builder(build_weights, input_shape, **kwargs)
     if path is not None:
         if path.lower().endswith(_CAFFE_EXTENSIONS):
