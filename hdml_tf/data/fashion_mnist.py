@@ -43,8 +43,11 @@ def read_idx(path: str) -> np.ndarray:
     one big-endian uint32 per dimension, then the data in C order.
     """
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path}: not a readable IDX file ({e})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     if data[2] != 0x08:
@@ -114,6 +117,7 @@ def load(
     val_seed: int = 0,
     use_tfds: bool = True,
     download: bool = True,
+    check_counts: bool | None = None,
 ) -> base.ImageDataset:
     """Load a zero-shot split of Fashion-MNIST as in-memory 28x28 grayscale images.
 
@@ -124,6 +128,7 @@ def load(
         val_fraction, val_seed: see ``base.split_classes``.
         use_tfds: try a prepared tfds copy when no IDX files are found.
         download: try keras' download as the last resort.
+        check_counts: see ``base.check_counts`` (35,000 / 35,000 images).
 
     Returns:
         ImageDataset with ``images`` uint8 (N, 28, 28); the pipelines make them RGB.
@@ -132,5 +137,6 @@ def load(
     (images, labels), source = _load_arrays(root, use_tfds, download)
     data = base.build(NAME, split, labels.astype(np.int64), keep, dict(enumerate(CLASS_NAMES)),
                       images=np.ascontiguousarray(images, dtype=np.uint8), root=str(source))
-    base.check_counts(NAME, data, EXPECTED_COUNTS, 10, len(np.unique(labels)), None, val_fraction)
+    base.check_counts(NAME, data, EXPECTED_COUNTS, 10, len(np.unique(labels)), check_counts,
+                      val_fraction)
     return data
