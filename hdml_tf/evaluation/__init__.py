@@ -165,7 +165,9 @@ def embed(
 
     def run(x):
         y = embedder(x, training=False) if is_keras else embedder(x)
-        return keras.ops.convert_to_numpy(y).astype(np.float32, copy=False)
+        # Eager TF tensors have .numpy(); anything else array-like goes through numpy.
+        y = y.numpy() if hasattr(y, "numpy") else np.asarray(y)
+        return y.astype(np.float32, copy=False)
 
     embs, labs = [], []
     if isinstance(data, (tuple, list)):

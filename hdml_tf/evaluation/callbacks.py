@@ -169,12 +169,21 @@ class EvaluationCallback(keras.callbacks.Callback):
         if not self.log_dir:
             return
         import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
 
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        # tf.summary.scalar lives in the tensorboard package, which is not a dependency;
+        # the raw write op with the "scalars" plugin metadata produces the same event
+        # that TensorBoard's scalar dashboard reads.
+        meta = summary_pb2.SummaryMetadata()
+        meta.plugin_data.plugin_name = "scalars"
+        meta.data_class = summary_pb2.DATA_CLASS_SCALAR
+        meta = meta.SerializeToString()
         with self._writer.as_default():
             for k, v in self._latest.items():
-                tf.summary.scalar(k, v, step=self._step)
+                tf.summary.write(k, tf.constant(v, tf.float32), step=self._step,
+                                 metadata=meta)
         self._writer.flush()
 
     def _write_csv(self):
