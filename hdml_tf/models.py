@@ -308,7 +308,7 @@ class HDML(keras.Model):
             self.generator.build((None, self.embedder.embedding_dim))
         if not self.classifier.built:
             self.classifier.build((None, self.embedder.feature_dim))
-        self._image_shape = image_shape
+        self._image_shape = tuple(image_shape)
         self.built = True
 
     def _optimizer_groups(self):

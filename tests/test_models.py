@@ -1,0 +1,324 @@
+"""The HDML keras.Model: gradient routing, statistics, NaN steps, saving, fitting."""
+
+import json
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from hdml_tf import losses as losses_lib
+from hdml_tf.models import HDML, Embedder, EmbeddingHead, Generator
+
+SIZE = 12
+NUM_CLASSES = 6
+
+
+def tiny_backbone(feature_dim=16, activation="relu"):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, activation=activation)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(feature_dim)(x), name="tiny")
+
+
+def make_batch(loss, per_group=4, seed=0, noise=0.2):
+    """A learnable toy batch: each class is a colour, plus noise."""
+    rng = np.random.default_rng(seed)
+    anchors = rng.choice(NUM_CLASSES, per_group, replace=False).astype(np.int32)
+    negatives = (anchors + 1 + rng.integers(0, NUM_CLASSES - 1, per_group)) % NUM_CLASSES
+    label_groups = [anchors, anchors, negatives.astype(np.int32)][: 2 if loss == "npair" else 3]
+    colours = np.linspace(0, 1, NUM_CLASSES * 3).reshape(NUM_CLASSES, 3)
+    images = [
+        (colours[l][:, None, None, :] + rng.normal(0, noise, (per_group, SIZE, SIZE, 3)))
+        .astype(np.float32) for l in label_groups
+    ]
+    return tuple(images), tuple(label_groups)
+
+
+def dataset(loss, per_group=4, seed=0):
+    def gen():
+        i = 0
+        while True:
+            yield make_batch(loss, per_group, seed + i)
+            i += 1
+
+    groups = 2 if loss == "npair" else 3
+    spec = (tuple(tf.TensorSpec((per_group, SIZE, SIZE, 3)) for _ in range(groups)),
+            tuple(tf.TensorSpec((per_group,), tf.int32) for _ in range(groups)))
+    return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
+def make_model(loss="npair", hdml=True, lrs=(1e-3, 1e-2, 1e-3), backbone=None, **kwargs):
+    kwargs.setdefault("window", 4)
+    backbone = backbone or tiny_backbone()
+    model = HDML(Embedder(backbone, embedding_dim=8), num_classes=NUM_CLASSES,
+                 loss=loss, hdml=hdml, **kwargs)
+    model.compile(metric_optimizer=keras.optimizers.Adam(lrs[0]),
+                  generator_optimizer=keras.optimizers.Adam(lrs[1]),
+                  classifier_optimizer=keras.optimizers.Adam(lrs[2]))
+    return model
+
+
+def snapshot(variables):
+    return [np.array(v.numpy()) for v in variables]
+
+
+def changed(before, variables):
+    return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+# ------------------------------------------------------------------- structure
+
+
+def test_sub_networks_and_shared_head():
+    model = make_model()
+    model.build((None, SIZE, SIZE, 3))
+    heads = [l for l in model._flatten_layers() if isinstance(l, EmbeddingHead)]
+    assert len(heads) == 1 and heads[0] is model.embedder.head
+    assert isinstance(model.generator, Generator)
+    assert model.generator.feature_dim == 16
+    assert model.classifier.units == NUM_CLASSES
+
+
+def test_synthetic_rows_use_the_same_head(monkeypatch):
+    """The head is called twice per forward (real rows, synthetic rows), both times as
+    the one object model.embedder.head."""
+    model = make_model()
+    x, y = make_batch("npair")
+    model.build_from_data(x)
+    calls = []
+    original = EmbeddingHead.call
+
+    def spy(self, features, training=None):
+        calls.append((self, int(features.shape[0])))
+        return original(self, features, training=training)
+
+    monkeypatch.setattr(EmbeddingHead, "call", spy)
+    model._forward((x, y), training=True)
+    assert [c[0] for c in calls] == [model.embedder.head] * 2
+    assert [c[1] for c in calls] == [8, 4 + 16]  # 2P real rows; P + P^2 synthetic rows
+
+
+def test_embedder_outputs_unit_vectors():
+    model = make_model()
+    x, _ = make_batch("npair")
+    z = model.embedder(x[0]).numpy()
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(model.predict(x[0], verbose=0), z, rtol=1e-5)
+
+
+def test_optimizers_own_disjoint_variables():
+    model = make_model()
+    model.build_from_data(make_batch("npair")[0])
+    groups = [
+        (model.metric_optimizer, model.embedder.trainable_variables),
+        (model.generator_optimizer, model.generator.trainable_variables),
+        (model.classifier_optimizer, model.classifier.trainable_variables),
+    ]
+    for optimizer, variables in groups:
+        assert [id(v) for v in optimizer._trainable_variables] == [id(v) for v in variables]
+
+
+# ------------------------------------------------------------- gradient routing
+
+
+@pytest.mark.parametrize("loss", ["npair", "triplet"])
+def test_each_objective_updates_only_its_variables(loss):
+    """Only one optimizer has a non-zero learning rate at a time: after a step only its
+    variables have moved. So J_gen reaches only G, J_cls only C, J_metric only F + H."""
+    x, y = make_batch(loss)
+    parts = ["embedder", "generator", "classifier"]
+    for active in range(3):
+        lrs = [0.0, 0.0, 0.0]
+        lrs[active] = 1e-2
+        # A wide margin keeps every triplet active, so no objective is exactly zero.
+        model = make_model(loss, lrs=lrs, margin=100.0)
+        model.build_from_data(x)
+        before = {p: snapshot(getattr(model, p).trainable_variables) for p in parts}
+        model.train_on_batch(x, y)
+        for i, part in enumerate(parts):
+            moved = changed(before[part], getattr(model, part).trainable_variables)
+            if i == active:
+                assert any(moved), f"{part} did not move with its own optimizer"
+            else:
+                assert not any(moved), f"{part} moved under the {parts[active]} optimizer"
+
+
+def test_j_syn_backpropagates_through_generator_into_backbone():
+    """J_metric's synthetic term reaches F through G and H (gradients not stopped)."""
+    model = make_model()
+    x, y = make_batch("npair")
+    model.build_from_data(x)
+    with tf.GradientTape() as tape:
+        contrib, _, _ = model._forward((x, y), training=True)
+    grads = tape.gradient(contrib["j_syn"], model.embedder.backbone.trainable_variables)
+    assert all(g is not None for g in grads)
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+
+
+def test_baseline_trains_only_the_embedder():
+    model = make_model(hdml=False)
+    x, y = make_batch("npair")
+    model.build_from_data(x)
+    before = snapshot(model.generator.trainable_variables + model.classifier.trainable_variables)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert set(logs) == {"j_m", "weight_decay", "nonfinite_steps"}
+    assert not any(changed(before, model.generator.trainable_variables
+                           + model.classifier.trainable_variables))
+
+
+def test_j_m_equals_the_loss_function():
+    """The logged J_m is npair_loss on the raw embeddings plus the weight decay."""
+    model = make_model(hdml=False, lrs=(0.0, 0.0, 0.0), weight_decay=1e-3, l2_reg=0.01)
+    x, y = make_batch("npair")
+    logs = model.test_on_batch(x, y, return_dict=True)
+    z_a = model.embedder.embed_raw(x[0], training=False)
+    z_p = model.embedder.embed_raw(x[1], training=False)
+    kernels = [v for v in model.embedder.trainable_variables if v.name == "kernel"]
+    wd = 1e-3 * sum(float(np.sum(np.square(v))) / 2 for v in kernels)
+    expected = float(losses_lib.npair_loss(y[0], z_a, z_p, 0.01)) + wd
+    np.testing.assert_allclose(logs["j_m"], expected, rtol=1e-5)
+    np.testing.assert_allclose(logs["weight_decay"], wd, rtol=1e-5)
+
+
+# -------------------------------------------------------- official statistics
+
+
+def test_lambda_and_w_near_one_in_first_window_then_window_mean():
+    """J_avg and J_gen_avg stay at 1e6 (λ, w ~ 1) until W values are recorded, then
+    equal the mean of the W recorded values (w * J_m, the official default)."""
+    window = 3
+    model = make_model(window=window)
+    recorded_jm, recorded_gen = [], []
+    for step in range(window):
+        x, y = make_batch("npair", seed=step)
+        model.reset_metrics()
+        logs = model.train_on_batch(x, y, return_dict=True)
+        np.testing.assert_allclose(logs["lambda"], np.exp(-90 / 1e6), rtol=1e-6)
+        np.testing.assert_allclose(logs["w"], np.exp(-1e4 / 1e6), rtol=1e-6)
+        recorded_jm.append(logs["w"] * logs["j_m"])
+        recorded_gen.append(logs["j_gen"])
+        stats = model.statistics()
+        if step < window - 1:
+            assert stats["j_avg"] == 1e6 and stats["j_gen_avg"] == 1e6
+    stats = model.statistics()
+    np.testing.assert_allclose(stats["j_avg"], np.mean(recorded_jm), rtol=1e-5)
+    np.testing.assert_allclose(stats["j_gen_avg"], np.mean(recorded_gen), rtol=1e-5)
+    np.testing.assert_allclose(stats["lambda"], np.exp(-90 / np.mean(recorded_jm)), rtol=1e-4)
+
+
+def test_raw_jm_recording_option():
+    model = make_model(window=1, record_weighted_jm=False)
+    x, y = make_batch("npair")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(model.statistics()["j_avg"], logs["j_m"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ NaN steps
+
+
+@pytest.mark.parametrize("loss", ["npair", "triplet"])
+def test_nonfinite_step_is_skipped_and_counted(loss):
+    # A linear backbone: a fused Conv+ReLU kernel may map NaN to 0 inside tf.function.
+    model = make_model(loss, window=2, backbone=tiny_backbone(activation=None))
+    x, y = make_batch(loss)
+    model.train_on_batch(x, y)  # one good step: optimizer state exists
+    everything = (model.trainable_variables + model.metric_optimizer.variables
+                  + model.generator_optimizer.variables + model.classifier_optimizer.variables)
+    before = snapshot(everything)
+    stats_before = snapshot([model._j_m_sum, model._j_m_count, model.j_avg])
+    bad = tuple(np.full_like(x[0], np.nan) if i == 0 else im for i, im in enumerate(x))
+    logs = model.train_on_batch(bad, y, return_dict=True)
+    assert logs["nonfinite_steps"] == 1
+    assert not any(changed(before, everything))
+    assert not any(changed(stats_before, [model._j_m_sum, model._j_m_count, model.j_avg]))
+    logs = model.train_on_batch(x, y, return_dict=True)  # training goes on
+    assert logs["nonfinite_steps"] == 1 and np.isfinite(logs["j_metric"])
+
+
+# ---------------------------------------------------------------------- fitting
+
+
+@pytest.mark.parametrize("loss", ["npair", "triplet"])
+@pytest.mark.parametrize("hdml", [True, False])
+def test_fit_decreases_metric_loss(loss, hdml):
+    model = make_model(loss, hdml=hdml, lrs=(3e-3, 1e-2, 1e-3))
+    history = model.fit(dataset(loss), steps_per_epoch=15, epochs=4, verbose=0)
+    expected = {"j_m", "weight_decay", "nonfinite_steps"}
+    if hdml:
+        expected |= {"j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls",
+                     "lambda", "w"}
+    assert set(history.history) == expected
+    j_m = history.history["j_m"]
+    assert j_m[-1] < j_m[0], j_m
+    if hdml:
+        assert all(np.isfinite(history.history["j_gen"]))
+        assert history.history["j_recon"][-1] < history.history["j_recon"][0]
+
+
+def test_evaluate_reports_the_same_terms():
+    model = make_model()
+    result = model.evaluate(dataset("npair"), steps=2, verbose=0, return_dict=True)
+    assert {"j_m", "j_syn", "j_gen", "j_cls", "lambda", "w"} <= set(result)
+
+
+def test_bad_batch_layout_is_explained():
+    model = make_model("npair")
+    x, y = make_batch("triplet")
+    with pytest.raises(ValueError, match="anchors, positives"):
+        model.train_on_batch(x, y)
+
+
+def test_constructor_validation():
+    with pytest.raises(ValueError, match="loss='lifted'"):
+        HDML(Embedder(tiny_backbone()), num_classes=3, loss="lifted")
+    with pytest.raises(ValueError, match="window"):
+        HDML(Embedder(tiny_backbone()), num_classes=3, window=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_model().compile(optimizer="adam")
+
+
+# ---------------------------------------------------------------------- saving
+
+
+def _all_state(model):
+    return snapshot(model.weights + model.metric_optimizer.variables
+                    + model.generator_optimizer.variables
+                    + model.classifier_optimizer.variables)
+
+
+def test_keras_save_load_restores_everything(tmp_path):
+    model = make_model(window=2)
+    model.fit(dataset("npair"), steps_per_epoch=5, epochs=1, verbose=0)
+    assert model.statistics()["j_avg"] != 1e6  # the statistics have moved
+    path = tmp_path / "hdml.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for a, b in zip(_all_state(model), _all_state(loaded)):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.statistics() == model.statistics()
+    as_json = lambda c: json.loads(json.dumps(c))  # tuples come back as lists
+    assert as_json(loaded.get_config()) == as_json(model.get_config())
+    x, y = make_batch("npair", seed=99)
+    np.testing.assert_allclose(loaded.embedder(x[0]), model.embedder(x[0]), rtol=1e-6)
+    # Training continues identically from the loaded copy.
+    logs_a = model.train_on_batch(x, y, return_dict=True)
+    logs_b = loaded.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs_a["j_metric"], logs_b["j_metric"], rtol=1e-5)
+    for a, b in zip(_all_state(model), _all_state(loaded)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tf_checkpoint_restores_everything(tmp_path):
+    model = make_model(window=2)
+    model.fit(dataset("npair"), steps_per_epoch=3, epochs=1, verbose=0)
+    checkpoint = tf.train.Checkpoint(model=model, metric_optimizer=model.metric_optimizer,
+                                     generator_optimizer=model.generator_optimizer,
+                                     classifier_optimizer=model.classifier_optimizer)
+    path = checkpoint.save(str(tmp_path / "ckpt"))
+    saved = _all_state(model)
+    model.fit(dataset("npair", seed=50), steps_per_epoch=3, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved, _all_state(model)))
+    checkpoint.restore(path).assert_consumed()
+    for a, b in zip(saved, _all_state(model)):
+        np.testing.assert_array_equal(a, b)
