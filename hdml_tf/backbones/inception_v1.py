@@ -547,6 +547,11 @@ class InceptionV1(keras.Model):
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.num_classes if self.include_top else self.feature_dim)
 
+    def compute_output_spec(self, inputs, training=None):
+        # The default spec would claim the compute dtype (float16 under mixed
+        # precision), but call() returns float32.
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -87,7 +87,9 @@ def test_inception_v1_weights_paths(tmp_path):
     source.save_weights(keras_path)
     caffe_path = str(tmp_path / "iv1.npz")
     save_caffe_weights(source, caffe_path)
-    for path in (keras_path, caffe_path):
+    archive_path = str(tmp_path / "iv1.keras")
+    source.save(archive_path)
+    for path in (keras_path, caffe_path, archive_path):
         restored = build_backbone("inception_v1", weights=path, input_shape=(64, 64, 3))
         np.testing.assert_array_equal(restored(x).numpy(), expected)
     # Any input size works with the same weights (they do not depend on H, W).

@@ -376,6 +376,8 @@ def test_mixed_precision_policy_is_respected(model):
     assert y16.dtype == np.float32
     assert np.all(np.isfinite(y16))
     np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05 * np.abs(y32).max())
+    symbolic = mixed(keras.Input((64, 64, 3)))
+    assert (symbolic.dtype, tuple(symbolic.shape)) == ("float32", (None, 1024))
 
 
 @pytest.mark.two_devices
