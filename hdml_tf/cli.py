@@ -1,0 +1,58 @@
+"""The ``hdml-tf`` command line.
+
+Sub-commands are dispatched lazily to the module that implements them, so light tools
+(``embed``, ``search``) start fast and import no training code:
+
+  hdml-tf train   --config PRESET_OR_FILE [--set key=value ...] --workdir DIR
+  hdml-tf demo    [--smoke]                  Fashion-MNIST HDML vs baseline, the README job
+  hdml-tf export  --checkpoint WORKDIR_OR_KERAS --out saved_models/NAME
+  hdml-tf embed   --model SAVEDMODEL --images DIR_OR_LIST --out emb.npz
+  hdml-tf search  --model SAVEDMODEL --gallery emb.npz --query IMAGE [-k 10]
+  hdml-tf weights import FILE -o OUT.weights.h5
+  hdml-tf presets                            list the training presets
+"""
+
+import importlib
+import sys
+
+# name -> (module, function, one-line help). The function takes argv (list of str)
+# and returns an exit code.
+COMMANDS = {
+    "train": ("hdml_tf.training", "train_main", "train HDML or a baseline from a preset"),
+    "demo": ("hdml_tf.demo", "demo_main", "Fashion-MNIST demo: HDML vs baseline"),
+    "presets": ("hdml_tf.config", "presets_main", "list the training presets"),
+    "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
+    "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
+    "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
+    "weights": ("hdml_tf.backbones.weights", "weights_main", "import converted Caffe weights"),
+}
+
+
+def _usage():
+    lines = ["usage: hdml-tf <command> [options]", "", "commands:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`hdml-tf <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from hdml_tf import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"hdml-tf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[name]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return int(function(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
