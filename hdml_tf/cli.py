@@ -24,8 +24,17 @@ COMMANDS = {
     "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
     "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
     "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
-    "weights": ("hdml_tf.backbones.weights", "weights_main", "import converted Caffe weights"),
+    "weights": ("hdml_tf.cli", "_weights_main", "weights import: convert Caffe GoogLeNet weights"),
 }
+
+
+def _weights_main(argv):
+    if not argv or argv[0] != "import":
+        print("usage: hdml-tf weights import FILE -o OUT.weights.h5", file=sys.stderr)
+        return 2
+    from hdml_tf.backbones.weights import weights_import_main
+
+    return weights_import_main(argv[1:])
 
 
 def _usage():
