@@ -241,7 +241,12 @@ class CaffeMaxPooling2D(keras.layers.Layer):
         dynamic = tf.shape(inputs)
         h = static[1] if static[1] is not None else dynamic[1]
         w = static[2] if static[2] is not None else dynamic[2]
-        paddings = [[0, 0], [self.pad, self._bottom_pad(h)], [self.pad, self._bottom_pad(w)], [0, 0]]
+        paddings = [
+            [0, 0],
+            [self.pad, self._bottom_pad(h)],
+            [self.pad, self._bottom_pad(w)],
+            [0, 0],
+        ]
         neg_inf = tf.constant(-np.inf, dtype=inputs.dtype)
         x = tf.pad(inputs, paddings, constant_values=neg_inf)
         return tf.nn.max_pool2d(x, self.pool_size, self.strides, "VALID")

@@ -40,10 +40,13 @@ def caffe_arrays(model, rng):
     """Random weights in the Caffe layout for every Caffe layer of `model`."""
     arrays = {}
     for name, layer in model.caffe_layers().items():
-        h_w_i_o = tuple(layer.kernel.shape)
-        oihw = (h_w_i_o[3], h_w_i_o[2], h_w_i_o[0], h_w_i_o[1]) if len(h_w_i_o) == 4 else h_w_i_o[::-1]
-        arrays[name] = rng.standard_normal(oihw).astype("float32")
-        arrays[name + "_bias"] = rng.standard_normal(h_w_i_o[-1]).astype("float32")
+        shape = tuple(layer.kernel.shape)  # Keras HWIO, or (in, out) for the classifier
+        if len(shape) == 4:
+            caffe_shape = (shape[3], shape[2], shape[0], shape[1])
+        else:
+            caffe_shape = shape[::-1]
+        arrays[name] = rng.standard_normal(caffe_shape).astype("float32")
+        arrays[name + "_bias"] = rng.standard_normal(shape[-1]).astype("float32")
     return arrays
 
 
@@ -127,7 +130,8 @@ def test_real_file_with_aux_heads_and_classifier_loads(tmp_path):
 
     no_top = InceptionV1(input_shape=(64, 64, 3))
     report = load_caffe_weights(no_top, path)
-    assert report["ignored"] == sorted(list(AUX_KEYS) + ["loss3/classifier", "loss3/classifier_bias"])
+    classifier_keys = ["loss3/classifier", "loss3/classifier_bias"]
+    assert report["ignored"] == sorted(list(AUX_KEYS) + classifier_keys)
     np.testing.assert_array_equal(
         no_top.get_caffe_layer("inception_5b/pool_proj").kernel.numpy(),
         arrays["inception_5b/pool_proj"].transpose(2, 3, 1, 0),
@@ -168,11 +172,18 @@ def test_one_error_lists_missing_unexpected_and_misshaped_keys(tmp_path, model, 
 @pytest.mark.parametrize(
     "mutate, expected",
     [
-        (lambda a: a.pop("conv1/7x7_s2"), "missing keys (1): conv1/7x7_s2"),
-        (lambda a: a.update({"extra/thing_bias": np.ones(3)}), "unexpected keys (1): extra/thing_bias"),
-        (lambda a: a.update({"inception_3a/1x1_bias": np.ones(65)}), "inception_3a/1x1_bias: shape (65,)"),
-        (lambda a: a.update({"inception_3a/1x1_bias": np.ones((2, 64))}), "inception_3a/1x1_bias: shape (2, 64)"),
-        (lambda a: a.update({"inception_5b/5x5": np.ones((128, 48, 3, 3))}), "inception_5b/5x5: shape (128, 48, 3, 3)"),
+        (lambda a: a.pop("conv1/7x7_s2"),
+         "missing keys (1): conv1/7x7_s2"),
+        (lambda a: a.update({"extra/thing_bias": np.ones(3)}),
+         "unexpected keys (1): extra/thing_bias"),
+        (lambda a: a.update({"inception_3a/1x1_bias": np.ones(65)}),
+         "inception_3a/1x1_bias: shape (65,), expected (64,)"),
+        (lambda a: a.update({"inception_3a/1x1_bias": np.ones((2, 64))}),
+         "inception_3a/1x1_bias: shape (2, 64)"),
+        (lambda a: a.update({"inception_5b/5x5": np.ones((128, 48, 3, 3))}),
+         "inception_5b/5x5: shape (128, 48, 3, 3), expected (128, 48, 5, 5)"),
+        (lambda a: a.update({"conv2/3x3_bias": np.array(["x"] * 192)}),
+         "conv2/3x3_bias: dtype <U1 is not numeric"),
     ],
 )
 def test_each_error_names_the_key_and_leaves_weights(tmp_path, model, source, mutate, expected):

@@ -224,6 +224,27 @@ def test_max_pool_matches_caffe_loop(dtype, k, s, p, h, w):
     np.testing.assert_array_equal(dynamic(x).numpy(), expected)
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        CaffeConv2D(8, 7, strides=2, pad=3, activation="relu", name="c"),
+        CaffeConv2D(8, 3, pad=1),
+        CaffeMaxPooling2D(3, 2, pad=1),
+        LocalResponseNormalization(3, 2e-4, 0.5, 2.0),
+        iv1.InceptionModule((1, 2, 3, 4, 5, 6), name="inception_x"),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_layer_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+    x = np.random.rand(1, 9, 9, 8).astype("float32")
+    assert clone(x).shape == layer(x).shape == clone.compute_output_shape(x.shape)
+
+
 def test_max_pool_rejects_stride_larger_than_window():
     with pytest.raises(ValueError, match="strides"):
         CaffeMaxPooling2D(2, 3)
