@@ -167,6 +167,11 @@ def build_backbone(name, weights=None, input_shape=None, *, model_name=None, **k
     if weights is None:
         build_weights = None
     elif isinstance(weights, str) and weights.lower() == "imagenet":
+        if not spec.has_imagenet and not spec.caffe_weights:
+            raise ValueError(
+                f"No hosted ImageNet weights for backbone {spec.name!r}; use "
+                "weights=None or a .weights.h5/.keras path."
+            )
         if not spec.has_imagenet:
             raise ValueError(
                 f"No hosted ImageNet weights for backbone {spec.name!r}. Convert the "
