@@ -1,0 +1,192 @@
+"""Is the input pipeline fast enough to keep HDML's training step fed?
+
+Measures, in one run and at one image size:
+
+1. the N-pair training pipeline alone (``hdml_tf.data.npair_dataset``: JPEG read,
+   parallel decode, resize, random crop, flip, caffe normalisation), in images/s;
+2. the HDML training step alone (InceptionV1 + head + generator + classifier, three
+   optimizers; ``train_on_batch`` on batches already in memory), in images/s;
+3. ``fit`` fed by the pipeline (both sharing the CPU), in images/s;
+
+and prints the ratio pipeline / step. Target: >= 2x, so the pipeline is never the
+bottleneck. On a CPU-only machine the step is slow, so a smaller crop (128 by default
+here instead of the spec's 227) keeps the run short; the ratio is what matters.
+
+    python benchmarks/input_pipeline.py                       # generated JPEG folder
+    python benchmarks/input_pipeline.py --resize 256 --crop 227 --pairs 32
+    python benchmarks/input_pipeline.py --image-dir /data/my_folder_dataset
+
+The generated folder mimics CUB: JPEGs of about 500x375 pixels (override with
+``--source-size``), so decoding costs what it costs on the real data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_jpeg_folder(root: str, num_classes: int, per_class: int, size, seed: int = 0) -> str:
+    """Write num_classes x per_class textured JPEGs of (w, h) = size under root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for c in range(num_classes):
+        d = os.path.join(root, f"class_{c:03d}")
+        os.makedirs(d, exist_ok=True)
+        base = rng.uniform(40, 200, size=3)
+        for k in range(per_class):
+            # Smooth gradients plus noise compress like photographs, not like flat colour.
+            fx, fy = rng.uniform(0.005, 0.05, size=2)
+            pattern = 40 * np.sin(xx * fx + k)[..., None] + 40 * np.cos(yy * fy + c)[..., None]
+            noise = rng.normal(0, 12, size=(h, w, 3))
+            img = np.clip(base + pattern + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(os.path.join(d, f"{k:04d}.jpg"), quality=90)
+    return root
+
+
+def time_pipeline(dataset, batches: int, warmup: int) -> tuple:
+    it = iter(dataset)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    images = 0
+    for _ in range(batches):
+        (a, p), _ = next(it)
+        images += int(a.shape[0]) + int(p.shape[0])
+    return images / (time.perf_counter() - start), images
+
+
+def build_model(num_classes: int, backbone: str, embedding_dim: int):
+    import keras
+
+    from hdml_tf.backbones import build_backbone
+    from hdml_tf.models import HDML, Embedder
+
+    embedder = Embedder(build_backbone(backbone), embedding_dim=embedding_dim)
+    model = HDML(embedder, num_classes=num_classes, loss="npair", hdml=True)
+    model.compile(metric_optimizer=keras.optimizers.Adam(7e-5),
+                  generator_optimizer=keras.optimizers.Adam(1e-2),
+                  classifier_optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+def time_step(model, batches, steps: int, warmup: int) -> float:
+    """train_on_batch on batches already in memory: the step alone."""
+    for i in range(warmup):
+        model.train_on_batch(*batches[i % len(batches)])
+    start = time.perf_counter()
+    images = 0
+    for i in range(steps):
+        x, y = batches[i % len(batches)]
+        model.train_on_batch(x, y)
+        images += int(x[0].shape[0]) * 2
+    return images / (time.perf_counter() - start)
+
+
+def time_fit(model, dataset, steps: int) -> float:
+    import keras
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:  # exclude the first step (tracing, pipeline start-up)
+                self.start = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.elapsed = time.perf_counter() - self.start
+
+    timer = Timer()
+    model.fit(dataset, steps_per_epoch=steps + 1, epochs=1, verbose=0, shuffle=False,
+              callbacks=[timer])
+    return timer.elapsed
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--image-dir", help="folder dataset (<root>/<class>/*.jpg); default: generate one")
+    ap.add_argument("--num-classes", type=int, default=32)
+    ap.add_argument("--images-per-class", type=int, default=8)
+    ap.add_argument("--source-size", default="500x375", help="generated JPEG size WxH")
+    ap.add_argument("--resize", type=int, default=146, help="resize before cropping (spec: 256)")
+    ap.add_argument("--crop", type=int, default=128, help="training crop (spec: 227)")
+    ap.add_argument("--pairs", type=int, default=16, help="P: classes per N-pair batch (2P images)")
+    ap.add_argument("--pipeline-batches", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=6, help="timed training steps")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--cache", action="store_true", help="decode all images once up front")
+    ap.add_argument("--backbone", default="inception_v1")
+    ap.add_argument("--embedding-dim", type=int, default=128)
+    ap.add_argument("--skip-step", action="store_true", help="time the pipeline only")
+    args = ap.parse_args(argv)
+
+    import tensorflow as tf
+
+    from hdml_tf import data
+
+    tmp = None
+    root = args.image_dir
+    if root is None:
+        tmp = tempfile.TemporaryDirectory(prefix="hdml_bench_")
+        w, h = (int(v) for v in args.source_size.lower().split("x"))
+        t0 = time.perf_counter()
+        root = make_jpeg_folder(tmp.name, args.num_classes, args.images_per_class, (w, h))
+        print(f"generated {args.num_classes * args.images_per_class} JPEGs of {w}x{h} in "
+              f"{time.perf_counter() - t0:.1f}s under {root}")
+    train = data.load_dataset("folder", "all", root=root)
+    pipeline = data.npair_dataset(train, args.pairs, seed=0, resize=args.resize, crop=args.crop,
+                                  preprocessing="caffe", cache=args.cache)
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
+          f"TF {tf.__version__}, devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+    print(f"images: resize {args.resize} -> random crop {args.crop} (spec: 256 -> 227), "
+          f"N-pair batch {2 * args.pairs} ({args.pairs} pairs), cache={args.cache}")
+
+    pipe_ips, _ = time_pipeline(pipeline, args.pipeline_batches, args.warmup)
+    rows = [("input pipeline alone (read+decode+augment+normalise)", pipe_ips)]
+
+    step_ips = fit_ips = None
+    if not args.skip_step:
+        try:
+            model = build_model(train.num_classes, args.backbone, args.embedding_dim)
+        except ImportError as e:
+            print(f"training step not measured: {e} (hdml_tf.models / backbones missing)")
+        else:
+            batches = list(pipeline.take(2))
+            step_ips = time_step(model, batches, args.steps, args.warmup)
+            rows.append((f"HDML train step alone ({args.backbone}, train_on_batch)", step_ips))
+            elapsed = time_fit(model, pipeline, args.steps)
+            fit_ips = args.steps * 2 * args.pairs / elapsed
+            rows.append(("fit() fed by the pipeline (sharing the CPU)", fit_ips))
+
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"| {'measurement'.ljust(width)} | images/s |")
+    print(f"|{'-' * (width + 2)}|---------:|")
+    for name, ips in rows:
+        print(f"| {name.ljust(width)} | {ips:8.1f} |")
+    if step_ips:
+        ratio = pipe_ips / step_ips
+        verdict = "OK" if ratio >= 2.0 else "BELOW TARGET"
+        print(f"\npipeline / step = {ratio:.1f}x (target >= 2x): {verdict}")
+        if fit_ips is not None:
+            print(f"fit() reaches {100 * fit_ips / step_ips:.0f}% of the step-alone rate")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
