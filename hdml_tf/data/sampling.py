@@ -425,6 +425,7 @@ def _training_pipeline(
     strict: bool,
     num_parallel_calls,
     prefetch,
+    start_batch: int = 0,
 ):
     """Shared tf.data plumbing: sampled index batches -> per-batch inner dataset that
     decodes and augments its images in parallel -> drop batches with a bad image ->
@@ -442,6 +443,10 @@ def _training_pipeline(
 
     def indices():
         for b, group in enumerate(sampler):
+            # Resuming: drawing indices is cheap numpy, so the skipped batches cost no
+            # decoding, and b keeps counting so augmentation seeds stay the same.
+            if b < start_batch:
+                continue
             flat = np.concatenate(group) if isinstance(group, tuple) else group
             if source.can_fail:
                 log.record(b, flat)
@@ -498,6 +503,7 @@ def npair_dataset(
     strict: bool = False,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Infinite, seeded N-pair batches for HDML.
 
@@ -517,6 +523,9 @@ def npair_dataset(
             bytes) before training; faster epochs, and bad files are found up front.
         strict: raise (naming the file) on an undecodable image instead of skipping.
         num_parallel_calls, prefetch: tf.data tuning (AUTOTUNE by default).
+        start_batch: begin at this batch of the seeded stream (resuming training):
+            the result equals the stream from batch 0 with ``start_batch`` batches
+            skipped, without decoding them.
 
     Returns:
         tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
@@ -526,7 +535,8 @@ def npair_dataset(
     return _training_pipeline(
         data, sampler, 2 * num_pairs, _split(2), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
-        num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+        num_parallel_calls=num_parallel_calls, prefetch=prefetch,
+        start_batch=start_batch)
 
 
 def triplet_dataset(
@@ -542,6 +552,7 @@ def triplet_dataset(
     strict: bool = False,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Infinite, seeded triplet batches (official HDML triplet: T = 40, 120 images).
 
@@ -555,7 +566,8 @@ def triplet_dataset(
     return _training_pipeline(
         data, sampler, 3 * num_triplets, _split(3), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
-        num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+        num_parallel_calls=num_parallel_calls, prefetch=prefetch,
+        start_batch=start_batch)
 
 
 def m_per_class_dataset(
@@ -572,6 +584,7 @@ def m_per_class_dataset(
     strict: bool = False,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
+    start_batch: int = 0,
 ) -> tf.data.Dataset:
     """Infinite, seeded batches of K classes x m images (semi-hard / lifted losses).
 
@@ -587,7 +600,8 @@ def m_per_class_dataset(
     return _training_pipeline(
         data, sampler, classes_per_batch * images_per_class, lambda x, y: (x, y),
         resize=resize, crop=crop, flip=flip, preprocessing=preprocessing, seed=seed,
-        cache=cache, strict=strict, num_parallel_calls=num_parallel_calls, prefetch=prefetch)
+        cache=cache, strict=strict, num_parallel_calls=num_parallel_calls, prefetch=prefetch,
+        start_batch=start_batch)
 
 
 def eval_dataset(
