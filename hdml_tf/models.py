@@ -124,17 +124,22 @@ class Embedder(keras.Model):
       embedding_dim: d.
       normalize: L2-normalise the output of ``call``.
       synchronized_bn: synchronise the head's BatchNorm across replicas.
+      preprocessing: the input normalisation the backbone expects (a
+        ``hdml_tf.data.preprocess.normalize`` mode); defaults to
+        ``backbone.preprocessing``.
     """
 
     def __init__(self, backbone, embedding_dim=128, normalize=True, synchronized_bn=False,
-                 **kwargs):
+                 preprocessing=None, **kwargs):
         kwargs.setdefault("name", "embedder")
         super().__init__(**kwargs)
         self.backbone = backbone
         self.embedding_dim = int(embedding_dim)
         self.normalize = bool(normalize)
         self.feature_dim = _feature_dim(backbone)
-        self.preprocessing = getattr(backbone, "preprocessing", "none")
+        # Kept in the config: a keras.applications backbone loses its Python
+        # attributes when saved and loaded.
+        self.preprocessing = preprocessing or getattr(backbone, "preprocessing", "none")
         self.head = EmbeddingHead(self.embedding_dim, synchronized_bn=synchronized_bn,
                                   name="head")
 
@@ -168,6 +173,7 @@ class Embedder(keras.Model):
             embedding_dim=self.embedding_dim,
             normalize=self.normalize,
             synchronized_bn=self.head.synchronized_bn,
+            preprocessing=self.preprocessing,
         )
         return config
 

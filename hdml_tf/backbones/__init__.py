@@ -11,6 +11,7 @@ from hdml_tf.backbones.inception_v1 import (
     caffe_to_keras_name,
     keras_to_caffe_name,
 )
+from hdml_tf.backbones.small_cnn import SmallCNN  # registers "small_cnn"
 from hdml_tf.backbones.weights import (
     CaffeWeightsError,
     convert_caffe_weights,

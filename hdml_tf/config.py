@@ -1,0 +1,372 @@
+"""Typed experiment configs, presets and dotted command-line overrides.
+
+One `ExperimentConfig` describes a run: data, model, optimisation, training. Presets
+live in ``hdml_tf/configs/<name>.py``, each with the command that runs it and the
+numbers the paper reports at its top. Overrides use dotted keys and are type-checked:
+
+  hdml-tf train --config cub200_npair --set model.hdml=false --set train.steps=100
+
+Every error names the key (unknown key, wrong type, impossible batch) and is raised
+before any data is read or any training starts.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import pkgutil
+import sys
+import typing
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Dataset and input pipeline.
+
+    ``batch_size`` counts images: N-pair batches hold 2P images (P classes), triplet
+    batches 3T. ``val_fraction`` holds out that fraction of the training classes as a
+    validation split for checkpoint selection (never the test set).
+    """
+
+    name: str = "fashion_mnist"
+    root: typing.Optional[str] = None
+    batch_size: int = 128
+    resize: int = 256
+    crop: int = 227
+    flip: bool = True
+    cache: bool = False
+    val_fraction: float = 0.0
+    eval_batch_size: int = 128
+    max_eval_images: int = 0  # 0: all; a smaller number subsamples the evaluated split
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Backbone, embedding and the HDML objective (see HDML_SPEC.md)."""
+
+    backbone: str = "inception_v1"
+    weights: typing.Optional[str] = None
+    embedding_dim: int = 128
+    loss: str = "npair"
+    hdml: bool = True
+    alpha: float = 90.0
+    beta: float = 1e4
+    lambda_gen: float = 0.5
+    softmax_factor: float = 1e4
+    l2_reg: float = 3e-3
+    margin: float = 1.0
+    weight_decay: float = 5e-3
+    window: int = 64
+    record_weighted_jm: bool = True
+    generator_hidden: int = 512
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """Three Adam optimizers; the metric learning rate is halved at ``lr_decay_steps``."""
+
+    lr_metric: float = 7e-5
+    lr_gen: float = 1e-2
+    lr_cls: float = 1e-3
+    lr_decay_steps: typing.Tuple[int, ...] = ()
+    lr_decay_factor: float = 0.5
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Length, logging, checkpoints, evaluation, distribution and export."""
+
+    steps: int = 8000
+    steps_per_epoch: int = 100  # progress/log/checkpoint interval
+    eval_every: int = 0  # steps; 0: only at the end
+    eval_split: str = "val"  # "val" (needs data.val_fraction > 0) or "test"
+    select_on_test: bool = False  # the authors' flaw: opt-in only
+    monitor: str = "recall@1"
+    ks: typing.Tuple[int, ...] = (1, 2, 4, 8)
+    keep_checkpoints: int = 3
+    seed: int = 0
+    strategy: str = "auto"
+    mixed_precision: bool = False
+    xla: bool = False
+    export: bool = True
+    export_dir: str = "saved_models"
+    export_name: str = ""
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    # What the paper reports for this setting (informational, printed beside results).
+    paper: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+             "train": TrainConfig}
+STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+
+
+# --------------------------------------------------------------------- parsing
+
+
+def _field_types(cls):
+    return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+
+
+def _parse_value(key, text, annotation):
+    """Convert the string ``text`` to ``annotation`` or raise ConfigError naming key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:  # Optional[X]
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return _parse_value(key, text, next(a for a in args if a is not type(None)))
+    if origin in (tuple, typing.Tuple):
+        items = [t for t in text.replace("(", "").replace(")", "").split(",") if t.strip()]
+        return tuple(_parse_value(key, t.strip(), args[0]) for t in items)
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            return True
+        if lowered in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {text!r}")
+    if annotation in (int, float):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+        if annotation is int:
+            if value != int(value):
+                raise ConfigError(f"{key}: expected an integer, got {text!r}")
+            return int(value)
+        return value
+    if annotation is str:
+        return text
+    raise ConfigError(f"{key}: cannot be set from the command line")
+
+
+def _check_type(key, value, annotation):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        return _check_type(key, value, next(a for a in args if a is not type(None)))
+    if origin in (tuple, typing.Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_check_type(key, v, args[0]) for v in value)
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value == int(value):
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def apply_override(config, assignment):
+    """Apply one ``section.key=value`` string to ``config`` in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected section.key=value")
+    key, text = assignment.split("=", 1)
+    key = key.strip()
+    if key == "name":
+        config.name = text
+        return config
+    section, _, field = key.partition(".")
+    if section not in _SECTIONS or not field:
+        raise ConfigError(f"unknown config key {key!r}; sections are "
+                          f"{', '.join(_SECTIONS)} (e.g. model.embedding_dim=64)")
+    types = _field_types(_SECTIONS[section])
+    if field not in types:
+        raise ConfigError(f"unknown config key {key!r}; {section} has: "
+                          f"{', '.join(sorted(types))}")
+    setattr(getattr(config, section), field, _parse_value(key, text, types[field]))
+    return config
+
+
+def from_dict(data):
+    """An ExperimentConfig from a (JSON) mapping; unknown keys and wrong types raise."""
+    config = ExperimentConfig()
+    for key, value in data.items():
+        if key in ("name",):
+            config.name = _check_type(key, value, str)
+        elif key == "paper":
+            config.paper = _check_type(key, value, typing.Dict[str, float])
+        elif key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a mapping of settings")
+            types = _field_types(_SECTIONS[key])
+            section = getattr(config, key)
+            for field, item in value.items():
+                if field not in types:
+                    raise ConfigError(f"unknown config key '{key}.{field}'; {key} has: "
+                                      f"{', '.join(sorted(types))}")
+                setattr(section, field, _check_type(f"{key}.{field}", item, types[field]))
+        else:
+            raise ConfigError(f"unknown config key {key!r}")
+    return config
+
+
+# --------------------------------------------------------------------- presets
+
+
+def available_presets():
+    from hdml_tf import configs
+
+    return sorted(m.name for m in pkgutil.iter_modules(configs.__path__)
+                  if not m.name.startswith("_"))
+
+
+def get_preset(name):
+    if name not in available_presets():
+        raise ConfigError(f"unknown preset {name!r}; available: "
+                          f"{', '.join(available_presets())}")
+    return importlib.import_module(f"hdml_tf.configs.{name}").get_config()
+
+
+def load_config(spec, overrides=(), smoke=False):
+    """A preset name or a JSON file path, then overrides, then validation."""
+    if os.path.isfile(spec):
+        try:
+            with open(spec) as f:
+                data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"config file {spec}: not valid JSON ({error})") from None
+        config = from_dict(data)
+    elif spec.endswith(".json"):
+        raise ConfigError(f"config file {spec} does not exist")
+    else:
+        config = get_preset(spec)
+    if smoke:
+        shrink_for_smoke(config)
+    for assignment in overrides:
+        apply_override(config, assignment)
+    validate(config)
+    return config
+
+
+def shrink_for_smoke(config):
+    """Seconds instead of hours: for CI and notebook smoke runs."""
+    config.train.steps = min(config.train.steps, 6)
+    config.train.steps_per_epoch = 3
+    config.train.eval_every = 0
+    config.data.max_eval_images = 300
+    config.model.window = min(config.model.window, 2)
+    return config
+
+
+def validate(config):
+    """Checks that need no data. Raises ConfigError naming the key."""
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    if m.loss not in ("npair", "triplet"):
+        raise ConfigError(f"model.loss: expected 'npair' or 'triplet', got {m.loss!r}")
+    if d.batch_size < 2:
+        raise ConfigError(f"data.batch_size: must be at least 2, got {d.batch_size}")
+    if m.loss == "npair" and d.batch_size % 2:
+        raise ConfigError(f"data.batch_size: an N-pair batch holds 2P images, so it must "
+                          f"be even; got {d.batch_size}")
+    if m.loss == "triplet" and d.batch_size % 3:
+        raise ConfigError(f"data.batch_size: a triplet batch holds 3T images, so it must "
+                          f"be divisible by 3; got {d.batch_size}")
+    for key, value in (("data.crop", d.crop), ("data.resize", d.resize),
+                       ("model.embedding_dim", m.embedding_dim), ("model.window", m.window),
+                       ("train.steps", t.steps), ("train.steps_per_epoch", t.steps_per_epoch),
+                       ("data.eval_batch_size", d.eval_batch_size)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be positive, got {value}")
+    if d.crop > d.resize:
+        raise ConfigError(f"data.crop: {d.crop} is larger than data.resize {d.resize}")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction: must be in [0, 1), got {d.val_fraction}")
+    if t.strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy: expected one of {', '.join(STRATEGIES)}, "
+                          f"got {t.strategy!r}")
+    if t.eval_split not in ("val", "test"):
+        raise ConfigError(f"train.eval_split: expected 'val' or 'test', got {t.eval_split!r}")
+    if t.eval_split == "val" and t.eval_every and d.val_fraction == 0:
+        raise ConfigError("train.eval_every: periodic evaluation on 'val' needs "
+                          "data.val_fraction > 0 (or train.eval_split=test with "
+                          "train.select_on_test=true, the authors' flawed protocol)")
+    if t.eval_split == "test" and t.eval_every and not t.select_on_test:
+        raise ConfigError("train.eval_split: selecting checkpoints on the test split "
+                          "needs train.select_on_test=true (the authors' code did this; "
+                          "it inflates results)")
+    if any(s < 1 for s in o.lr_decay_steps):
+        raise ConfigError(f"optim.lr_decay_steps: steps must be positive, "
+                          f"got {o.lr_decay_steps}")
+    for key, value in (("optim.lr_metric", o.lr_metric), ("optim.lr_gen", o.lr_gen),
+                       ("optim.lr_cls", o.lr_cls)):
+        if value < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {value}")
+    from hdml_tf.backbones import available_backbones
+
+    import hdml_tf.backbones.small_cnn  # noqa: F401  (registers "small_cnn")
+
+    if m.backbone.lower() not in available_backbones():
+        raise ConfigError(f"model.backbone: unknown {m.backbone!r}; available: "
+                          f"{', '.join(available_backbones())}")
+    return config
+
+
+def check_against_dataset(config, num_train_classes):
+    """Checks that need the dataset's size, run before training starts."""
+    per_batch = (config.data.batch_size // 2 if config.model.loss == "npair"
+                 else config.data.batch_size // 3)
+    if per_batch > num_train_classes:
+        what = "P = batch_size / 2" if config.model.loss == "npair" else "T = batch_size / 3"
+        raise ConfigError(f"data.batch_size: {config.data.batch_size} needs {what} = "
+                          f"{per_batch} distinct classes per batch, but the training split "
+                          f"of {config.data.name!r} has {num_train_classes}")
+
+
+def presets_main(argv):
+    """``hdml-tf presets``: list presets, or print one as JSON."""
+    parser = argparse.ArgumentParser(prog="hdml-tf presets")
+    parser.add_argument("name", nargs="?", help="print this preset as JSON")
+    args = parser.parse_args(argv)
+    if args.name:
+        print(get_preset(args.name).to_json())
+        return 0
+    for name in available_presets():
+        module = importlib.import_module(f"hdml_tf.configs.{name}")
+        first = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<22} {first}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(presets_main(sys.argv[1:]))

@@ -1,0 +1,21 @@
+"""Shared building blocks of the paper presets (HDML_SPEC.md, "Official hyperparameters")."""
+
+from hdml_tf.config import ExperimentConfig
+
+
+def paper_config(name, dataset, *, embedding_dim, lr_metric, weight_decay, l2_reg, beta,
+                 lr_gen, lr_cls, steps, loss="npair", lr_decay_steps=(), alpha=90.0,
+                 ks=(1, 2, 4, 8), paper=None):
+    """GoogLeNet at 227 px, batch 128 (N-pair) or 120 (triplet), the authors' settings."""
+    config = ExperimentConfig(name=name, paper=dict(paper or {}))
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    d.name, d.resize, d.crop = dataset, 256, 227
+    d.batch_size = 128 if loss == "npair" else 120
+    d.val_fraction = 0.1
+    m.backbone, m.loss, m.embedding_dim = "inception_v1", loss, embedding_dim
+    m.alpha, m.beta, m.weight_decay, m.l2_reg = alpha, beta, weight_decay, l2_reg
+    o.lr_metric, o.lr_gen, o.lr_cls = lr_metric, lr_gen, lr_cls
+    o.lr_decay_steps, o.lr_decay_factor = tuple(lr_decay_steps), 0.5
+    t.steps, t.steps_per_epoch, t.eval_every, t.ks = steps, 100, 500, tuple(ks)
+    t.export_name = name
+    return config

@@ -1,0 +1,428 @@
+"""``hdml-tf train``: config -> data -> HDML -> checkpoints, logs, evaluation, export.
+
+One loop serves every strategy: a ``tf.function`` around ``strategy.run(model.train_step)``
+over a distributed dataset, driven from Python so that checkpoints, evaluation and
+logging happen at step granularity. (Keras ``fit`` fails under
+MultiWorkerMirroredStrategy in Keras 3, tensorflow issue 72388; the custom loop is the
+supported route there, and using it everywhere keeps single- and multi-device runs
+identical.) Keras callbacks still do the progress bar, CSV, TensorBoard and periodic
+evaluation, through ``keras.callbacks.CallbackList``.
+
+Workdir layout:
+  config.json                 the resolved experiment config
+  checkpoints/ckpt-*          tf.train.Checkpoint: model (weights, running statistics),
+                              the three optimizers, the step; written every
+                              ``train.steps_per_epoch`` steps; the data position is the
+                              step (the samplers are pure functions of seed and batch
+                              number)
+  model.keras                 the latest HDML model (atomic replace at each checkpoint)
+  train_log.csv, tensorboard/ per-epoch loss terms; eval_log.csv evaluations
+  metrics.json                final test metrics (and the paper's numbers, if known)
+
+Killed at any moment (even ``kill -9``) and run again with the same workdir, training
+resumes from the last checkpoint.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hdml_tf import config as config_lib
+
+EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
+
+
+# ----------------------------------------------------------------- strategies
+
+
+def build_strategy(name="auto", devices=None):
+    """A tf.distribute strategy by name.
+
+    Args:
+      name: "auto" (MirroredStrategy when more than one GPU is visible, else the
+        default strategy), "none", "mirrored", "multiworker" (configured from the
+        ``TF_CONFIG`` environment variable) or "tpu".
+      devices: explicit device list for "mirrored" (e.g. two logical CPUs in tests).
+    """
+    if name == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise config_lib.ConfigError(
+                "train.strategy=multiworker needs the TF_CONFIG environment variable "
+                "(cluster and task), see the README's multi-worker section")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    raise config_lib.ConfigError(f"train.strategy: unknown {name!r}")
+
+
+# ------------------------------------------------------------------------ data
+
+
+def load_splits(config):
+    """The train split and the evaluation splits ("val" if held out, "test")."""
+    from hdml_tf import data as data_lib
+
+    d = config.data
+    kwargs = {"val_fraction": d.val_fraction} if d.val_fraction else {}
+    splits = {"train": data_lib.load_dataset(d.name, "train", d.root, **kwargs),
+              "test": data_lib.load_dataset(d.name, "test", d.root, **kwargs)}
+    if d.val_fraction:
+        splits["val"] = data_lib.load_dataset(d.name, "val", d.root, **kwargs)
+    return splits
+
+
+def training_dataset(config, train_split, preprocessing, start_batch=0):
+    from hdml_tf.data import sampling
+
+    d, loss = config.data, config.model.loss
+    common = dict(seed=config.train.seed, resize=d.resize, crop=d.crop, flip=d.flip,
+                  preprocessing=preprocessing, cache=d.cache, start_batch=start_batch)
+    if loss == "npair":
+        return sampling.npair_dataset(train_split, d.batch_size // 2, **common)
+    return sampling.triplet_dataset(train_split, d.batch_size // 3, **common)
+
+
+def evaluation_dataset(config, split, preprocessing):
+    from hdml_tf.data import sampling
+
+    d = config.data
+    if d.max_eval_images and len(split) > d.max_eval_images:
+        split = _subsample(split, d.max_eval_images, config.train.seed)
+    return sampling.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
+                                 crop=d.crop, preprocessing=preprocessing)
+
+
+def _subsample(split, count, seed):
+    import dataclasses
+
+    keep = np.sort(np.random.default_rng(seed).choice(len(split), count, replace=False))
+    fields = {f: getattr(split, f)[keep] for f in ("paths", "encoded", "images")
+              if getattr(split, f) is not None}
+    return dataclasses.replace(split, labels=split.labels[keep], **fields)
+
+
+# ----------------------------------------------------------------------- model
+
+
+def build_model(config, num_classes):
+    """Backbone, Embedder, HDML and the three optimizers, compiled and built."""
+    import hdml_tf.backbones.small_cnn  # noqa: F401  (registers "small_cnn")
+    from hdml_tf.backbones import build_backbone
+    from hdml_tf.models import HDML, Embedder
+
+    m, o, t, d = config.model, config.optim, config.train, config.data
+    previous_policy = keras.config.dtype_policy()
+    if t.mixed_precision:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        backbone = build_backbone(m.backbone, weights=m.weights,
+                                  input_shape=(d.crop, d.crop, 3))
+        embedder = Embedder(backbone, embedding_dim=m.embedding_dim)
+        model = HDML(embedder, num_classes=num_classes, loss=m.loss, hdml=m.hdml,
+                     alpha=m.alpha, beta=m.beta, lambda_gen=m.lambda_gen,
+                     softmax_factor=m.softmax_factor, l2_reg=m.l2_reg, margin=m.margin,
+                     weight_decay=m.weight_decay, window=m.window,
+                     record_weighted_jm=m.record_weighted_jm,
+                     generator_hidden=m.generator_hidden)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    if o.lr_decay_steps:
+        values = [o.lr_metric * o.lr_decay_factor ** i for i in range(len(o.lr_decay_steps) + 1)]
+        lr_metric = keras.optimizers.schedules.PiecewiseConstantDecay(
+            list(o.lr_decay_steps), values)
+    else:
+        lr_metric = o.lr_metric
+    optimizers = [keras.optimizers.Adam(lr_metric), keras.optimizers.Adam(o.lr_gen),
+                  keras.optimizers.Adam(o.lr_cls)]
+    if t.mixed_precision:
+        optimizers = [keras.optimizers.LossScaleOptimizer(opt) for opt in optimizers]
+    model.compile(metric_optimizer=optimizers[0], generator_optimizer=optimizers[1],
+                  classifier_optimizer=optimizers[2])
+    model.build((None, d.crop, d.crop, 3))
+    model._build_optimizers()
+    return model
+
+
+def make_checkpoint(model):
+    return tf.train.Checkpoint(
+        model=model, metric_optimizer=model.metric_optimizer,
+        generator_optimizer=model.generator_optimizer,
+        classifier_optimizer=model.classifier_optimizer,
+        step=tf.Variable(0, dtype=tf.int64, trainable=False))
+
+
+def _atomic_save(model, path):
+    """model.save to a temporary file in the same folder, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def restore_model(workdir):
+    """The HDML model of a workdir: ``model.keras`` if present, else the config plus
+    the latest checkpoint."""
+    import hdml_tf.models  # noqa: F401  (registers the classes)
+    import hdml_tf.backbones.small_cnn  # noqa: F401
+
+    path = os.path.join(workdir, "model.keras")
+    if os.path.exists(path):
+        return keras.models.load_model(path)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{workdir} is not a training workdir: no model.keras and "
+                                "no config.json")
+    with open(config_path) as f:
+        saved = json.load(f)
+    config = config_lib.from_dict(saved["config"])
+    model = build_model(config, saved["num_classes"])
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
+    make_checkpoint(model).restore(latest).expect_partial()
+    return model
+
+
+# ----------------------------------------------------------------------- train
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    def __init__(self, manager, checkpoint, workdir, steps_per_epoch):
+        super().__init__()
+        self.manager, self.checkpoint = manager, checkpoint
+        self.workdir, self.steps_per_epoch = workdir, steps_per_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.checkpoint.step.assign((epoch + 1) * self.steps_per_epoch)
+        self.manager.save(checkpoint_number=int(self.checkpoint.step.numpy()))
+        _atomic_save(self.model, os.path.join(self.workdir, "model.keras"))
+
+
+def _write_json(path, payload):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+def train(config, workdir, strategy=None, devices=None, log=print):
+    """Run (or resume) one experiment in ``workdir``; returns the results dict.
+
+    Args:
+      config: a validated ExperimentConfig.
+      workdir: created if missing; an existing one with a different config is refused.
+      strategy: a tf.distribute strategy (default: from ``config.train.strategy``).
+      devices: device list for a "mirrored" strategy built here.
+      log: where progress lines go.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    config_path = os.path.join(workdir, "config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)["config"]
+        if previous != json.loads(config.to_json()):
+            changed = sorted(f"{s}.{k}" for s in previous if isinstance(previous[s], dict)
+                             for k in previous[s]
+                             if previous[s][k] != json.loads(config.to_json())[s].get(k))
+            raise config_lib.ConfigError(
+                f"{workdir} holds a run with a different config (changed: "
+                f"{', '.join(changed) or 'name'}); use a new --workdir")
+    keras.utils.set_random_seed(config.train.seed)
+    strategy = strategy or build_strategy(config.train.strategy, devices)
+    replicas = strategy.num_replicas_in_sync
+    per_batch = config.data.batch_size // (2 if config.model.loss == "npair" else 3)
+    if per_batch % replicas:
+        raise config_lib.ConfigError(
+            f"data.batch_size: {per_batch} classes per batch do not split evenly over "
+            f"{replicas} replicas")
+
+    splits = load_splits(config)
+    num_classes = splits["train"].num_classes
+    config_lib.check_against_dataset(config, num_classes)
+    _write_json(config_path, {"config": config.to_dict(), "num_classes": num_classes,
+                              "class_names": {k: list(map(str, v.class_names))
+                                              for k, v in splits.items()}})
+
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        checkpoint = make_checkpoint(model)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
+                                         max_to_keep=config.train.keep_checkpoints)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log(f"resumed from {manager.latest_checkpoint} at step {int(checkpoint.step.numpy())}")
+    start_step = int(checkpoint.step.numpy())
+    t = config.train
+    steps_per_epoch = t.steps_per_epoch
+    if start_step % steps_per_epoch:
+        raise RuntimeError(f"checkpoint step {start_step} is not a multiple of "
+                           f"train.steps_per_epoch={steps_per_epoch}")
+    epochs = -(-t.steps // steps_per_epoch)
+    initial_epoch = start_step // steps_per_epoch
+
+    preprocessing = model.embedder.preprocessing
+    dataset = training_dataset(config, splits["train"], preprocessing, start_batch=start_step)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    def replica_step(batch):
+        return model.train_step(batch)
+
+    step_fn = replica_step
+    if t.xla:
+        step_fn = tf.function(replica_step, jit_compile=True)
+
+    @tf.function
+    def distributed_step(it):
+        logs = strategy.run(step_fn, args=(next(it),))
+        # Every replica holds the same (globally reduced) values: take the first.
+        return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
+
+    callbacks = [
+        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
+        _Checkpointer(manager, checkpoint, workdir, steps_per_epoch),
+    ]
+    eval_split = None
+    if t.eval_every:
+        from hdml_tf.evaluation.callbacks import EvaluationCallback
+
+        eval_split = t.eval_split
+        callbacks.insert(0, EvaluationCallback(
+            evaluation_dataset(config, splits[eval_split], preprocessing),
+            split_name=eval_split, ks=t.ks, every_n_steps=t.eval_every,
+            monitor=t.monitor, restore_best_weights=True,
+            allow_test_selection=t.select_on_test,
+            log_dir=os.path.join(workdir, "tensorboard", "eval"),
+            csv_path=os.path.join(workdir, "eval_log.csv"), verbose=t.verbose))
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=t.verbose > 0, model=model,
+        verbose=t.verbose, epochs=epochs, steps=steps_per_epoch)
+
+    log(f"training {config.name}: {t.steps} steps from step {start_step}, "
+        f"{replicas} replica(s), HDML {'on' if config.model.hdml else 'off'}")
+    started = time.time()
+    callback_list.on_train_begin()
+    logs = {}
+    for epoch in range(initial_epoch, epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(epoch)
+        steps_here = min(steps_per_epoch, t.steps - epoch * steps_per_epoch)
+        for step in range(steps_here):
+            callback_list.on_train_batch_begin(step)
+            logs = {k: float(v) for k, v in distributed_step(iterator).items()}
+            callback_list.on_train_batch_end(step, logs)
+        callback_list.on_epoch_end(epoch, dict(logs))
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    train_seconds = time.time() - started
+
+    results = {"train_seconds": train_seconds, "steps": t.steps,
+               "final_logs": logs, "statistics": model.statistics()}
+    test_metrics = evaluate_model(model, config, splits["test"])
+    results["test"] = test_metrics
+    results["paper"] = dict(config.paper)
+    _write_json(os.path.join(workdir, "metrics.json"), results)
+    _atomic_save(model, os.path.join(workdir, "model.keras"))
+    log(summary_table({config.name: test_metrics}, paper=config.paper))
+    if t.export:
+        results["export"] = export_workdir(workdir, config, log=log)
+    return results
+
+
+def evaluate_model(model, config, split):
+    from hdml_tf.evaluation import evaluate
+
+    data = evaluation_dataset(config, split, model.embedder.preprocessing)
+    return evaluate(model.embedder, data, ks=config.train.ks, metrics=EVAL_METRICS)
+
+
+def export_workdir(workdir, config, log=print):
+    """Export the embedder to ``<export_dir>/<export_name>/<version>/``."""
+    try:
+        from hdml_tf import export as export_lib
+    except ImportError as error:  # pragma: no cover - the module ships with the package
+        log(f"export skipped: {error}")
+        return None
+    name = config.train.export_name or config.name
+    out = os.path.join(config.train.export_dir, name)
+    path = export_lib.export_main(["--checkpoint", workdir, "--out", out])
+    return out if path == 0 else None
+
+
+def summary_table(results, paper=None, keys=None):
+    """Results side by side: one column per run, one row per metric (in %)."""
+    runs = list(results)
+    keys = keys or [k for k in next(iter(results.values())) if isinstance(
+        next(iter(results.values()))[k], (int, float))]
+    header = ["metric"] + runs + (["paper"] if paper else [])
+    rows = []
+    for key in keys:
+        row = [key] + [f"{100 * results[r][key]:.2f}" if key in results[r] else "-"
+                       for r in runs]
+        if paper:
+            row.append(f"{paper[key]:.1f}" if key in paper else "-")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def train_main(argv):
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf train",
+        description="Train HDML (or its baseline with --set model.hdml=false).")
+    parser.add_argument("--config", required=True,
+                        help="preset name (hdml-tf presets) or a JSON config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, e.g. --set model.embedding_dim=64 (repeatable)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs, metrics")
+    parser.add_argument("--strategy", choices=config_lib.STRATEGIES,
+                        help="overrides train.strategy")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="mixed_float16 compute (train.mixed_precision)")
+    parser.add_argument("--xla", action="store_true", help="XLA-compile the step")
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.strategy:
+        overrides.append(f"train.strategy={args.strategy}")
+    if args.mixed_precision:
+        overrides.append("train.mixed_precision=true")
+    if args.xla:
+        overrides.append("train.xla=true")
+    try:
+        config = config_lib.load_config(args.config, overrides, smoke=args.smoke)
+        train(config, args.workdir)
+    except config_lib.ConfigError as error:
+        print(f"hdml-tf train: config error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"hdml-tf train: {error}", file=sys.stderr)
+        return 2
+    return 0
