@@ -196,6 +196,8 @@ class TripletSampler:
             for c in classes:
                 i, j = pools.next_images(c, 2)
                 others = pools.classes[pools.classes != c]
+                if pools.exclude:  # classes whose every image failed to decode
+                    others = np.array([o for o in others if len(pools.usable(int(o)))], np.int64)
                 neg_class = int(others[rng.integers(len(others))])
                 a.append(i)
                 p.append(j)
