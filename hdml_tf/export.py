@@ -1,0 +1,702 @@
+"""Export the HDML embedder as a TF Serving SavedModel.
+
+``hdml-tf export --checkpoint WORKDIR_OR_KERAS --out saved_models/NAME`` writes::
+
+    saved_models/NAME/
+      1/                                   # next free integer version
+        saved_model.pb
+        variables/
+        assets.extra/
+          tf_serving_warmup_requests       # TFRecord of PredictionLog, one per signature
+          hdml_tf_metadata.json            # config, class split, metrics, versions
+
+Only the embedder (backbone F, head H, L2 normalisation) is exported: the generator
+and the classifier exist only for training. Two signatures, both returning
+``embedding`` (float32, L2-normalised, shape ``(batch, embedding_dim)``):
+
+* ``serving_default``: input ``images``, float32 ``(batch, crop, crop, 3)``, RGB in
+  0-255, already resized and centre-cropped; the backbone's normalisation (e.g. Caffe
+  BGR mean subtraction) runs inside the graph.
+* ``serve_bytes``: input ``image_bytes``, ``tf.string`` ``(batch,)`` of encoded JPEG,
+  PNG, GIF (first frame), BMP or WebP files; decoding, resizing and centre-cropping
+  run inside the graph with the same ops evaluation uses
+  (``hdml_tf.data.preprocess.decode_image``, ``eval_transform``, ``normalize``).
+
+The export is written to a hidden temporary directory beside the version directories
+and renamed into place only when it is complete (and, unless ``verify=False``, only
+after the written SavedModel has been reloaded and checked against the Keras
+embedder), so TF Serving, which polls the base directory for integer names, never
+sees a half-written version.
+
+Models trained under mixed precision are rebuilt with a float32 dtype policy before
+export (the weights are float32 already), so the SavedModel computes and serves
+float32; models created under a distribution strategy export their plain weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import shutil
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+# Signature and tensor names: the serving contract, documented in docs/serving.md.
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_BYTES = "serve_bytes"
+INPUT_IMAGES = "images"
+INPUT_BYTES = "image_bytes"
+OUTPUT_EMBEDDING = "embedding"
+WARMUP_FILENAME = "tf_serving_warmup_requests"
+METADATA_FILENAME = "hdml_tf_metadata.json"
+METADATA_FORMAT = "hdml_tf.export/1"
+
+_TEMP_PREFIX = ".tmp-export-"
+_WARMUP_MODES = ("auto", "require", "skip")
+_SERVING_API_HINT = ("the warmup file needs tensorflow-serving-api; install it with "
+                     "`pip install --no-deps tensorflow-serving-api` (a plain install "
+                     "pulls a second TensorFlow)")
+
+# First bytes of the formats tf.io.decode_image accepts; checked before decoding so
+# that the error names the batch index of the bad input (the decoders' own errors
+# do not say which element of a batch failed).
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+class ExportError(RuntimeError):
+    """The export could not be made; nothing was left in the output directory."""
+
+
+# --------------------------------------------------------------------- checkpoints
+
+
+def _register_serializables():
+    """Import every module that registers Keras classes a checkpoint may name."""
+    importlib.import_module("hdml_tf.models")
+    package = importlib.import_module("hdml_tf.backbones")
+    # Backbones added later (e.g. small networks for demos) register themselves on
+    # import; load them all so any saved backbone class can be deserialised.
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        importlib.import_module(info.name)
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_checkpoint(checkpoint, config_path=None):
+    """Load the embedder and what is known about it from a workdir or a .keras file.
+
+    Args:
+      checkpoint: a training workdir (holding ``model.keras`` and usually
+        ``config.json`` and ``metrics.json``) or a ``.keras`` file of an ``HDML`` model
+        or an ``Embedder``. For a file, ``config.json``/``metrics.json`` in the same
+        directory are used when present.
+      config_path: an explicit experiment config JSON (overrides the one found).
+
+    Returns:
+      dict with ``embedder`` (the Keras Embedder), ``image_shape`` (``(None, H, W, 3)``
+      or None), ``config`` (dict or None), ``metrics`` (dict or None), ``source``.
+
+    Raises:
+      ExportError: the path does not exist, a workdir has no ``model.keras``, or the
+        file holds neither an HDML model nor an Embedder.
+    """
+    checkpoint = os.fspath(checkpoint)
+    if os.path.isdir(checkpoint):
+        model_path = os.path.join(checkpoint, "model.keras")
+        if not os.path.isfile(model_path):
+            raise ExportError(f"{checkpoint!r} is a directory but has no model.keras "
+                              f"(expected {model_path!r}); pass a training workdir or a "
+                              ".keras file")
+        directory = checkpoint
+    elif os.path.isfile(checkpoint):
+        if not checkpoint.endswith(".keras"):
+            raise ExportError(f"{checkpoint!r}: expected a training workdir or a .keras "
+                              "file")
+        model_path, directory = checkpoint, os.path.dirname(os.path.abspath(checkpoint))
+    else:
+        raise ExportError(f"checkpoint {checkpoint!r} does not exist")
+
+    _register_serializables()
+    import keras
+    from hdml_tf import models
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False)
+    except Exception as err:  # keep Keras' message, add which file it was
+        raise ExportError(f"could not load {model_path!r}: {err}") from err
+    if isinstance(model, models.HDML):
+        embedder = model.embedder
+        image_shape = getattr(model, "_image_shape", None)
+    elif isinstance(model, models.Embedder):
+        embedder, image_shape = model, None
+    else:
+        raise ExportError(f"{model_path!r} holds a {type(model).__name__}, not an "
+                          "hdml_tf HDML model or Embedder")
+
+    config_file = config_path or os.path.join(directory, "config.json")
+    config = _read_json(config_file) if os.path.isfile(config_file) else None
+    if config_path and config is None:
+        raise ExportError(f"config file {config_path!r} does not exist")
+    metrics_file = os.path.join(directory, "metrics.json")
+    metrics = _read_json(metrics_file) if os.path.isfile(metrics_file) else None
+    return {"embedder": embedder, "image_shape": image_shape, "config": config,
+            "metrics": metrics, "source": os.path.abspath(model_path)}
+
+
+def _config_get(config, section, key):
+    """``config[section][key]``, also accepting flat dotted keys; None if absent."""
+    if not config:
+        return None
+    value = config.get(section, {})
+    if isinstance(value, dict) and key in value:
+        return value[key]
+    return config.get(f"{section}.{key}")
+
+
+def _pair(size, what):
+    if size is None:
+        return None
+    if isinstance(size, (int, np.integer)):
+        return (int(size), int(size))
+    if isinstance(size, (list, tuple)) and len(size) == 2:
+        return (int(size[0]), int(size[1]))
+    raise ExportError(f"{what}={size!r}: expected an int or (height, width)")
+
+
+def _class_split(config):
+    """The class-split part of a config: dataset name, split settings, class lists."""
+    if not config:
+        return None
+    split = {}
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    for key in ("name", "val_fraction"):
+        if key in data:
+            split["dataset" if key == "name" else key] = data[key]
+    for source in (config, data):
+        for key, value in source.items():
+            lowered = key.lower()
+            if ("split" in lowered or "classes" in lowered) and key not in split:
+                split[key] = value
+    return split or None
+
+
+# ----------------------------------------------------------------- float32 rebuild
+
+
+def _float32_policies(obj):
+    """Copy of a serialised Keras config with every mixed-precision policy -> float32."""
+    if isinstance(obj, dict):
+        if (obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
+                and isinstance(obj.get("config"), dict)
+                and str(obj["config"].get("name", "")).startswith("mixed_")):
+            return dict(obj, config=dict(obj["config"], name="float32"))
+        out = {}
+        for key, value in obj.items():
+            if key == "dtype" and isinstance(value, str) and value.startswith("mixed_"):
+                out[key] = "float32"
+            else:
+                out[key] = _float32_policies(value)
+        return out
+    if isinstance(obj, list):
+        return [_float32_policies(v) for v in obj]
+    return obj
+
+
+def _policy_names(model):
+    names = {getattr(model.dtype_policy, "name", str(model.dtype_policy))}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        names.add(getattr(layer.dtype_policy, "name", str(layer.dtype_policy)))
+    return sorted(names)
+
+
+def _copy_weights(source, target):
+    """Copy variables by path (falling back to order), checking every shape."""
+    src, dst = source.weights, target.weights
+    if len(src) != len(dst):
+        raise ExportError(f"rebuilt embedder has {len(dst)} variables, the checkpoint "
+                          f"{len(src)}; cannot copy weights")
+    src_paths, dst_paths = [v.path for v in src], [v.path for v in dst]
+    if (len(set(src_paths)) == len(src_paths) and set(src_paths) == set(dst_paths)):
+        by_path = {v.path: v for v in src}
+        pairs = [(by_path[v.path], v) for v in dst]
+    else:
+        pairs = list(zip(src, dst))
+    for s, d in pairs:
+        if tuple(s.shape) != tuple(d.shape):
+            raise ExportError(f"variable {s.path} has shape {tuple(s.shape)} but the "
+                              f"rebuilt {d.path} has {tuple(d.shape)}")
+        d.assign(np.asarray(s.numpy(), dtype=d.dtype))
+
+
+def serving_embedder(embedder, image_size):
+    """A float32, strategy-free copy of ``embedder`` for export.
+
+    The embedder is rebuilt from its Keras config with every mixed-precision dtype
+    policy replaced by float32 (and the global policy set to float32 while it is
+    built, for sub-layers created without an explicit dtype), then its weights are
+    copied. Mixed-precision variables are float32 already, so nothing is rounded;
+    variables created under a distribution strategy are read as plain values.
+
+    Args:
+      embedder: a built ``hdml_tf.models.Embedder``.
+      image_size: (H, W) the embedder is built at.
+
+    Returns:
+      A new Embedder whose every layer computes in float32.
+
+    Raises:
+      ExportError: called inside a distribution strategy scope, or a layer still
+        computes in another dtype after the rebuild.
+    """
+    import keras
+
+    if tf.distribute.has_strategy():
+        raise ExportError("export must run outside a distribution strategy scope "
+                          "(the exported model is single-device)")
+    config = _float32_policies(keras.saving.serialize_keras_object(embedder))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        clone = keras.saving.deserialize_keras_object(config)
+        # Calling (not only build) creates every variable, whatever the layer kind.
+        clone(tf.zeros((1,) + tuple(image_size) + (3,), tf.float32), training=False)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _copy_weights(embedder, clone)
+    bad = [p for p in _policy_names(clone) if p != "float32"]
+    if bad:
+        raise ExportError(f"rebuilt embedder still has dtype policies {bad}; export "
+                          "serves float32 only")
+    return clone
+
+
+# ---------------------------------------------------------------- the serving graph
+
+
+def _check_bytes(image_bytes):
+    """Assert op: every element is non-empty and starts like a decodable image.
+
+    The failure message names the batch indices of the bad inputs, split into empty
+    strings and unrecognised formats.
+    """
+    padded = tf.strings.join([image_bytes, tf.constant(b"\0" * 12)])
+    head = tf.strings.substr(padded, 0, 8)
+    known = tf.zeros_like(image_bytes, dtype=tf.bool)
+    for magic in _MAGIC:
+        known |= tf.equal(tf.strings.substr(head, 0, len(magic)), magic)
+    webp = (tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF")
+            & tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP"))
+    known |= webp
+    empty = tf.equal(tf.strings.length(image_bytes), 0)
+    unknown = tf.logical_and(tf.logical_not(known), tf.logical_not(empty))
+    ok = tf.reduce_all(known)
+    # Names go into the template itself: tf.strings.format quotes string tensors.
+    message = tf.strings.format(
+        f"{SIGNATURE_BYTES}: input {INPUT_BYTES} could not be decoded at batch "
+        "index(es) {} (empty string at {}; not a JPEG/PNG/GIF/BMP/WebP image at {})",
+        (tf.reshape(tf.where(tf.logical_not(known)), [-1]),
+         tf.reshape(tf.where(empty), [-1]), tf.reshape(tf.where(unknown), [-1])),
+        summarize=-1)
+    return tf.debugging.Assert(ok, [message])
+
+
+class ServingModule(tf.Module):
+    """The exported object: the float32 embedder and its two serving functions.
+
+    Args:
+      embedder: a float32 ``Embedder`` (see :func:`serving_embedder`).
+      resize: (H, W) images are resized to before the centre crop (``serve_bytes``).
+      crop: (H, W) the embedder's input size.
+      preprocessing: a ``hdml_tf.data.preprocess.normalize`` mode.
+    """
+
+    def __init__(self, embedder, resize, crop, preprocessing):
+        super().__init__(name="hdml_embedder")
+        from hdml_tf.data import preprocess
+
+        self._preprocess = preprocess
+        self.embedder = embedder
+        # Tracked explicitly so the SavedModel holds every variable the functions read.
+        self.embedder_variables = [v.value for v in embedder.weights]
+        self.resize, self.crop = tuple(resize), tuple(crop)
+        self.preprocessing = preprocess.preprocessing_mode(preprocessing)
+        self.embedding_dim = int(embedder.embedding_dim)
+        self.serve_images = tf.function(
+            self._serve_images, input_signature=[
+                tf.TensorSpec([None, crop[0], crop[1], 3], tf.float32, name=INPUT_IMAGES)])
+        self.serve_bytes = tf.function(
+            self._serve_bytes, input_signature=[
+                tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
+
+    def _embed(self, images):
+        z = self.embedder(self._preprocess.normalize(images, self.preprocessing),
+                          training=False)
+        z = tf.cast(z, tf.float32)
+        if not getattr(self.embedder, "normalize", True):
+            z = tf.math.l2_normalize(z, axis=-1)
+        return {OUTPUT_EMBEDDING: z}
+
+    def _serve_images(self, images):
+        return self._embed(images)
+
+    def _serve_bytes(self, image_bytes):
+        with tf.control_dependencies([_check_bytes(image_bytes)]):
+            image_bytes = tf.identity(image_bytes)
+
+        def one(contents):
+            image = self._preprocess.decode_image(contents, channels=3)
+            return self._preprocess.eval_transform(image, resize=self.resize,
+                                                   crop=self.crop)
+
+        images = tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec(
+            [self.crop[0], self.crop[1], 3], tf.float32))
+        return self._embed(images)
+
+    def signatures(self):
+        return {SIGNATURE_IMAGES: self.serve_images.get_concrete_function(),
+                SIGNATURE_BYTES: self.serve_bytes.get_concrete_function()}
+
+
+# ------------------------------------------------------------------------- extras
+
+
+def _probe_images(crop, count, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 255.0, size=(count,) + tuple(crop) + (3,)).astype(np.float32)
+
+
+def _encode_png(image):
+    return tf.io.encode_png(tf.cast(tf.round(image), tf.uint8)).numpy()
+
+
+def write_warmup(path, model_name, crop, probe_bytes):
+    """Write TF Serving warmup data: one PredictRequest per signature, batch 1.
+
+    Args:
+      path: the ``assets.extra/tf_serving_warmup_requests`` file to write.
+      model_name: the TF Serving model name (the base directory's name).
+      crop: (H, W) of the ``serving_default`` input.
+      probe_bytes: one encoded image (bytes) for ``serve_bytes``.
+
+    Raises:
+      ImportError: tensorflow-serving-api is not installed.
+    """
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    requests = [
+        (SIGNATURE_IMAGES, INPUT_IMAGES,
+         tf.make_tensor_proto(np.full((1,) + tuple(crop) + (3,), 127.0, np.float32))),
+        (SIGNATURE_BYTES, INPUT_BYTES,
+         tf.make_tensor_proto(np.array([probe_bytes], dtype=object), dtype=tf.string)),
+    ]
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, input_name, tensor in requests:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            request.inputs[input_name].CopyFrom(tensor)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def _json_safe(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                 else str(o)))
+
+
+def _versions():
+    import keras
+
+    from hdml_tf import __version__
+
+    return {"hdml_tf": __version__, "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _verify(path, embedder, module, probe_images, probe_bytes, atol=1e-4):
+    """Reload the written SavedModel and compare both signatures with Keras."""
+    loaded = tf.saved_model.load(path)
+    expected = module._embed(tf.constant(probe_images))[OUTPUT_EMBEDDING].numpy()
+    got = loaded.signatures[SIGNATURE_IMAGES](
+        **{INPUT_IMAGES: tf.constant(probe_images)})[OUTPUT_EMBEDDING].numpy()
+    decoded = module._preprocess.eval_transform(
+        module._preprocess.decode_image(probe_bytes), module.resize, module.crop)
+    expected_bytes = module._embed(decoded[None])[OUTPUT_EMBEDDING].numpy()
+    got_bytes = loaded.signatures[SIGNATURE_BYTES](
+        **{INPUT_BYTES: tf.constant([probe_bytes])})[OUTPUT_EMBEDDING].numpy()
+    for name, a, b in ((SIGNATURE_IMAGES, got, expected),
+                       (SIGNATURE_BYTES, got_bytes, expected_bytes)):
+        if a.shape != b.shape or a.dtype != np.float32 or not np.allclose(a, b, atol=atol):
+            diff = np.max(np.abs(a - b)) if a.shape == b.shape else "shape mismatch"
+            raise ExportError(f"verification failed: signature {name!r} of the written "
+                              f"SavedModel differs from the Keras embedder ({diff})")
+
+
+# ------------------------------------------------------------------------ layout
+
+
+def existing_versions(base_dir):
+    """Sorted integer version directories under a TF Serving model base directory."""
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(base_dir)
+                  if name.isdigit() and os.path.isdir(os.path.join(base_dir, name)))
+
+
+def next_version(base_dir):
+    """1 for a new base directory, else one more than the highest version."""
+    versions = existing_versions(base_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+def _move_into_place(temp_dir, base_dir, version):
+    """Rename the finished export to ``base_dir/<version>``, never replacing one.
+
+    With ``version`` None the next free integer is taken, retrying if another export
+    claimed it in the meantime.
+    """
+    explicit = version is not None
+    while True:
+        number = int(version) if explicit else next_version(base_dir)
+        target = os.path.join(base_dir, str(number))
+        if os.path.exists(target):
+            if explicit:
+                raise ExportError(f"version {number} already exists at {target!r}; "
+                                  "versions are never overwritten")
+            continue
+        try:
+            os.rename(temp_dir, target)  # atomic within one filesystem
+            return target
+        except OSError:
+            if explicit or not os.path.exists(target):
+                raise
+
+
+# ------------------------------------------------------------------------ export
+
+
+def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=None,
+                    metrics=None, source=None, version=None, warmup="auto", verify=True):
+    """Export an embedder (or an HDML model's embedder) to ``out_dir/<version>``.
+
+    Args:
+      model: a built ``hdml_tf.models.Embedder`` or ``HDML`` (only its embedder is
+        exported). Mixed-precision and distributed models are accepted.
+      out_dir: the TF Serving model base directory, e.g. ``saved_models/cub_npair``.
+      resize: int or (H, W): ``serve_bytes`` resizes decoded images to this first.
+      crop: int or (H, W): the centre crop, i.e. the model's input size.
+      preprocessing: a ``normalize`` mode ("caffe", "tf", "torch", "none"); default
+        ``model.preprocessing``.
+      config: the experiment config dict (stored in the metadata).
+      metrics: evaluation metrics dict (stored in the metadata).
+      source: where the model came from (stored in the metadata).
+      version: an explicit version number (must not exist); default the next one.
+      warmup: "auto" (write the warmup file if tensorflow-serving-api is installed,
+        else warn), "require" (fail without it) or "skip".
+      verify: reload the written SavedModel and check both signatures against the
+        Keras embedder before moving it into place.
+
+    Returns:
+      The path of the new version directory.
+
+    Raises:
+      ExportError: bad arguments, a failed check, or an existing explicit version.
+        On any failure (or interruption) nothing is left in ``out_dir``.
+    """
+    from hdml_tf import models
+    from hdml_tf.data import preprocess
+
+    if warmup not in _WARMUP_MODES:
+        raise ExportError(f"warmup={warmup!r}: expected one of {_WARMUP_MODES}")
+    embedder = model.embedder if isinstance(model, models.HDML) else model
+    if not isinstance(embedder, models.Embedder):
+        raise ExportError(f"expected an hdml_tf Embedder or HDML model, got "
+                          f"{type(model).__name__}")
+    resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
+    if crop is None or resize is None:
+        raise ExportError("resize and crop must be given (the evaluation protocol's "
+                          "sizes, e.g. resize=256, crop=227)")
+    if crop[0] > resize[0] or crop[1] > resize[1]:
+        raise ExportError(f"crop {crop} is larger than resize {resize}")
+    preprocessing = preprocess.preprocessing_mode(
+        preprocessing or getattr(embedder, "preprocessing", None) or "none")
+    if warmup == "require":
+        try:
+            importlib.import_module("tensorflow_serving.apis.prediction_log_pb2")
+        except ImportError as err:
+            raise ExportError(_SERVING_API_HINT) from err
+
+    source_policies = _policy_names(embedder)
+    clone = serving_embedder(embedder, crop)
+    module = ServingModule(clone, resize, crop, preprocessing)
+    base_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(base_dir, exist_ok=True)
+    if version is not None and os.path.exists(os.path.join(base_dir, str(int(version)))):
+        raise ExportError(f"version {int(version)} already exists in {base_dir!r}; "
+                          "versions are never overwritten")
+    # Same parent as the version directories, so the final rename is atomic; the dot
+    # prefix keeps TF Serving (which loads integer names only) from looking at it.
+    temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base_dir)
+    try:
+        tf.saved_model.save(module, temp_dir, signatures=module.signatures())
+        extra = os.path.join(temp_dir, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        probe_images = _probe_images(crop, 2)
+        probe_bytes = _encode_png(_probe_images(resize, 1, seed=1)[0])
+        warmup_written = False
+        if warmup != "skip":
+            try:
+                write_warmup(os.path.join(extra, WARMUP_FILENAME),
+                             os.path.basename(base_dir), crop, probe_bytes)
+                warmup_written = True
+            except ImportError as err:
+                if warmup == "require":
+                    raise ExportError(_SERVING_API_HINT) from err
+                warnings.warn(f"no warmup file written: {_SERVING_API_HINT}",
+                              stacklevel=2)
+        metadata = {
+            "format": METADATA_FORMAT,
+            "model_name": os.path.basename(base_dir),
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "source": source,
+            "signatures": {
+                SIGNATURE_IMAGES: {
+                    "inputs": {INPUT_IMAGES: {"dtype": "float32",
+                                              "shape": [-1, crop[0], crop[1], 3],
+                                              "meaning": "RGB, 0-255, resized and "
+                                                         "centre-cropped"}},
+                    "outputs": {OUTPUT_EMBEDDING: {"dtype": "float32",
+                                                   "shape": [-1, module.embedding_dim]}}},
+                SIGNATURE_BYTES: {
+                    "inputs": {INPUT_BYTES: {"dtype": "string", "shape": [-1],
+                                             "meaning": "encoded JPEG/PNG/GIF/BMP/WebP"}},
+                    "outputs": {OUTPUT_EMBEDDING: {"dtype": "float32",
+                                                   "shape": [-1, module.embedding_dim]}}},
+            },
+            "preprocessing": {"resize": list(resize), "crop": list(crop),
+                              "normalize": preprocessing, "interpolation": "bilinear"},
+            "embedding_dim": module.embedding_dim,
+            "l2_normalized": True,
+            "serving_dtype": "float32",
+            "source_dtype_policies": source_policies,
+            "warmup_requests": warmup_written,
+            "config": config,
+            "class_split": _class_split(config),
+            "metrics": metrics,
+            "versions": _versions(),
+        }
+        with open(os.path.join(extra, METADATA_FILENAME), "w", encoding="utf-8") as f:
+            json.dump(_json_safe(metadata), f, indent=2, sort_keys=True)
+        if verify:
+            _verify(temp_dir, clone, module, probe_images, probe_bytes)
+        return _move_into_place(temp_dir, base_dir, version)
+    finally:
+        # Reached on success too: then temp_dir has been renamed and is gone.
+        if os.path.exists(temp_dir):
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocessing=None,
+                      config_path=None, version=None, warmup="auto", verify=True):
+    """Export the embedder of a training workdir or ``.keras`` file.
+
+    Sizes come from, in order: the arguments, the experiment config (``data.resize``,
+    ``data.crop``), and for ``crop`` the HDML model's build shape. The normalisation
+    mode comes from the argument, else the embedder, else ``model.backbone`` of the
+    config. See :func:`load_checkpoint` and :func:`export_embedder`.
+
+    Returns:
+      The path of the new version directory.
+    """
+    loaded = load_checkpoint(checkpoint, config_path=config_path)
+    config, embedder = loaded["config"], loaded["embedder"]
+    crop = _pair(crop if crop is not None else _config_get(config, "data", "crop"), "crop")
+    if crop is None and loaded["image_shape"] and None not in loaded["image_shape"][1:3]:
+        crop = tuple(int(d) for d in loaded["image_shape"][1:3])
+    resize = _pair(resize if resize is not None else _config_get(config, "data", "resize"),
+                   "resize")
+    if crop is None or resize is None:
+        raise ExportError(f"cannot tell the evaluation sizes of {checkpoint!r} (no "
+                          "config.json with data.resize/data.crop beside it); pass "
+                          "--resize and --crop")
+    if preprocessing is None:
+        from hdml_tf.data import preprocess
+
+        backbone = _config_get(config, "model", "backbone")
+        own = getattr(embedder, "preprocessing", None)
+        try:
+            from_config = preprocess.preprocessing_mode(backbone) if backbone else None
+        except ValueError:
+            from_config = None
+        # A keras.applications backbone saved by older code lost its
+        # `preprocessing` attribute and reports "none"; the config still names it.
+        if own in (None, "none") and from_config not in (None, "none"):
+            warnings.warn(f"embedder reports preprocessing {own!r}; using "
+                          f"{from_config!r} from the config's backbone {backbone!r}",
+                          stacklevel=2)
+            preprocessing = from_config
+        else:
+            preprocessing = own or from_config
+    return export_embedder(embedder, out_dir, resize=resize, crop=crop,
+                           preprocessing=preprocessing, config=config,
+                           metrics=loaded["metrics"], source=loaded["source"],
+                           version=version, warmup=warmup, verify=verify)
+
+
+def export_main(argv=None):
+    """``hdml-tf export``: returns 0 on success, 1 on an export error, 2 on usage."""
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf export",
+        description="Export the embedder of a trained model as a TF Serving SavedModel "
+                    "(OUT/<next version>/, with warmup requests and metadata).")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training workdir (with model.keras) or a .keras file of an "
+                             "HDML model or Embedder")
+    parser.add_argument("--out", required=True,
+                        help="model base directory, e.g. saved_models/cub_npair")
+    parser.add_argument("--config", default=None,
+                        help="experiment config JSON (default: config.json beside the "
+                             "checkpoint)")
+    parser.add_argument("--resize", type=int, default=None,
+                        help="resize before the centre crop (default: data.resize)")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="centre crop = model input size (default: data.crop)")
+    parser.add_argument("--preprocessing", default=None,
+                        help="normalisation mode: caffe, tf, torch or none (default: the "
+                             "backbone's)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="explicit version number (default: next free integer)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--warmup", dest="warmup", action="store_const", const="require",
+                       default="auto", help="require the warmup file (fail without "
+                       "tensorflow-serving-api)")
+    group.add_argument("--no-warmup", dest="warmup", action="store_const", const="skip",
+                       help="do not write the warmup file")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip reloading the export to compare it with Keras")
+    args = parser.parse_args(argv)
+    try:
+        path = export_checkpoint(args.checkpoint, args.out, resize=args.resize,
+                                 crop=args.crop, preprocessing=args.preprocessing,
+                                 config_path=args.config, version=args.version,
+                                 warmup=args.warmup, verify=args.verify)
+    except (ExportError, ValueError) as err:
+        print(f"hdml-tf export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {path}")
+    print(f"  signatures: {SIGNATURE_IMAGES}({INPUT_IMAGES}) and "
+          f"{SIGNATURE_BYTES}({INPUT_BYTES}) -> {OUTPUT_EMBEDDING}")
+    return 0

@@ -1,0 +1,382 @@
+"""``hdml-tf embed`` and ``hdml-tf search``: tools that need only an exported SavedModel.
+
+They call the ``serve_bytes`` signature written by ``hdml-tf export`` (see
+``hdml_tf.export``), so images are decoded, resized, cropped and normalised inside the
+model exactly as in evaluation, and this module needs nothing of the training code:
+it imports TensorFlow, numpy and (for ``--grid`` only) Pillow and matplotlib, and the
+signature names from ``hdml_tf.export``, whose module level imports no more than that.
+
+  hdml-tf embed  --model saved_models/cub --images gallery/ --out gallery.npz
+  hdml-tf search --model saved_models/cub --gallery gallery.npz --query q.jpg -k 10
+
+The ``.npz`` written by ``embed`` holds ``embeddings`` (float32, (N, d),
+L2-normalised), ``paths`` (N file names, in the order of the rows), ``skipped`` (files
+that could not be decoded), ``model`` and ``signature``; it loads with
+``numpy.load(path)`` (no pickle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from hdml_tf.export import INPUT_BYTES, OUTPUT_EMBEDDING, SIGNATURE_BYTES
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+_LIST_EXTENSIONS = (".txt", ".lst", ".list")
+
+
+# ------------------------------------------------------------------------- inputs
+
+
+def resolve_model_dir(path):
+    """The SavedModel directory for ``path``.
+
+    Args:
+      path: a SavedModel directory (holding ``saved_model.pb``) or a TF Serving model
+        base directory (integer version sub-directories; the highest is used).
+
+    Raises:
+      FileNotFoundError: neither kind of directory.
+    """
+    path = os.fspath(path)
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    if os.path.isdir(path):
+        versions = sorted((int(n) for n in os.listdir(path) if n.isdigit()
+                           and os.path.isfile(os.path.join(path, n, "saved_model.pb"))),
+                          reverse=True)
+        if versions:
+            return os.path.join(path, str(versions[0]))
+    raise FileNotFoundError(f"{path!r} is not a SavedModel directory (no saved_model.pb) "
+                            "nor a model directory with numbered versions")
+
+
+def list_images(paths):
+    """Expand image files, folders (recursively, sorted) and list files to file paths.
+
+    Args:
+      paths: iterable of paths. A folder contributes every file below it whose
+        extension is one of ``IMAGE_EXTENSIONS``; a ``.txt``/``.lst``/``.list`` file
+        holds one image path per line (relative paths are relative to the list file's
+        folder; blank lines and lines starting with ``#`` are ignored); any other file
+        is taken as an image.
+
+    Returns:
+      list of str, in the order given (folders sorted).
+
+    Raises:
+      FileNotFoundError: a path does not exist.
+    """
+    found = []
+    for path in paths:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                found += [os.path.join(root, f) for f in sorted(files)
+                          if f.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(path) and path.lower().endswith(_LIST_EXTENSIONS):
+            base = os.path.dirname(path)
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        found.append(line if os.path.isabs(line) else os.path.join(base, line))
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such image, folder or list file: {path!r}")
+    return found
+
+
+class _Progress:
+    """A one-line progress bar on stderr (no dependency beyond the standard library)."""
+
+    def __init__(self, total, label, enabled=True, width=30):
+        self.total, self.label, self.enabled, self.width = total, label, enabled, width
+        self.start = time.perf_counter()
+
+    def update(self, done):
+        if not self.enabled:
+            return
+        fraction = done / self.total if self.total else 1.0
+        filled = int(round(self.width * fraction))
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
+                         f"{done}/{self.total} ({rate:.1f} images/s)")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ------------------------------------------------------------------------ embedding
+
+
+def load_signature(model_dir, signature=SIGNATURE_BYTES):
+    """Load a SavedModel and return ``(path, signature function)``."""
+    import tensorflow as tf
+
+    path = resolve_model_dir(model_dir)
+    loaded = tf.saved_model.load(path)
+    if signature not in loaded.signatures:
+        raise KeyError(f"{path!r} has no signature {signature!r} (it has "
+                       f"{sorted(loaded.signatures)}); export it with hdml-tf export")
+    function = loaded.signatures[signature]
+    function._hdml_keepalive = loaded  # the signature needs its SavedModel's variables
+    return path, function
+
+
+def embed_files(function, files, batch_size=32, strict=False, progress=False):
+    """Embed image files with a ``serve_bytes`` signature.
+
+    Args:
+      function: the ``serve_bytes`` concrete function (see :func:`load_signature`).
+      files: list of image paths.
+      batch_size: images per call.
+      strict: raise on the first undecodable file instead of skipping it.
+      progress: draw a progress bar on stderr.
+
+    Returns:
+      ``(embeddings, kept, skipped)``: float32 (len(kept), d), the files embedded (in
+      order), and ``(file, reason)`` pairs for files that could not be read or decoded.
+
+    Raises:
+      tensorflow.errors.InvalidArgumentError or OSError: with ``strict``, naming the file.
+    """
+    import tensorflow as tf
+
+    def run(contents):
+        out = function(**{INPUT_BYTES: tf.constant(contents, dtype=tf.string)})
+        return out[OUTPUT_EMBEDDING].numpy()
+
+    chunks, kept, skipped = [], [], []
+    bar = _Progress(len(files), "embed", enabled=progress)
+    for start in range(0, len(files), batch_size):
+        batch = files[start:start + batch_size]
+        contents, readable = [], []
+        for name in batch:
+            try:
+                with open(name, "rb") as f:
+                    contents.append(f.read())
+                readable.append(name)
+            except OSError as err:
+                if strict:
+                    raise
+                skipped.append((name, str(err)))
+        if readable:
+            try:
+                chunks.append(run(contents))
+                kept += readable
+            except tf.errors.InvalidArgumentError:
+                # One bad file fails its whole batch: redo it one file at a time so
+                # that only the bad files are dropped, and say which they are.
+                for name, data in zip(readable, contents):
+                    try:
+                        chunks.append(run([data]))
+                        kept.append(name)
+                    except tf.errors.InvalidArgumentError as err:
+                        reason = _reason(err.message)
+                        if strict:
+                            raise tf.errors.InvalidArgumentError(
+                                None, None, f"{name}: {err.message}") from err
+                        skipped.append((name, reason))
+        bar.update(min(start + batch_size, len(files)))
+    bar.close()
+    if chunks:
+        embeddings = np.concatenate(chunks, axis=0).astype(np.float32)
+    else:
+        embeddings = np.zeros((0, 0), np.float32)
+    return embeddings, kept, skipped
+
+
+def _reason(message):
+    """The informative line of a TF error message (drop graph-location boilerplate)."""
+    lines = [line.strip() for line in message.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(("[[", "Detected at"))
+              and "stack traces unavailable" not in line
+              and "Graph execution error" not in line]
+    return (useful[-1] if useful else message.strip())[:300]
+
+
+def save_embeddings(path, embeddings, paths, skipped=(), model="", signature=SIGNATURE_BYTES):
+    """Write the ``.npz`` that ``hdml-tf search --gallery`` reads (no pickled objects)."""
+    np.savez(path, embeddings=np.asarray(embeddings, np.float32),
+             paths=np.asarray(list(paths), dtype=str),
+             skipped=np.asarray([s for s, _ in skipped], dtype=str),
+             model=np.asarray(str(model)), signature=np.asarray(str(signature)))
+
+
+def load_embeddings(path):
+    """``(embeddings, paths)`` from an ``hdml-tf embed`` file.
+
+    Raises:
+      ValueError: the file lacks ``embeddings``/``paths`` or their lengths differ.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        if "embeddings" not in data or "paths" not in data:
+            raise ValueError(f"{path!r} has no 'embeddings'/'paths' arrays; make it with "
+                             "hdml-tf embed")
+        embeddings, paths = data["embeddings"].astype(np.float32), data["paths"].tolist()
+    if len(embeddings) != len(paths):
+        raise ValueError(f"{path!r}: {len(embeddings)} embeddings but {len(paths)} paths")
+    return embeddings, paths
+
+
+def search(queries, gallery, k=10):
+    """Exact cosine nearest neighbours.
+
+    Args:
+      queries: float (q, d); gallery: float (n, d). Rows are L2-normalised here (the
+        exported embeddings already are; this guards against other inputs).
+      k: neighbours per query (capped at n).
+
+    Returns:
+      ``(scores, indices)``: (q, min(k, n)) cosine similarities, best first, and the
+      gallery rows they belong to (ties broken by the lower index).
+    """
+    def unit(x):
+        x = np.asarray(x, np.float32)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    sims = unit(queries) @ unit(gallery).T
+    k = min(int(k), sims.shape[1])
+    # Stable sort on -sim: equal scores keep gallery order, so results are reproducible.
+    indices = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, indices, axis=1), indices
+
+
+def save_grid(path, queries, results, gallery_paths, thumb=128):
+    """Picture grid: one row per query (query, then its neighbours with scores).
+
+    Args:
+      path: output image file (PNG, JPEG, PDF... as matplotlib infers).
+      queries: list of query file names.
+      results: per query, ``(scores, indices)`` rows from :func:`search`.
+      gallery_paths: the gallery file names the indices refer to.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed or wanted
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    def load(name):
+        try:
+            with Image.open(name) as image:
+                image = image.convert("RGB")
+                image.thumbnail((thumb, thumb))
+                return np.asarray(image)
+        except OSError:
+            return np.zeros((thumb, thumb, 3), np.uint8)
+
+    columns = 1 + max((len(s) for s, _ in results), default=0)
+    fig, axes = plt.subplots(len(queries), columns, squeeze=False,
+                             figsize=(1.6 * columns, 1.8 * len(queries)))
+    for row, (query, (scores, indices)) in enumerate(zip(queries, results)):
+        cells = [(query, "query")] + [(gallery_paths[i], f"{s:.3f}")
+                                      for s, i in zip(scores, indices)]
+        for col, ax in enumerate(axes[row]):
+            ax.axis("off")
+            if col < len(cells):
+                name, title = cells[col]
+                ax.imshow(load(name))
+                ax.set_title(title if col else f"query: {os.path.basename(name)}"[:24],
+                             fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- CLIs
+
+
+def embed_main(argv=None):
+    """``hdml-tf embed``: returns 0, 1 (error, or nothing embedded) or 2 (usage)."""
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf embed",
+        description="Embed images with an exported SavedModel (serve_bytes signature).")
+    parser.add_argument("--model", required=True,
+                        help="SavedModel directory or model base directory (latest version)")
+    parser.add_argument("--images", required=True, nargs="+",
+                        help="image files, folders (recursive) or .txt lists of paths")
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on an undecodable image instead of skipping it")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        files = list_images(args.images)
+        if not files:
+            raise FileNotFoundError(f"no images found in {args.images}")
+        model_path, function = load_signature(args.model)
+        embeddings, kept, skipped = embed_files(function, files, args.batch_size,
+                                                strict=args.strict,
+                                                progress=not args.quiet)
+    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
+        print(f"hdml-tf embed: error: {err}", file=sys.stderr)
+        return 1
+    for name, reason in skipped:
+        print(f"hdml-tf embed: skipped {name}: {reason}", file=sys.stderr)
+    if not kept:
+        print("hdml-tf embed: error: no image could be embedded", file=sys.stderr)
+        return 1
+    save_embeddings(args.out, embeddings, kept, skipped, model=model_path)
+    print(f"wrote {args.out}: {len(kept)} embeddings of dimension {embeddings.shape[1]}"
+          + (f", {len(skipped)} skipped" if skipped else ""))
+    return 0
+
+
+def search_main(argv=None):
+    """``hdml-tf search``: returns 0, 1 (error) or 2 (usage)."""
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf search",
+        description="Nearest gallery images (cosine similarity) for query images.")
+    parser.add_argument("--model", required=True,
+                        help="SavedModel directory or model base directory (latest version)")
+    parser.add_argument("--gallery", required=True, help=".npz written by hdml-tf embed")
+    parser.add_argument("--query", required=True, nargs="+",
+                        help="query image files, folders or .txt lists")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query")
+    parser.add_argument("--grid", default=None, help="also save a picture grid here")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("-k must be at least 1")
+    try:
+        gallery, gallery_paths = load_embeddings(args.gallery)
+        queries = list_images(args.query)
+        _, function = load_signature(args.model)
+        embeddings, kept, skipped = embed_files(function, queries, strict=True)
+        if embeddings.shape[1] != gallery.shape[1]:
+            raise ValueError(f"the model gives {embeddings.shape[1]}-d embeddings but the "
+                             f"gallery holds {gallery.shape[1]}-d ones")
+        scores, indices = search(embeddings, gallery, args.k)
+    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
+        print(f"hdml-tf search: error: {err}", file=sys.stderr)
+        return 1
+    report = []
+    for query, row_scores, row_indices in zip(kept, scores, indices):
+        print(f"query: {query}")
+        hits = []
+        for rank, (score, index) in enumerate(zip(row_scores, row_indices), start=1):
+            print(f"  {rank:3d}  {score:.4f}  {gallery_paths[index]}")
+            hits.append({"rank": rank, "score": float(score),
+                         "path": gallery_paths[index], "index": int(index)})
+        report.append({"query": query, "neighbours": hits})
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    if args.grid:
+        save_grid(args.grid, kept, list(zip(scores, indices)), gallery_paths)
+        print(f"wrote {args.grid}")
+    return 0
