@@ -42,8 +42,10 @@ except ImportError:  # pragma: no cover
 #: Largest n * k clustered with scikit-learn under backend="auto" (CUB: 5,924 x 100,
 #: Cars196: 8,131 x 98, both well below; SOP: 60,502 x 11,316, far above).
 SKLEARN_MAX_WORK = 50_000_000
-#: Lloyd iterations of faiss k-means. At SOP size one iteration takes about 3 s on two
-#: cores; see benchmarks/evaluation.py for NMI against the number of iterations.
+#: Cap on the Lloyd iterations of faiss k-means (faiss 1.15 stops earlier once the
+#: objective stops changing; the benchmark prints how many it ran).
+#: At SOP size one iteration takes about 3 s on two unloaded cores, so the cap bounds
+#: k-means at about a minute; see benchmarks/evaluation.py.
 FAISS_NITER = 20
 
 

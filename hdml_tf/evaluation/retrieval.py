@@ -187,7 +187,12 @@ def _knn_faiss(q, g, k, exclude_self, block_size):
             tied = np.flatnonzero(d[:, k - 1] == d[:, k])
         else:
             tied = np.empty(0, np.int64)
-        i, d = _rank(i[:, :k], d[:, :k])
+        i, d = i[:, :k], d[:, :k]
+        # faiss returns rows sorted by decreasing score; only runs of equal scores may
+        # need reordering by index, so sort just the rows that contain one.
+        has_tie = np.flatnonzero((d[:, 1:] == d[:, :-1]).any(axis=1))
+        if has_tie.size:
+            i[has_tie], d[has_tie] = _rank(i[has_tie], d[has_tie])
         for r in tied:
             row = (g32 @ q32[start + r])[None, :]
             if exclude_self:

@@ -1,0 +1,345 @@
+"""The pictures people look at: an embedding map, a retrieval grid, training curves.
+
+All functions draw with matplotlib's Agg backend (no display needed), write one PNG and
+return its path.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from typing import Callable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hdml_tf.evaluation.retrieval import knn  # noqa: E402
+
+#: Marker cycle combined with a 20-colour cycle: 20 x 7 = 140 distinguishable
+#: (colour, marker) pairs, enough for the 100 classes of a CUB test split.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_METRIC_RE = re.compile(r"(^|_)(recall@\d+|map@r|r_precision|nmi|f1)$")
+
+
+def _class_styles(n: int):
+    """(colour, marker) per class: one marker and tab10/tab20 colours while they suffice,
+    then colour x marker combinations so neighbouring classes differ in both."""
+    if n <= 10:
+        colours = plt.get_cmap("tab10").colors
+        return [(colours[i], "o") for i in range(n)]
+    colours = plt.get_cmap("tab20").colors
+    # Step through tab20 with a stride coprime to 20: it pairs a dark and a light shade
+    # of each hue, which consecutive class ids would otherwise get.
+    if n <= 20:
+        return [(colours[(7 * i) % 20], "o") for i in range(n)]
+    return [(colours[(7 * i) % 20], _MARKERS[(i // 20) % len(_MARKERS)]) for i in range(n)]
+
+
+def embedding_2d(embeddings: np.ndarray, method: str = "tsne", seed: int = 0,
+                 perplexity: float = 30.0) -> np.ndarray:
+    """Project embeddings (n, d) to 2-D with t-SNE (cosine metric), UMAP or PCA."""
+    x = np.asarray(embeddings, np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perp = min(perplexity, max(2.0, (x.shape[0] - 1) / 3))
+        return TSNE(2, perplexity=perp, init="pca", metric="cosine", random_state=seed
+                    ).fit_transform(x)
+    if method == "umap":
+        try:
+            import umap  # optional, not a dependency
+        except ImportError as e:
+            raise ImportError("method='umap' needs the umap-learn package") from e
+        return umap.UMAP(metric="cosine", random_state=seed).fit_transform(x)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        return PCA(2, random_state=seed).fit_transform(x)
+    raise ValueError(f"method must be 'tsne', 'umap' or 'pca', got {method!r}")
+
+
+def plot_embedding_2d(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    path: str,
+    *,
+    method: str = "tsne",
+    max_points: int = 5000,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
+    title: str | None = None,
+    seed: int = 0,
+) -> str:
+    """2-D map of embeddings coloured by class.
+
+    Legible for 10 to 100 classes: up to 20 classes get distinct colours and a legend;
+    beyond that classes get (colour, marker) pairs and their id (or name) is written at
+    the median of their points instead of a legend.
+
+    Args:
+        embeddings: float array (n, d).
+        labels: int array (n,).
+        path: PNG path to write.
+        method: "tsne" (scikit-learn, cosine metric), "umap" (if umap-learn is
+            installed) or "pca".
+        max_points: random subsample (seeded) above this many points, for t-SNE time.
+        class_names: optional names indexed by label.
+        title: figure title; default names the method and counts.
+        seed: seed of the subsample and of the projection.
+
+    Returns:
+        `path`.
+    """
+    x = np.asarray(embeddings)
+    y = np.asarray(labels).ravel()
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("embeddings and labels have different lengths")
+    if x.shape[0] > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, False))
+        x, y = x[keep], y[keep]
+    xy = embedding_2d(x, method, seed)
+    classes = np.unique(y)
+    styles = _class_styles(classes.size)
+    name = (lambda c: str(class_names[c])) if class_names is not None else str
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
+    size = 28 if x.shape[0] <= 2000 else 12
+    for (colour, marker), c in zip(styles, classes):
+        m = y == c
+        ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colour, marker=marker, alpha=0.8,
+                   linewidths=0.3, edgecolors="white", label=name(c))
+    if classes.size <= 20:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
+                  markerscale=1.5, frameon=False, title="class")
+    else:
+        import matplotlib.patheffects as pe
+
+        # No legend can hold 100 entries: write each class id just above the median of
+        # its points, in a darker shade of the class colour with a white halo, so it names the cluster
+        # without hiding it.
+        for (colour, _), c in zip(styles, classes):
+            med = np.median(xy[y == c], axis=0)
+            ax.annotate(name(c), med, xytext=(0, 5), textcoords="offset points",
+                        fontsize=7, ha="center", va="bottom",
+                        color=tuple(0.6 * np.asarray(colour[:3])),  # darker: legible
+                        fontweight="bold",
+                        path_effects=[pe.withStroke(linewidth=2.5, foreground="white")])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title or f"{method.upper()} of {x.shape[0]} embeddings, "
+                 f"{classes.size} classes")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _to_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    cmap = "gray" if img.ndim == 2 else None
+    if img.dtype == np.uint8:
+        return img, cmap
+    img = img.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if not (lo >= 0.0 and hi <= 1.0):  # arbitrary range: stretch to [0, 1] per image
+        img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+    return img, cmap
+
+
+def plot_retrieval_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    embeddings: np.ndarray,
+    path: str,
+    *,
+    k: int = 5,
+    num_queries: int = 8,
+    query_indices: Sequence[int] | None = None,
+    gallery: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    image_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
+    seed: int = 0,
+) -> str:
+    """Query images (first column) and their top-k neighbours, correct ones framed green
+    and wrong ones red, each captioned with its class and cosine similarity.
+
+    Args:
+        images: (n, H, W), (n, H, W, 1) or (n, H, W, 3) array; uint8, floats in [0, 1],
+            or any float range (stretched per image). Use `image_transform` for e.g.
+            Caffe-preprocessed (BGR, mean-subtracted) images.
+        labels: int array (n,).
+        embeddings: float array (n, d) of the same images.
+        path: PNG path.
+        k: neighbours shown per query.
+        num_queries: rows, picked at random (seeded) unless `query_indices` is given.
+        query_indices: explicit query rows.
+        gallery: optional (images, labels, embeddings) of a separate gallery; otherwise
+            leave-one-out within `images` (the query is never its own neighbour).
+        image_transform: maps one image to something `imshow` displays.
+        class_names: optional names indexed by label.
+        seed: seed of the query pick.
+
+    Returns:
+        `path`.
+    """
+    labels = np.asarray(labels).ravel()
+    n = labels.shape[0]
+    if query_indices is None:
+        rng = np.random.default_rng(seed)
+        query_indices = np.sort(rng.choice(n, min(num_queries, n), replace=False))
+    query_indices = np.asarray(query_indices, int)
+    emb = np.asarray(embeddings)
+    if gallery is None:
+        g_images, g_labels = images, labels
+        table = knn(emb, None, k)
+        nbrs, sims = table.indices[query_indices], table.similarities[query_indices]
+    else:
+        g_images, g_labels, g_emb = gallery
+        g_labels = np.asarray(g_labels).ravel()
+        table = knn(emb[query_indices], g_emb, k)
+        nbrs, sims = table.indices, table.similarities
+    name = (lambda c: str(class_names[c])) if class_names is not None else str
+    show = image_transform or (lambda im: im)
+    rows, cols = len(query_indices), k + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows + 0.4), dpi=110,
+                             squeeze=False)
+    for r, q in enumerate(query_indices):
+        for c in range(cols):
+            ax = axes[r, c]
+            if c == 0:
+                img, lab, colour, text = images[q], labels[q], "black", f"query\nclass {name(labels[q])}"
+            else:
+                j = nbrs[r, c - 1]
+                lab = g_labels[j]
+                ok = lab == labels[q]
+                colour = "#1a9e1a" if ok else "#d62728"
+                img = g_images[j]
+                text = f"{'✓' if ok else '✗'} class {name(lab)}\ncos {sims[r, c - 1]:.2f}"
+            disp, cmap = _to_display(show(img))
+            ax.imshow(disp, cmap=cmap, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(4 if c else 2)
+            ax.set_title(text, fontsize=8, color=colour, pad=3)
+    fig.suptitle(f"Top-{k} neighbours (green: same class, red: different class)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def read_history(source) -> dict[str, list[float]]:
+    """A History, a History.history dict, or a CSV log (keras CSVLogger or
+    EvaluationCallback's csv_path) as {column: values}."""
+    if hasattr(source, "history") and isinstance(source.history, dict):
+        source = source.history
+    if isinstance(source, Mapping):
+        return {k: [float(v) for v in vals] for k, vals in source.items()}
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, newline="") as f:
+            rows = list(csv.DictReader(f))
+        out: dict[str, list[float]] = {}
+        for row in rows:
+            for k, v in row.items():
+                try:
+                    out.setdefault(k, []).append(float(v) if v not in ("", None) else math.nan)
+                except ValueError:
+                    out.setdefault(k, []).append(math.nan)
+        return out
+    raise TypeError(f"cannot read a history from {type(source).__name__}")
+
+
+def plot_training_curves(
+    history,
+    path: str,
+    *,
+    eval_log=None,
+    title: str | None = None,
+) -> str:
+    """Training curves: one panel per loss term (train and `val_` of the same term
+    together), then one panel of Recall@K and one of MAP@R / R-precision / NMI / F1.
+
+    Args:
+        history: `fit`'s History, its .history dict or a CSV log path. Columns whose name
+            contains "loss" are loss terms (e.g. "loss", "j_metric", "j_gen_loss" ...);
+            also any column ending in "_loss" or starting with "j_".
+        path: PNG path.
+        eval_log: optional second source (EvaluationCallback's CSV), whose "epoch" column
+            is the x axis for its metrics.
+        title: figure title.
+
+    Returns:
+        `path`.
+    """
+    h = read_history(history)
+    e = read_history(eval_log) if eval_log is not None else {}
+    x_key = "epoch"
+
+    def xs(src, key):
+        n = len(src[key])
+        if x_key in src and len(src[x_key]) == n:
+            vals = np.asarray(src[x_key], float)
+            # Keras CSVLogger counts epochs from 0, EvaluationCallback from 1.
+            return vals + 1 if src is h and vals.size and vals[0] == 0 else vals
+        return np.arange(1, n + 1)
+
+    skip = {"epoch", "step", "lr", "learning_rate"}
+    loss_keys = [k for k in h if k not in skip and not _METRIC_RE.search(k)
+                 and ("loss" in k or k.startswith(("j_", "val_j_")))]
+    terms = []
+    for k in loss_keys:
+        base = k[4:] if k.startswith("val_") else k
+        if base not in terms:
+            terms.append(base)
+    metric_src = {**{k: (h, k) for k in h if _METRIC_RE.search(k)},
+                  **{k: (e, k) for k in e if _METRIC_RE.search(k)}}
+    recall_keys = sorted((k for k in metric_src if "recall@" in k),
+                         key=lambda k: (k.startswith("val_"), int(k.split("@")[1])))
+    other_keys = [k for k in metric_src if "recall@" not in k]
+    panels = [("loss", t) for t in terms]
+    if recall_keys:
+        panels.append(("recall", recall_keys))
+    if other_keys:
+        panels.append(("other", other_keys))
+    if not panels:
+        raise ValueError("no loss or metric columns found in the history")
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), dpi=110,
+                             squeeze=False)
+    for ax, (kind, what) in zip(axes.flat, panels):
+        if kind == "loss":
+            for key, style in ((what, "-"), (f"val_{what}", "--")):
+                if key in h:
+                    ax.plot(xs(h, key), h[key], style, marker=".", label=key)
+            ax.set_title(what)
+        else:
+            keys = what
+            colours = plt.get_cmap("tab10").colors
+            for i, key in enumerate(keys):
+                src, col = metric_src[key]
+                vals = np.asarray(src[col], float)
+                ok = ~np.isnan(vals)
+                ax.plot(xs(src, col)[ok], vals[ok], marker="o", ms=3,
+                        color=colours[i % 10], label=key)
+            ax.set_title("Recall@K" if kind == "recall" else "MAP@R, R-precision, NMI, F1")
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

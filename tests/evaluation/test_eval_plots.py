@@ -1,0 +1,85 @@
+"""Tests of hdml_tf.evaluation.plots on scikit-learn's bundled digits (8x8, 10 classes).
+
+These check that valid PNGs of a sensible size are written and that inputs are
+validated; whether the pictures are legible was checked by eye (see the commit log).
+"""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from hdml_tf.evaluation import plots
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    keep = np.arange(0, len(d.target), 5)  # 360 images: enough, and t-SNE stays fast
+    return d.images[keep].astype(np.float32) / 16.0, d.data[keep].astype(np.float32), d.target[keep]
+
+
+def _png_size(path):
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return im.size
+
+
+def test_embedding_map(tmp_path, digits):
+    _, x, y = digits
+    path = plots.plot_embedding_2d(x, y, str(tmp_path / "map.png"), max_points=300)
+    w, h = _png_size(path)
+    assert w > 500 and h > 500
+
+
+def test_embedding_map_many_classes_pca(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(60), 4)
+    x = rng.standard_normal((60, 16))[y] + 0.3 * rng.standard_normal((240, 16))
+    path = plots.plot_embedding_2d(x, y, str(tmp_path / "map60.png"), method="pca")
+    _png_size(path)
+    with pytest.raises(ValueError):
+        plots.plot_embedding_2d(x, y, str(tmp_path / "bad.png"), method="mds")
+    with pytest.raises(ValueError):
+        plots.plot_embedding_2d(x, y[:-1], str(tmp_path / "bad.png"), method="pca")
+
+
+def test_class_styles_distinct():
+    for n in (10, 20, 100):
+        styles = plots._class_styles(n)
+        assert len(set(styles)) == n
+
+
+def test_retrieval_grid(tmp_path, digits):
+    images, x, y = digits
+    path = plots.plot_retrieval_grid(images, y, x, str(tmp_path / "grid.png"), k=4,
+                                     num_queries=3)
+    w, h = _png_size(path)
+    assert w > h  # 5 columns, 3 rows
+    # Separate gallery, explicit queries, colour images in an arbitrary float range.
+    rgb = np.repeat(images[..., None], 3, axis=-1) * 255 - 100
+    path = plots.plot_retrieval_grid(rgb[:20], y[:20], x[:20], str(tmp_path / "grid2.png"),
+                                     k=3, query_indices=[0, 1],
+                                     gallery=(rgb[20:], y[20:], x[20:]))
+    _png_size(path)
+
+
+def test_training_curves_from_dict_and_csv(tmp_path):
+    hist = {"loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.2, 1.9], "j_metric": [1.0, 0.7, 0.5],
+            "j_gen": [2.0, 1.0, 0.8], "val_recall@1": [0.2, 0.3, 0.35],
+            "val_recall@2": [0.3, 0.4, 0.45], "val_nmi": [0.4, 0.5, 0.55]}
+    _png_size(plots.plot_training_curves(hist, str(tmp_path / "curves.png")))
+    log = tmp_path / "eval.csv"
+    with open(log, "w", newline="") as f:
+        w = csv.DictWriter(f, ["epoch", "step", "val_recall@1", "val_map@r"])
+        w.writeheader()
+        w.writerow({"epoch": 2, "step": 20, "val_recall@1": 0.3, "val_map@r": 0.1})
+        w.writerow({"epoch": 4, "step": 40, "val_recall@1": 0.4, "val_map@r": 0.15})
+    got = plots.read_history(str(log))
+    assert got["epoch"] == [2.0, 4.0] and got["val_map@r"] == [0.1, 0.15]
+    _png_size(plots.plot_training_curves({"loss": [1.0, 0.5, 0.4, 0.3]},
+                                         str(tmp_path / "c2.png"), eval_log=str(log)))
+    with pytest.raises(ValueError):
+        plots.plot_training_curves({"accuracy": [0.1]}, str(tmp_path / "c3.png"))
