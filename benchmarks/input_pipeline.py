@@ -116,7 +116,8 @@ def time_fit(model, dataset, steps: int) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image-dir", help="folder dataset (<root>/<class>/*.jpg); default: generate one")
+    ap.add_argument("--image-dir",
+                    help="folder dataset (<root>/<class>/*.jpg); default: generate one")
     ap.add_argument("--num-classes", type=int, default=32)
     ap.add_argument("--images-per-class", type=int, default=8)
     ap.add_argument("--source-size", default="500x375", help="generated JPEG size WxH")
@@ -150,7 +151,8 @@ def main(argv=None) -> int:
                                   preprocessing="caffe", cache=args.cache)
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
-          f"TF {tf.__version__}, devices {[d.device_type for d in tf.config.list_logical_devices()]}")
+          f"TF {tf.__version__}, "
+          f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
     print(f"images: resize {args.resize} -> random crop {args.crop} (spec: 256 -> 227), "
           f"N-pair batch {2 * args.pairs} ({args.pairs} pairs), cache={args.cache}")
 

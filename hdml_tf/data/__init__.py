@@ -26,7 +26,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hdml_tf.data import cars196, cub, digits, fashion_mnist, folder, inshop, preprocess, sampling, sop
+from hdml_tf.data import (
+    cars196, cub, digits, fashion_mnist, folder, inshop, preprocess, sampling, sop,
+)
 from hdml_tf.data.base import (
     CorruptImageWarning,
     DatasetNotFoundError,
@@ -34,7 +36,9 @@ from hdml_tf.data.base import (
     ImageDataset,
     split_classes,
 )
-from hdml_tf.data.preprocess import decode_image, eval_transform, normalize, preprocessing_mode, train_transform
+from hdml_tf.data.preprocess import (
+    decode_image, eval_transform, normalize, preprocessing_mode, train_transform,
+)
 from hdml_tf.data.sampling import (
     MPerClassSampler,
     NPairSampler,

@@ -94,7 +94,8 @@ class ImageDataset:
         return f"{self.name}:{self.split}[{i}]"
 
     def __repr__(self) -> str:
-        kind = "paths" if self.paths is not None else "encoded" if self.encoded is not None else "images"
+        kind = ("paths" if self.paths is not None
+                else "encoded" if self.encoded is not None else "images")
         return (
             f"ImageDataset(name={self.name!r}, split={self.split!r}, images={len(self)}, "
             f"classes={self.num_classes}, source={kind})"

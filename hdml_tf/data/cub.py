@@ -89,7 +89,8 @@ def load(
         class_ids = labels0 + 1  # tfds labels are 0-based; CUB ids are 1..200
         data = base.build(NAME, split, class_ids, keep, {i + 1: n for i, n in enumerate(names)},
                           encoded=enc, root=builder.data_dir)
-        base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(np.unique(class_ids)), check_counts, val_fraction)
+        base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(names),
+                          check_counts, val_fraction)
         return data
 
     hint = "The CUB_200_2011 directory is incomplete."
@@ -111,5 +112,6 @@ def load(
     paths = np.array([os.path.join(base_dir, "images", rel_paths[i]) for i in ids], dtype=object)
     data = base.build(NAME, split, class_ids, keep, class_names, paths=paths, root=base_dir)
     base.require_listed_files(NAME, data.paths, images_txt)
-    base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(class_names), check_counts, val_fraction)
+    base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(class_names),
+                      check_counts, val_fraction)
     return data

@@ -86,7 +86,8 @@ def _load_arrays(root, use_tfds, download):
         if builder is not None:
             import tensorflow_datasets as tfds
 
-            parts = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1)) for s in ("train", "test")]
+            parts = [tfds.as_numpy(builder.as_dataset(split=s, batch_size=-1))
+                     for s in ("train", "test")]
             images = np.concatenate([p["image"][..., 0] for p in parts])
             labels = np.concatenate([p["label"] for p in parts])
             return (images, labels), builder.data_dir

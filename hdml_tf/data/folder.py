@@ -68,7 +68,8 @@ def load(
     """
     root = root or os.environ.get("HDML_FOLDER_DIR")
     if not root:
-        raise base.DatasetNotFoundError("folder: pass root=<directory with one sub-directory per class>")
+        raise base.DatasetNotFoundError(
+            "folder: pass root=<directory with one sub-directory per class>")
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise base.DatasetNotFoundError(f"folder: expected a directory {root!r} with one "
@@ -89,7 +90,8 @@ def load(
                     paths.append(os.path.join(dirpath, fname))
                     class_ids.append(cid)
     if not paths:
-        raise base.DatasetNotFoundError(f"folder: no image files ({', '.join(exts)}) under {root!r}")
+        raise base.DatasetNotFoundError(
+            f"folder: no image files ({', '.join(exts)}) under {root!r}")
     ids = np.arange(len(classes))
     if split_file is not None:
         assignment = read_split_file(base.require_file(split_file, "folder split file"))
@@ -97,7 +99,8 @@ def load(
         unlisted = [c for c in classes if c not in assignment]
         if unknown or unlisted:
             raise ValueError(f"folder: split file {split_file!r} and {root!r} disagree: "
-                             f"classes not on disk {unknown[:5]}, classes not in the file {unlisted[:5]}")
+                             f"classes not on disk {unknown[:5]}, "
+                             f"classes not in the file {unlisted[:5]}")
         by = {s: np.array([i for i, c in enumerate(classes) if assignment[c] == s], np.int64)
               for s in ("train", "val", "test")}
         if len(by["val"]):

@@ -80,8 +80,10 @@ def load(
         )
     list_path = os.path.join(eval_dir, "list_eval_partition.txt")
     names, items, status = read_partition(list_path)
+    # Images are listed relative to Img/ in the benchmark's layout; accept a flat copy too.
     img_root = next((d for d in (os.path.join(root, "Img"), root)
-                     if names and os.path.exists(os.path.join(d, names[0]))), os.path.join(root, "Img"))
+                     if names and os.path.exists(os.path.join(d, names[0]))),
+                    os.path.join(root, "Img"))
     train_items = np.unique(items[status == "train"])
     test_items = np.unique(items[status != "train"])
     if split in ("query", "gallery"):

@@ -115,7 +115,9 @@ class _ClassPools:
     def next_images(self, c: int, n: int) -> list:
         """n images of class c, distinct when the class has at least n."""
         pool = self.usable(c)
-        q = [i for i in self._image_queues[c] if i not in self.exclude] if self.exclude else self._image_queues[c]
+        q = self._image_queues[c]
+        if self.exclude:
+            q = [i for i in q if i not in self.exclude]
         out: list = []
         while len(out) < n:
             if not q:
@@ -157,7 +159,8 @@ class NPairSampler:
     def __iter__(self) -> Iterator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)  # already warned in __init__
-            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names,
+                                2, self.exclude)
         while True:
             classes = pools.next_classes(self.num_pairs)
             pairs = np.array([pools.next_images(c, 2) for c in classes], dtype=np.int64)
@@ -188,7 +191,8 @@ class TripletSampler:
     def __iter__(self) -> Iterator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
-            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names,
+                                2, self.exclude)
         rng = pools.rng
         while True:
             classes = pools.next_classes(self.num_triplets)
@@ -231,7 +235,8 @@ class MPerClassSampler:
     def __iter__(self) -> Iterator:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)
-            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names, 2, self.exclude)
+            pools = _ClassPools(self.labels, np.random.default_rng(self.seed), self.class_names,
+                                2, self.exclude)
         while True:
             classes = pools.next_classes(self.k)
             yield np.array([i for c in classes for i in pools.next_images(c, self.m)], np.int64)
@@ -533,7 +538,8 @@ def npair_dataset(
         tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
         float32 (P, crop, crop, 3) and int32 (P,).
     """
-    sampler = NPairSampler(data.labels, num_pairs, seed=seed, class_names=data.class_names, exclude=set())
+    sampler = NPairSampler(data.labels, num_pairs, seed=seed, class_names=data.class_names,
+                           exclude=set())
     return _training_pipeline(
         data, sampler, 2 * num_pairs, _split(2), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
@@ -564,7 +570,8 @@ def triplet_dataset(
         tf.data.Dataset of ``((anchors, positives, negatives), (anchor_labels,
         positive_labels, negative_labels))``: float32 (T, crop, crop, 3), int32 (T,).
     """
-    sampler = TripletSampler(data.labels, num_triplets, seed=seed, class_names=data.class_names, exclude=set())
+    sampler = TripletSampler(data.labels, num_triplets, seed=seed, class_names=data.class_names,
+                             exclude=set())
     return _training_pipeline(
         data, sampler, 3 * num_triplets, _split(3), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
@@ -639,7 +646,8 @@ def eval_dataset(
         else:
             image = source.load(index)
         image = preprocess.eval_transform(image, resize=resize, crop=crop)
-        return index, preprocess.normalize(image, mode), tf.gather(labels_t, tf.minimum(index, n - 1))
+        label = tf.gather(labels_t, tf.minimum(index, n - 1))
+        return index, preprocess.normalize(image, mode), label
 
     if not source.can_fail:
         ds = tf.data.Dataset.range(n).map(load_one, num_parallel_calls=num_parallel_calls,

@@ -31,7 +31,8 @@ def read_list(path: str):
     with open(path, encoding="utf-8") as f:
         header = f.readline().split()
         if header != HEADER:
-            raise ValueError(f"{path}: expected header {' '.join(HEADER)!r}, got {' '.join(header)!r}")
+            raise ValueError(f"{path}: expected header {' '.join(HEADER)!r}, "
+                             f"got {' '.join(header)!r}")
         for lineno, line in enumerate(f, 2):
             parts = line.split()
             if not parts:

@@ -38,7 +38,8 @@ def test_npair_pairs_stay_together_per_replica(strategy):
 
 def test_triplets_stay_together_per_replica(strategy):
     train = data.load_dataset("digits", "train")
-    ds = data.triplet_dataset(train, 4, seed=0, resize=None, crop=None, preprocessing="none").take(3)
+    ds = data.triplet_dataset(train, 4, seed=0, resize=None, crop=None, preprocessing="none")
+    ds = ds.take(3)
     for (_, (la, lp, ln)) in strategy.experimental_distribute_dataset(ds):
         for a, p, n in zip(*(_replicas(strategy, v) for v in (la, lp, ln))):
             assert a.shape == (2,) and np.array_equal(a, p) and np.all(n != a)

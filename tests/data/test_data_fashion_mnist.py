@@ -27,7 +27,8 @@ def test_zero_shot_split_from_idx_files(tmp_path):
     train = data.load_dataset("fashion_mnist", "train", root=root)
     test = data.load_dataset("fashion_mnist", "test", root=root)
     assert len(train) == len(test) == 25  # both files pooled, split by class
-    assert train.class_ids.tolist() == [0, 1, 2, 3, 4] and test.class_ids.tolist() == [5, 6, 7, 8, 9]
+    assert train.class_ids.tolist() == [0, 1, 2, 3, 4]
+    assert test.class_ids.tolist() == [5, 6, 7, 8, 9]
     assert test.class_names[0] == "Sandal" and train.class_names[0] == "T-shirt/top"
     assert train.images.shape == (25, 28, 28) and train.images.dtype == np.uint8
     # pixel value 10 * original label survives the relabelling
@@ -55,17 +56,20 @@ def test_error_lists_all_three_ways(tmp_path, monkeypatch):
 def test_small_pipeline_on_28x28_grayscale(tmp_path):
     root = make_fashion_idx(str(tmp_path))
     train = data.load_dataset("fashion_mnist", "train", root=root)
-    (a, p), (la, lp) = next(iter(data.npair_dataset(train, 4, resize=32, crop=28, preprocessing="none")))
+    ds = data.npair_dataset(train, 4, resize=32, crop=28, preprocessing="none")
+    (a, p), (la, lp) = next(iter(ds))
     assert a.shape == (4, 28, 28, 3) and a.dtype.name == "float32"
     an = a.numpy()
     assert np.allclose(an[..., 0], an[..., 1])  # grayscale became RGB
     assert np.allclose(an.mean(axis=(1, 2, 3)), train.class_ids[la.numpy()] * 10, atol=0.5)
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz")),
-                    reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not os.path.isfile(os.path.join(fashion_mnist.DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz")),
+    reason="dataset-fashion-mnist not installed")
 def test_real_debian_files():
-    train = fashion_mnist.load("train", root=fashion_mnist.DEBIAN_DIR, use_tfds=False, download=False)
-    test = fashion_mnist.load("test", root=fashion_mnist.DEBIAN_DIR, use_tfds=False, download=False)
+    kw = dict(root=fashion_mnist.DEBIAN_DIR, use_tfds=False, download=False)
+    train = fashion_mnist.load("train", **kw)
+    test = fashion_mnist.load("test", **kw)
     assert len(train) == len(test) == 35000
     assert np.array_equal(np.bincount(test.labels), [7000] * 5)

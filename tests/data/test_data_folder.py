@@ -8,7 +8,8 @@ import pytest
 from hdml_tf import data
 from tests.data.helpers_data import class_color, label_of_color, make_folder, write_image
 
-CLASSES = {"apple": (1, 3), "banana": (2, 2), "cherry": (3, 4), "dates": (4, 2), "elder berry": (5, 3)}
+CLASSES = {"apple": (1, 3), "banana": (2, 2), "cherry": (3, 4), "dates": (4, 2),
+           "elder berry": (5, 3)}
 
 
 @pytest.fixture

@@ -118,7 +118,8 @@ def test_train_transform_crop_flip_and_seed():
     image = tf.reshape(tf.range(8 * 8, dtype=tf.float32), (8, 8, 1))
     seen_flip, seen_plain, offsets = False, False, set()
     for i in range(30):
-        out = preprocess.train_transform(image, resize=None, crop=5, seed=tf.constant([7, i])).numpy()
+        seed = tf.constant([7, i])
+        out = preprocess.train_transform(image, resize=None, crop=5, seed=seed).numpy()
         assert out.shape == (5, 5, 3)
         again = preprocess.train_transform(image, resize=None, crop=5, seed=tf.constant([7, i]))
         assert np.array_equal(out, again)  # stateless: same seed, same crop and flip

@@ -25,7 +25,8 @@ def test_digits_zero_shot():
     train = data.load_dataset("digits", "train")
     test = data.load_dataset("digits", "test")
     assert len(train) + len(test) == 1797
-    assert train.class_ids.tolist() == [0, 1, 2, 3, 4] and test.class_ids.tolist() == [5, 6, 7, 8, 9]
+    assert train.class_ids.tolist() == [0, 1, 2, 3, 4]
+    assert test.class_ids.tolist() == [5, 6, 7, 8, 9]
     assert test.images.dtype == np.uint8 and test.images.max() == 255
     assert set(test.labels.tolist()) == {0, 1, 2, 3, 4}
 

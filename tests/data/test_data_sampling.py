@@ -42,7 +42,8 @@ def test_npair_sampler_is_seeded():
         s0, s0b, s1 = (data.NPairSampler(LABELS, 3, seed=s) for s in (0, 0, 1))
     a = np.concatenate([np.concatenate(x) for x in _take(s0, 10)])
     assert np.array_equal(a, np.concatenate([np.concatenate(x) for x in _take(s0b, 10)]))
-    assert np.array_equal(a, np.concatenate([np.concatenate(x) for x in _take(s0, 10)]))  # re-iterable
+    # re-iterable: a second pass over the same sampler restarts the same stream
+    assert np.array_equal(a, np.concatenate([np.concatenate(x) for x in _take(s0, 10)]))
     assert not np.array_equal(a, np.concatenate([np.concatenate(x) for x in _take(s1, 10)]))
 
 
@@ -104,7 +105,8 @@ def test_triplet_and_m_per_class_pipelines(color_folder):
         assert a.shape == p.shape == n.shape == (3, 10, 10, 3)
         assert np.array_equal(la, lp) and np.all(ln.numpy() != la.numpy())
         assert np.array_equal(_labels_from_pixels(n.numpy(), color_folder), ln)
-    ds = data.m_per_class_dataset(color_folder, 2, 3, seed=0, resize=12, crop=10, preprocessing="none")
+    ds = data.m_per_class_dataset(color_folder, 2, 3, seed=0, resize=12, crop=10,
+                                  preprocessing="none")
     images, labels = next(iter(ds))
     assert images.shape == (6, 10, 10, 3)
     assert np.array_equal(_labels_from_pixels(images.numpy(), color_folder), labels)

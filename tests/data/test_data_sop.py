@@ -25,7 +25,8 @@ def test_split_follows_the_list_files(sop_root):
     assert train.class_ids.tolist() == [1, 2, 3] and test.class_ids.tolist() == [4, 5]
     assert test.labels.tolist() == [0, 0, 1, 1, 1, 1]
     assert test.class_names == ["chair_final/4", "mug_final/5"]
-    assert test.paths[0].endswith(os.path.join("Stanford_Online_Products", "chair_final", "100004_0.JPG"))
+    expected = os.path.join("Stanford_Online_Products", "chair_final", "100004_0.JPG")
+    assert test.paths[0].endswith(expected)
     assert len(data.load_dataset("sop", "all", root=sop_root)) == 12
 
 
