@@ -39,9 +39,11 @@ BACKBONE_PREPROCESSING = {
     "convnext": "none",
 }
 
-NORMALIZE_MODES = ("caffe", "tf", "torch", "none", "raw")
+NORMALIZE_MODES = ("caffe", "caffe_keras", "tf", "torch", "none", "raw")
 
 _CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
+# keras.applications' caffe-mode means (ResNet50, VGG); within 0.33 of the above.
+_KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
@@ -174,7 +176,9 @@ def normalize(images, mode: str = "caffe") -> tf.Tensor:
     Args:
         images: float (..., 3) RGB in 0-255 (one image or a batch).
         mode: ``"caffe"``: RGB->BGR, minus (104, 117, 123) in BGR order, 0-255 scale
-            (BVLC GoogLeNet, keras ResNet50/VGG); ``"tf"``: scale to [-1, 1];
+            (BVLC GoogLeNet, as in the HDML spec; also fine for keras ResNet50);
+            ``"caffe_keras"``: the same with keras.applications' exact means
+            (103.939, 116.779, 123.68); ``"tf"``: scale to [-1, 1];
             ``"torch"``: /255, minus ImageNet mean, over ImageNet std;
             ``"none"`` / ``"raw"``: unchanged (models that normalise inside).
 
@@ -184,6 +188,8 @@ def normalize(images, mode: str = "caffe") -> tf.Tensor:
     images = tf.cast(images, tf.float32)
     if mode == "caffe":
         return images[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
+    if mode == "caffe_keras":
+        return images[..., ::-1] - tf.constant(_KERAS_CAFFE_MEAN_BGR, tf.float32)
     if mode == "tf":
         return images / 127.5 - 1.0
     if mode == "torch":

@@ -81,6 +81,8 @@ def test_graph_safe_in_a_serving_signature(tmp_path):
 def test_normalize_golden_values():
     px = tf.constant([[[10.0, 20.0, 30.0]]])
     assert np.allclose(preprocess.normalize(px, "caffe"), [[[30 - 104, 20 - 117, 10 - 123]]])
+    keras_caffe = preprocess.normalize(px, "caffe_keras")
+    assert np.allclose(keras_caffe, [[[30 - 103.939, 20 - 116.779, 10 - 123.68]]])
     assert np.allclose(preprocess.normalize(tf.constant([0.0, 127.5, 255.0]), "tf"), [-1, 0, 1])
     torch = preprocess.normalize(tf.constant([[255.0, 0.0, 127.5]]), "torch").numpy()
     expect = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.5 - 0.406) / 0.225]
