@@ -37,29 +37,58 @@ def _scalar(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+def _records(ann, mat_path):
+    """One dict per image from the ways a struct array can come back from loadmat.
+
+    The released file is a 1 x N struct array. Files written by other tools may hold
+    a cell array of 1 x 1 structs (scipy's savemat of a list of dicts) or one struct
+    whose fields are N-vectors; all three are accepted.
+    """
+    if ann.dtype.names:
+        names = ann.dtype.names
+        flat = ann.reshape(-1)
+        first = flat[0][names[0]] if flat.size else None
+        if flat.size == 1 and isinstance(first, np.ndarray) and first.size > 1:
+            columns = {k: np.asarray(flat[0][k]).reshape(-1) for k in names}
+            return [{k: columns[k][i] for k in names} for i in range(len(columns[names[0]]))]
+        return [{k: a[k] for k in names} for a in flat]
+    if ann.dtype == object:
+        out = []
+        for cell in ann.reshape(-1):
+            cell = np.asarray(cell)
+            if not cell.dtype.names:
+                raise ValueError(f"{mat_path}: 'annotations' cells must be structs")
+            out.append({k: cell.reshape(-1)[0][k] for k in cell.dtype.names})
+        return out
+    raise ValueError(f"{mat_path}: 'annotations' is not a struct array")
+
+
 def read_annotations(mat_path: str):
     """Parse ``cars_annos.mat``.
 
     Returns:
         (relative paths list, class ids int64 (N,), bboxes int64 (N, 4) as x1, y1,
-        x2, y2, class names list indexed by class id - 1).
+        x2, y2 (-1 where the file has none), class names list indexed by class id - 1).
     """
     import scipy.io
 
     mat = scipy.io.loadmat(mat_path)
     if "annotations" not in mat:
         raise ValueError(f"{mat_path}: no 'annotations' variable (is this cars_annos.mat?)")
-    ann = mat["annotations"].reshape(-1)
-    fields = ann.dtype.names or ()
-    needed = ("relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class")
-    lacking = [f for f in needed if f not in fields]
+    records = _records(mat["annotations"], mat_path)
+    fields = set(records[0]) if records else set()
+    lacking = [f for f in ("relative_im_path", "class") if f not in fields]
     if lacking:
-        raise ValueError(f"{mat_path}: annotations lack fields {lacking}; found {list(fields)}")
-    rel = [str(_scalar(a["relative_im_path"])) for a in ann]
-    cls = np.array([int(_scalar(a["class"])) for a in ann], dtype=np.int64)
-    boxes = np.array([[int(_scalar(a[k])) for k in needed[1:5]] for a in ann], dtype=np.int64)
+        raise ValueError(f"{mat_path}: annotations lack fields {lacking}; found {sorted(fields)}")
+    rel = [str(_scalar(r["relative_im_path"])).strip() for r in records]
+    cls = np.array([int(_scalar(r["class"])) for r in records], dtype=np.int64)
+    box_fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+    if all(f in fields for f in box_fields):
+        boxes = np.array([[int(_scalar(r[k])) for k in box_fields] for r in records], np.int64)
+    else:  # boxes are not needed for retrieval; -1 marks them unknown
+        boxes = np.full((len(records), 4), -1, np.int64)
     if "class_names" in mat:
-        names = [str(_scalar(n)) for n in mat["class_names"].reshape(-1)]
+        names = [str(_scalar(n)).strip() for n in mat["class_names"].reshape(-1)]
     else:
         names = [f"class_{i}" for i in range(1, int(cls.max()) + 1)]
     return rel, cls, boxes.reshape(-1, 4), names

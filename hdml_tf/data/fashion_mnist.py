@@ -4,7 +4,7 @@ Sources, in order: the IDX ``.gz`` files (``train-images-idx3-ubyte.gz``,
 ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
 ``t10k-labels-idx1-ubyte.gz``) in ``root``, ``$HDML_FASHION_MNIST_DIR`` or
 ``/usr/share/datasets/fashion-mnist`` (Debian/Ubuntu package
-``dataset-fashion-mnist``); a prepared tfds ``fashion_mnist``; keras' download
+``dataset-fashion-mnist``), gzipped or not; a prepared tfds ``fashion_mnist``; keras' download
 (needs the internet, or a copy cached in ``~/.keras/datasets``).
 
 The 70,000 images of both files are pooled and split by class: 0-4 train, 5-9 test
@@ -60,8 +60,16 @@ def read_idx(path: str) -> np.ndarray:
     return body.reshape(shape)
 
 
+def _idx_path(directory, fname):
+    """The .gz file, or its uncompressed twin, in directory; None if neither exists."""
+    for name in (fname, fname[:-3]):
+        if os.path.isfile(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    return None
+
+
 def _from_idx(directory):
-    arrays = {k: read_idx(os.path.join(directory, f)) for k, f in FILES.items()}
+    arrays = {k: read_idx(_idx_path(directory, f)) for k, f in FILES.items()}
     for part in ("train", "test"):
         if len(arrays[f"{part}_images"]) != len(arrays[f"{part}_labels"]):
             raise ValueError(f"{directory}: {part} images and labels differ in number")
@@ -78,7 +86,7 @@ def _candidate_dirs(root):
 def _load_arrays(root, use_tfds, download):
     tried = []
     for d in _candidate_dirs(root):
-        if all(os.path.isfile(os.path.join(d, f)) for f in FILES.values()):
+        if all(_idx_path(d, f) for f in FILES.values()):
             return _from_idx(d), d
         tried.append(d)
     if use_tfds:

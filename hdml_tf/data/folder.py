@@ -4,7 +4,8 @@ Layout::
 
     <root>/<class name>/<anything>.{jpg,jpeg,png,gif,bmp,webp}
 
-Files with other extensions and hidden files are ignored. Which classes are for
+Files with other extensions are skipped with one warning naming them (and listed in
+``ImageDataset.skipped``); hidden files are ignored. Which classes are for
 training and which for testing comes from an optional class-split file, one class per
 line, ``<split> <class name>`` with split ``train``, ``val`` or ``test`` (the class
 name is the rest of the line, so it may contain spaces; ``#`` starts a comment).
@@ -15,6 +16,7 @@ up) trains, the rest tests, as CUB and Cars196 are split.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -80,15 +82,19 @@ def load(
         raise base.DatasetNotFoundError(f"folder: {root!r} has no class sub-directories "
                                         f"(<root>/<class name>/<image files>)")
     exts = tuple(e.lower() for e in extensions)
-    paths, class_ids = [], []
+    paths, class_ids, ignored = [], [], []
     for cid, cname in enumerate(classes):
         cdir = os.path.join(root, cname)
         for dirpath, dirnames, filenames in os.walk(cdir):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in sorted(filenames):
-                if not fname.startswith(".") and fname.lower().endswith(exts):
+                if fname.startswith("."):
+                    continue
+                if fname.lower().endswith(exts):
                     paths.append(os.path.join(dirpath, fname))
                     class_ids.append(cid)
+                else:
+                    ignored.append(os.path.join(dirpath, fname))
     if not paths:
         raise base.DatasetNotFoundError(
             f"folder: no image files ({', '.join(exts)}) under {root!r}")
@@ -115,5 +121,16 @@ def load(
     else:
         n_train = (len(classes) + 1) // 2
         keep = base.split_classes(ids[:n_train], ids[n_train:], split, val_fraction, val_seed)
-    return base.build(NAME, split, np.array(class_ids), keep, dict(enumerate(classes)),
+    data = base.build(NAME, split, np.array(class_ids), keep, dict(enumerate(classes)),
                       paths=np.array(paths, dtype=object), root=root)
+    if ignored:
+        # Not silently: a class folder holding e.g. .tiff files would otherwise just
+        # look smaller than it is.
+        shown = ", ".join(repr(p) for p in ignored[:5])
+        more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+        warnings.warn(f"folder: skipped {len(ignored)} file(s) under {root!r} without an image "
+                      f"extension ({', '.join(exts)}): {shown}{more}", base.DataWarning,
+                      stacklevel=2)
+        for p in ignored:
+            data.skipped[p] = "not an image file extension"
+    return data

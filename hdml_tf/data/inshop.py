@@ -72,7 +72,9 @@ def load(
     if split not in SPLITS:
         raise ValueError(f"inshop split must be one of {SPLITS}, got {split!r}")
     root = os.path.abspath(root or base.default_root("HDML_INSHOP_DIR", "inshop"))
-    eval_dir = base.find_dir_with(root, "list_eval_partition.txt", ["Eval", ""])
+    bench = "In-shop Clothes Retrieval Benchmark"
+    eval_dir = base.find_dir_with(root, "list_eval_partition.txt",
+                                  ["Eval", "", os.path.join(bench, "Eval"), bench])
     if eval_dir is None:
         raise base.DatasetNotFoundError(
             f"inshop: expected {os.path.join(root, 'Eval', 'list_eval_partition.txt')} "
@@ -81,9 +83,10 @@ def load(
     list_path = os.path.join(eval_dir, "list_eval_partition.txt")
     names, items, status = read_partition(list_path)
     # Images are listed relative to Img/ in the benchmark's layout; accept a flat copy too.
-    img_root = next((d for d in (os.path.join(root, "Img"), root)
+    top = os.path.dirname(eval_dir) if os.path.basename(eval_dir) == "Eval" else eval_dir
+    img_root = next((d for d in (os.path.join(top, "Img"), top)
                      if names and os.path.exists(os.path.join(d, names[0]))),
-                    os.path.join(root, "Img"))
+                    os.path.join(top, "Img"))
     train_items = np.unique(items[status == "train"])
     test_items = np.unique(items[status != "train"])
     if split in ("query", "gallery"):

@@ -53,3 +53,22 @@ def test_missing_listed_image(cars_root):
     os.remove(os.path.join(cars_root, "car_ims", "000001.jpg"))
     with pytest.raises(data.DatasetNotFoundError, match="000001.jpg"):
         data.load_dataset("cars196", "train", root=cars_root, check_counts=False)
+
+
+@pytest.mark.parametrize("layout", ["cell_of_structs", "struct_of_arrays"])
+def test_other_struct_layouts_written_by_savemat(tmp_path, layout):
+    """A list of dicts (cell array of structs) and one struct of N-vectors both parse."""
+    import scipy.io
+
+    rel = ["car_ims/000001.jpg", "car_ims/000002.jpg", "car_ims/000003.jpg"]
+    classes = [3, 3, 120]
+    if layout == "cell_of_structs":
+        ann = [{"relative_im_path": r, "class": c, "test": 0} for r, c in zip(rel, classes)]
+    else:
+        ann = {"relative_im_path": np.array(rel, dtype=object), "class": np.array(classes)}
+    path = str(tmp_path / "cars_annos.mat")
+    scipy.io.savemat(path, {"annotations": ann, "class_names": ["Audi A4", "BMW M3"]})
+    got_rel, got_cls, boxes, names = cars196.read_annotations(path)
+    assert got_rel == rel and got_cls.tolist() == classes
+    assert boxes.shape == (3, 4) and np.all(boxes == -1)
+    assert names == ["Audi A4", "BMW M3"]

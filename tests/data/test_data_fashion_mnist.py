@@ -37,6 +37,19 @@ def test_zero_shot_split_from_idx_files(tmp_path):
         data.load_dataset("fashion_mnist", "test", root=root, check_counts=True)
 
 
+def test_uncompressed_idx_files(tmp_path):
+    import gzip
+
+    root = make_fashion_idx(str(tmp_path))
+    for name in os.listdir(root):
+        with gzip.open(os.path.join(root, name)) as src:
+            raw = src.read()
+        with open(os.path.join(root, name[:-3]), "wb") as dst:
+            dst.write(raw)
+        os.remove(os.path.join(root, name))
+    assert len(data.load_dataset("fashion_mnist", "test", root=root)) == 25
+
+
 def test_env_var(tmp_path, monkeypatch):
     root = make_fashion_idx(str(tmp_path / "fm"))
     monkeypatch.setenv("HDML_FASHION_MNIST_DIR", root)

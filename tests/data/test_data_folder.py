@@ -8,6 +8,9 @@ import pytest
 from hdml_tf import data
 from tests.data.helpers_data import class_color, label_of_color, make_folder, write_image
 
+# The fixture holds a notes.txt on purpose; the warning about it is tested once.
+pytestmark = pytest.mark.filterwarnings("ignore:folder. skipped:hdml_tf.data.base.DataWarning")
+
 CLASSES = {"apple": (1, 3), "banana": (2, 2), "cherry": (3, 4), "dates": (4, 2),
            "elder berry": (5, 3)}
 
@@ -23,7 +26,9 @@ def folder_root(tmp_path):
 
 
 def test_classes_are_sub_directories_and_split_in_halves(folder_root):
-    all_ = data.load_dataset("folder", "all", root=folder_root)
+    with pytest.warns(data.DataWarning, match="notes.txt"):
+        all_ = data.load_dataset("folder", "all", root=folder_root)
+    assert list(all_.skipped) == [os.path.join(folder_root, "apple", "notes.txt")]
     assert all_.class_names == sorted(CLASSES)
     assert len(all_) == 3 + 3 + 4 + 2 + 3
     train = data.load_dataset("folder", "train", root=folder_root)
@@ -72,7 +77,8 @@ def test_corrupt_files_are_skipped_counted_and_named(folder_root):
     assert len(batches) == 25  # the epoch goes on
     named = " ".join(str(w.message) for w in record)
     assert bad in named and trunc in named
-    assert set(ds_data.skipped) == {bad, trunc}
+    notes = os.path.join(folder_root, "apple", "notes.txt")  # skipped at load time
+    assert set(ds_data.skipped) == {bad, trunc, notes}
     for (a, p), (la, lp) in batches:  # batches after a dropped one are still aligned
         assert np.array_equal(la, lp)
         got = label_of_color(np.concatenate([a.numpy(), p.numpy()]), ds_data.class_ids + 1)
@@ -110,7 +116,8 @@ def test_cache_finds_bad_files_up_front(folder_root):
     with pytest.warns(data.CorruptImageWarning):
         pipeline = data.npair_dataset(ds_data, 4, seed=1, resize=12, crop=10, cache=True,
                                       preprocessing="none")
-    assert set(ds_data.skipped) == {bad, trunc}
+    notes = os.path.join(folder_root, "apple", "notes.txt")  # skipped at load time
+    assert set(ds_data.skipped) == {bad, trunc, notes}
     first = [x[1][0].numpy() for x in pipeline.take(6)]
     again = [x[1][0].numpy() for x in pipeline.take(6)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again))

@@ -53,3 +53,18 @@ def test_bad_count_line_and_missing_file(inshop_root, tmp_path):
         data.load_dataset("inshop", "train", root=inshop_root)
     with pytest.raises(data.DatasetNotFoundError, match="list_eval_partition.txt"):
         data.load_dataset("inshop", "train", root=str(tmp_path / "empty"))
+
+
+def test_flat_copy_and_benchmark_directory_layouts(tmp_path):
+    import shutil
+
+    bench = tmp_path / "In-shop Clothes Retrieval Benchmark"
+    make_inshop(str(bench), ITEMS)
+    nested = data.load_dataset("inshop", "gallery", root=str(tmp_path))
+    assert len(nested) == 5 and os.path.isfile(nested.paths[0])
+    flat = tmp_path / "flat"
+    shutil.copytree(bench / "Img" / "img", flat / "img")
+    shutil.copy(bench / "Eval" / "list_eval_partition.txt", flat)
+    got = data.load_dataset("inshop", "gallery", root=str(flat))
+    assert [os.path.relpath(p, flat) for p in got.paths] == \
+        [os.path.relpath(p, bench / "Img") for p in nested.paths]
