@@ -488,6 +488,14 @@ def _training_pipeline(
     return ds.prefetch(prefetch)
 
 
+def _strictness(strict: bool, skip_corrupt) -> bool:
+    if skip_corrupt is None:
+        return bool(strict)
+    if strict and skip_corrupt:
+        raise ValueError("strict=True contradicts skip_corrupt=True")
+    return not skip_corrupt
+
+
 def _split(n_groups):
     def structure(images, labels):
         imgs = tuple(tf.split(images, n_groups))
@@ -508,6 +516,7 @@ def npair_dataset(
     preprocessing="caffe",
     cache: bool = False,
     strict: bool = False,
+    skip_corrupt: bool | None = None,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
     start_batch: int = 0,
@@ -529,6 +538,8 @@ def npair_dataset(
         cache: decode and resize every image once into memory (N * resize^2 * 3
             bytes) before training; faster epochs, and bad files are found up front.
         strict: raise (naming the file) on an undecodable image instead of skipping.
+        skip_corrupt: alias kept for callers that think in the opposite sense;
+            when given, ``strict = not skip_corrupt``.
         num_parallel_calls, prefetch: tf.data tuning (AUTOTUNE by default).
         start_batch: begin at this batch of the seeded stream (resuming training):
             the result equals the stream from batch 0 with ``start_batch`` batches
@@ -538,6 +549,7 @@ def npair_dataset(
         tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
         float32 (P, crop, crop, 3) and int32 (P,).
     """
+    strict = _strictness(strict, skip_corrupt)
     sampler = NPairSampler(data.labels, num_pairs, seed=seed, class_names=data.class_names,
                            exclude=set())
     return _training_pipeline(
@@ -558,6 +570,7 @@ def triplet_dataset(
     preprocessing="caffe",
     cache: bool = False,
     strict: bool = False,
+    skip_corrupt: bool | None = None,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
     start_batch: int = 0,
@@ -570,6 +583,7 @@ def triplet_dataset(
         tf.data.Dataset of ``((anchors, positives, negatives), (anchor_labels,
         positive_labels, negative_labels))``: float32 (T, crop, crop, 3), int32 (T,).
     """
+    strict = _strictness(strict, skip_corrupt)
     sampler = TripletSampler(data.labels, num_triplets, seed=seed, class_names=data.class_names,
                              exclude=set())
     return _training_pipeline(
@@ -591,6 +605,7 @@ def m_per_class_dataset(
     preprocessing="caffe",
     cache: bool = False,
     strict: bool = False,
+    skip_corrupt: bool | None = None,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
     start_batch: int = 0,
@@ -604,6 +619,7 @@ def m_per_class_dataset(
         tf.data.Dataset of ``(images, labels)``: float32 (K*m, crop, crop, 3), int32
         (K*m,), class k in rows k*m .. k*m + m - 1.
     """
+    strict = _strictness(strict, skip_corrupt)
     sampler = MPerClassSampler(data.labels, classes_per_batch, images_per_class, seed=seed,
                                class_names=data.class_names, exclude=set())
     return _training_pipeline(
@@ -621,6 +637,7 @@ def eval_dataset(
     crop=227,
     preprocessing="caffe",
     strict: bool = False,
+    skip_corrupt: bool | None = None,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
 ) -> tf.data.Dataset:
@@ -629,10 +646,20 @@ def eval_dataset(
     Undecodable images are skipped (named in a warning and in ``data.skipped``), so
     use the labels this dataset yields, not ``data.labels``, to score retrieval.
 
+    Args:
+        data: an ImageDataset, usually a "test", "val", "query" or "gallery" split.
+        batch_size: images per batch.
+        resize, crop: resize to ``resize`` then take the centre ``crop`` (spec: 256,
+            227); with both None the stored images must share one size.
+        preprocessing: ``normalize`` mode, backbone name or backbone object.
+        strict / skip_corrupt: as for ``npair_dataset``.
+        num_parallel_calls, prefetch: tf.data tuning.
+
     Returns:
         tf.data.Dataset of ``(images, labels)``: float32 (<=batch_size, crop, crop, 3),
         int32; the last batch may be smaller.
     """
+    strict = _strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
     source = _Source(data)
     labels_t = tf.constant(data.labels, tf.int32)

@@ -93,6 +93,10 @@ def test_strict_mode_raises_naming_the_file(folder_root):
     with pytest.raises(Exception, match="broken.jpg"):
         for _ in pipeline.take(40):
             pass
+    alias = data.npair_dataset(ds_data, 5, seed=0, resize=12, crop=10, skip_corrupt=False)
+    with pytest.raises(Exception, match="broken.jpg"):
+        for _ in alias.take(40):
+            pass
 
 
 def test_eval_skips_bad_files_even_the_last_one(folder_root):
