@@ -426,6 +426,26 @@ def _versions():
             "python": platform.python_version()}
 
 
+def _check_clone(embedder, clone, crop, preprocessing, source_policies):
+    """The float32 rebuild must compute what the trained embedder computes.
+
+    Exact up to float32 rounding for a float32 source; for a mixed-precision source
+    the source itself is only float16-accurate, so the bound is loose: it catches a
+    wrong weight mapping, not rounding.
+    """
+    from hdml_tf.data import preprocess
+
+    images = preprocess.normalize(tf.constant(_probe_images(crop, 2, seed=2)), preprocessing)
+    want = tf.cast(embedder(images, training=False), tf.float32).numpy()
+    got = clone(images, training=False).numpy()
+    atol = 1e-5 if source_policies == ["float32"] else 5e-2
+    diff = float(np.max(np.abs(want - got)))
+    if not diff <= atol:
+        raise ExportError(f"the float32 rebuild of the embedder differs from the trained "
+                          f"one by {diff:.3g} (> {atol}); the weights were not copied "
+                          "faithfully")
+
+
 def _verify(path, embedder, module, probe_images, probe_bytes, atol=1e-4):
     """Reload the written SavedModel and compare both signatures with Keras."""
     loaded = tf.saved_model.load(path)
@@ -541,6 +561,8 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
 
     source_policies = _policy_names(embedder)
     clone = serving_embedder(embedder, crop)
+    if verify:
+        _check_clone(embedder, clone, crop, preprocessing, source_policies)
     module = ServingModule(clone, resize, crop, preprocessing)
     base_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(base_dir, exist_ok=True)
