@@ -106,7 +106,9 @@ def load_checkpoint(checkpoint, config_path=None):
 
     Returns:
       dict with ``embedder`` (the Keras Embedder), ``image_shape`` (``(None, H, W, 3)``
-      or None), ``config`` (dict or None), ``metrics`` (dict or None), ``source``.
+      or None), ``config`` (the experiment config dict, or None), ``class_split``
+      (dataset, split settings, ``num_classes`` and ``class_names`` per split as far
+      as recorded, or None), ``metrics`` (dict or None), ``source``.
 
     Raises:
       ExportError: the path does not exist, a workdir has no ``model.keras``, or the
@@ -146,13 +148,22 @@ def load_checkpoint(checkpoint, config_path=None):
                           "hdml_tf HDML model or Embedder")
 
     config_file = config_path or os.path.join(directory, "config.json")
-    config = _read_json(config_file) if os.path.isfile(config_file) else None
-    if config_path and config is None:
+    raw = _read_json(config_file) if os.path.isfile(config_file) else None
+    if config_path and raw is None:
         raise ExportError(f"config file {config_path!r} does not exist")
+    # `hdml-tf train` writes {"config": <experiment config>, "num_classes": ...,
+    # "class_names": {split: [...]}}; a bare experiment config is accepted too.
+    split_info = None
+    if isinstance(raw, dict) and isinstance(raw.get("config"), dict):
+        config = raw["config"]
+        split_info = {k: v for k, v in raw.items() if k != "config"}
+    else:
+        config = raw
     metrics_file = os.path.join(directory, "metrics.json")
     metrics = _read_json(metrics_file) if os.path.isfile(metrics_file) else None
     return {"embedder": embedder, "image_shape": image_shape, "config": config,
-            "metrics": metrics, "source": os.path.abspath(model_path)}
+            "class_split": _class_split(config, split_info), "metrics": metrics,
+            "source": os.path.abspath(model_path)}
 
 
 def _config_get(config, section, key):
@@ -175,20 +186,26 @@ def _pair(size, what):
     raise ExportError(f"{what}={size!r}: expected an int or (height, width)")
 
 
-def _class_split(config):
-    """The class-split part of a config: dataset name, split settings, class lists."""
-    if not config:
-        return None
+def _class_split(config, split_info=None):
+    """Which classes the model was trained and evaluated on.
+
+    Args:
+      config: the experiment config dict (its ``data.name`` and ``data.val_fraction``
+        say how the classes were split) or None.
+      split_info: what the training run recorded beside the config (``num_classes``,
+        ``class_names`` per split), or None.
+
+    Returns:
+      dict, or None when nothing is known.
+    """
     split = {}
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    for key in ("name", "val_fraction"):
-        if key in data:
-            split["dataset" if key == "name" else key] = data[key]
-    for source in (config, data):
-        for key, value in source.items():
-            lowered = key.lower()
-            if ("split" in lowered or "classes" in lowered) and key not in split:
-                split[key] = value
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, dict):
+        for key, name in (("name", "dataset"), ("val_fraction", "val_fraction")):
+            if key in data:
+                split[name] = data[key]
+    if split_info:
+        split.update(split_info)
     return split or None
 
 
@@ -509,7 +526,8 @@ def _move_into_place(temp_dir, base_dir, version):
 
 
 def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=None,
-                    metrics=None, source=None, version=None, warmup="auto", verify=True):
+                    class_split=None, metrics=None, source=None, version=None,
+                    warmup="auto", verify=True):
     """Export an embedder (or an HDML model's embedder) to ``out_dir/<version>``.
 
     Args:
@@ -521,6 +539,8 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
       preprocessing: a ``normalize`` mode ("caffe", "tf", "torch", "none"); default
         ``model.preprocessing``.
       config: the experiment config dict (stored in the metadata).
+      class_split: the class split (dataset, class names per split) for the metadata;
+        default: what ``config`` says about it.
       metrics: evaluation metrics dict (stored in the metadata).
       source: where the model came from (stored in the metadata).
       version: an explicit version number (must not exist); default the next one.
@@ -616,7 +636,7 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
             "source_dtype_policies": source_policies,
             "warmup_requests": warmup_written,
             "config": config,
-            "class_split": _class_split(config),
+            "class_split": class_split if class_split is not None else _class_split(config),
             "metrics": metrics,
             "versions": _versions(),
         }
@@ -674,6 +694,7 @@ def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocess
             preprocessing = own or from_config
     return export_embedder(embedder, out_dir, resize=resize, crop=crop,
                            preprocessing=preprocessing, config=config,
+                           class_split=loaded["class_split"],
                            metrics=loaded["metrics"], source=loaded["source"],
                            version=version, warmup=warmup, verify=verify)
 

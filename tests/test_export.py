@@ -63,14 +63,23 @@ def tiny_hdml(embedder):
     return model
 
 
-def write_workdir(path, model, metrics=True):
-    """A training workdir as training writes it: model.keras, config.json, metrics.json."""
+CLASS_NAMES = {"train": ["a", "b", "c", "d", "e"], "test": ["f", "g"]}
+
+
+def write_workdir(path, model, metrics=True, wrapped=True):
+    """A training workdir as ``hdml-tf train`` writes it.
+
+    ``config.json`` is ``{"config": <experiment config>, "num_classes", "class_names"}``
+    (``wrapped``) or a bare experiment config; ``metrics.json`` optional.
+    """
     os.makedirs(path, exist_ok=True)
     model.save(os.path.join(path, "model.keras"))
     config = {"name": "tiny_test",
               "data": {"name": "cub200", "resize": RESIZE, "crop": CROP,
                        "val_fraction": 0.25},
               "model": {"backbone": "tiny", "embedding_dim": DIM}}
+    if wrapped:
+        config = {"config": config, "num_classes": NUM_CLASSES, "class_names": CLASS_NAMES}
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(config, f)
     if metrics:
@@ -154,7 +163,8 @@ def test_layout_metadata_and_versions(exported, workdir):
                                      "normalize": "caffe", "interpolation": "bilinear"}
     assert meta["embedding_dim"] == DIM and meta["serving_dtype"] == "float32"
     assert meta["config"]["data"]["name"] == "cub200"
-    assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25}
+    assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25,
+                                   "num_classes": NUM_CLASSES, "class_names": CLASS_NAMES}
     assert meta["metrics"] == {"recall@1": 0.5, "nmi": 0.4}
     assert meta["versions"]["tensorflow"] == tf.__version__ and meta["versions"]["hdml_tf"]
     assert meta["source"] == os.path.join(os.path.abspath(workdir), "model.keras")
@@ -341,12 +351,14 @@ def test_mixed_precision_checkpoint_serves_float32(tmp_path):
     finally:
         keras.config.set_dtype_policy(previous)
     assert mixed.backbone.layers[1].compute_dtype == "float16"
-    work = write_workdir(str(tmp_path / "run"), model, metrics=False)
+    work = write_workdir(str(tmp_path / "run"), model, metrics=False, wrapped=False)
     path = export.export_checkpoint(work, str(tmp_path / "m"))
     assert not _has_half(path)
     with open(os.path.join(path, "assets.extra", export.METADATA_FILENAME)) as f:
         meta = json.load(f)
     assert "mixed_float16" in meta["source_dtype_policies"] and meta["metrics"] is None
+    assert meta["config"]["data"]["crop"] == CROP  # a bare experiment config works too
+    assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25}
 
     reference = tiny_embedder(seed=2)  # float32, then the mixed model's weights
     reference.set_weights(mixed.get_weights())
