@@ -367,8 +367,9 @@ class _BatchLog:
     def record(self, b, idx):
         with self._lock:
             self._batches[b] = idx
-            for old in [k for k in self._batches if k < b - 4096]:
-                del self._batches[old]  # the pipeline never runs this far ahead
+            if b % 1024 == 0:  # the pipeline never runs 1024 batches ahead of the hook
+                for old in [k for k in self._batches if k < b - 1024]:
+                    del self._batches[old]
 
     def members(self, b):
         with self._lock:
