@@ -21,7 +21,7 @@ import numpy as np
 from hdml_tf.data import base
 
 NAME = "inshop"
-EXPECTED_COUNTS = {"train": 25882, "query": 14218, "gallery": 12612}
+EXPECTED_COUNTS = {"train": 25882, "query": 14218, "gallery": 12612, "test": 26830, "all": 52712}
 NUM_CLASSES = 7982
 SPLITS = ("train", "val", "query", "gallery", "test", "all")
 

@@ -68,3 +68,8 @@ def test_flat_copy_and_benchmark_directory_layouts(tmp_path):
     got = data.load_dataset("inshop", "gallery", root=str(flat))
     assert [os.path.relpath(p, flat) for p in got.paths] == \
         [os.path.relpath(p, bench / "Img") for p in nested.paths]
+
+
+def test_count_check(inshop_root):
+    with pytest.raises(ValueError, match="14218"):
+        data.load_dataset("inshop", "query", root=inshop_root, check_counts=True)
