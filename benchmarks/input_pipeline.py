@@ -150,7 +150,8 @@ def main(argv=None) -> int:
     pipeline = data.npair_dataset(train, args.pairs, seed=0, resize=args.resize, crop=args.crop,
                                   preprocessing="caffe", cache=args.cache)
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
+    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible{load}, "
           f"TF {tf.__version__}, "
           f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
     print(f"images: resize {args.resize} -> random crop {args.crop} (spec: 256 -> 227), "
