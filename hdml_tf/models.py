@@ -23,6 +23,7 @@ the authors' TF1 code (``main_npair.py``, ``lib/HDML.py``).
 import keras
 import tensorflow as tf
 
+import hdml_tf.backbones  # noqa: F401  (registers the serialisable backbones for loading)
 from hdml_tf import losses as losses_lib
 from hdml_tf import synthesis
 
@@ -599,6 +600,45 @@ class HDML(keras.Model):
             ]
         return result
 
+    def _apply_if_finite(self, finite, objectives, grads):
+        """Apply every optimizer, or none of them and count the step, by ``finite``.
+
+        A non-finite loss must not touch the weights or the optimizer state. With
+        several replicas the optimizers' gradient all-reduce is a synchronisation point,
+        which tf.distribute does not allow inside a replica-context ``tf.cond``; as
+        Keras' LossScaleOptimizer does, the decision is then taken in cross-replica
+        context (``merge_call``) and the updates run per replica.
+        """
+
+        def apply_all(grads):
+            for (opt, _, variables), g in zip(objectives, grads):
+                opt.apply(g, variables)
+
+        def skip():
+            self.nonfinite_steps.assign_add(1.0)
+
+        ctx, num_replicas, _ = _replica_context()
+        if ctx is None or num_replicas == 1:
+            tf.cond(finite, lambda: (apply_all(grads), tf.constant(True))[1],
+                    lambda: (skip(), tf.constant(False))[1])
+            return
+
+        def cross_replica(distribution, finite, grads):
+            # Every replica computed the same value (the losses are all-reduced).
+            finite = distribution.experimental_local_results(finite)[0]
+
+            def apply_fn():
+                distribution.extended.call_for_each_replica(apply_all, args=(grads,))
+                return tf.constant(True)
+
+            def skip_fn():
+                skip()
+                return tf.constant(False)
+
+            tf.cond(finite, apply_fn, skip_fn)
+
+        ctx.merge_call(cross_replica, args=(finite, grads))
+
     def train_step(self, data):
         ctx, _, _ = _replica_context()
         with tf.GradientTape(persistent=True) as tape:
@@ -614,17 +654,7 @@ class HDML(keras.Model):
             [tf.math.is_finite(totals[k]) for k in ("j_metric", "j_gen", "j_cls")
              if k in totals]))
 
-        def apply():
-            for (opt, _, variables), g in zip(objectives, grads):
-                opt.apply(g, variables)
-            return tf.constant(True)
-
-        def skip():
-            # A non-finite loss must not touch the weights or the optimizer state.
-            self.nonfinite_steps.assign_add(1.0)
-            return tf.constant(False)
-
-        tf.cond(finite, apply, skip)
+        self._apply_if_finite(finite, objectives, grads)
         self._update_statistics(totals, extras)
         return self._update_trackers(totals, extras)
 

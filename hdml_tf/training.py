@@ -128,19 +128,21 @@ def build_model(config, num_classes):
     from hdml_tf.models import HDML, Embedder
 
     m, o, t, d = config.model, config.optim, config.train, config.data
+    # Several replicas: BatchNorm statistics over the global batch, as on one device.
+    sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
     previous_policy = keras.config.dtype_policy()
     if t.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
         backbone = build_backbone(m.backbone, weights=m.weights,
                                   input_shape=(d.crop, d.crop, 3))
-        embedder = Embedder(backbone, embedding_dim=m.embedding_dim)
+        embedder = Embedder(backbone, embedding_dim=m.embedding_dim, synchronized_bn=sync_bn)
         model = HDML(embedder, num_classes=num_classes, loss=m.loss, hdml=m.hdml,
                      alpha=m.alpha, beta=m.beta, lambda_gen=m.lambda_gen,
                      softmax_factor=m.softmax_factor, l2_reg=m.l2_reg, margin=m.margin,
                      weight_decay=m.weight_decay, window=m.window,
                      record_weighted_jm=m.record_weighted_jm,
-                     generator_hidden=m.generator_hidden)
+                     generator_hidden=m.generator_hidden, synchronized_bn=sync_bn)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     if o.lr_decay_steps:
@@ -160,11 +162,29 @@ def build_model(config, num_classes):
     return model
 
 
+def _by_path(variables):
+    """Variables keyed by their unique Keras path ('/' is not allowed in names)."""
+    named = {}
+    for variable in variables:
+        key = variable.path.replace("/", ".")
+        if key in named:
+            raise RuntimeError(f"two variables share the path {variable.path!r}")
+        named[key] = variable
+    return named
+
+
 def make_checkpoint(model):
+    """A tf.train.Checkpoint of every model and optimizer variable, named by path.
+
+    Keras 3 objects are only partly visible to tf.train.Checkpoint's object-graph
+    tracking (a nested backbone's BatchNorm statistics were missed), so the variables
+    are listed explicitly: weights, running statistics, all three optimizers' state.
+    """
     return tf.train.Checkpoint(
-        model=model, metric_optimizer=model.metric_optimizer,
-        generator_optimizer=model.generator_optimizer,
-        classifier_optimizer=model.classifier_optimizer,
+        model=_by_path(model.variables),
+        metric_optimizer=_by_path(model.metric_optimizer.variables),
+        generator_optimizer=_by_path(model.generator_optimizer.variables),
+        classifier_optimizer=_by_path(model.classifier_optimizer.variables),
         step=tf.Variable(0, dtype=tf.int64, trainable=False))
 
 
@@ -227,7 +247,7 @@ def _write_json(path, payload):
     os.replace(tmp, path)
 
 
-def train(config, workdir, strategy=None, devices=None, log=print):
+def train(config, workdir, strategy=None, devices=None, log=print, return_model=False):
     """Run (or resume) one experiment in ``workdir``; returns the results dict.
 
     Args:
@@ -236,6 +256,7 @@ def train(config, workdir, strategy=None, devices=None, log=print):
       strategy: a tf.distribute strategy (default: from ``config.train.strategy``).
       devices: device list for a "mirrored" strategy built here.
       log: where progress lines go.
+      return_model: return ``(results, model)`` instead of ``results``.
     """
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
@@ -286,6 +307,9 @@ def train(config, workdir, strategy=None, devices=None, log=print):
     dataset = training_dataset(config, splits["train"], preprocessing, start_batch=start_step)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
+    # train_step has no data-dependent Python control flow (it uses tf.cond itself),
+    # so AutoGraph has nothing to convert.
+    @tf.autograph.experimental.do_not_convert
     def replica_step(batch):
         return model.train_step(batch)
 
@@ -349,7 +373,7 @@ def train(config, workdir, strategy=None, devices=None, log=print):
     log(summary_table({config.name: test_metrics}, paper=config.paper))
     if t.export:
         results["export"] = export_workdir(workdir, config, log=log)
-    return results
+    return (results, model) if return_model else results
 
 
 def evaluate_model(model, config, split):

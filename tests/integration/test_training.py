@@ -1,0 +1,206 @@
+"""hdml-tf train: config errors, kill -9 and resume, MirroredStrategy equivalence."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hdml_tf import config as config_lib
+from hdml_tf import training
+from hdml_tf.models import HDML, Embedder
+
+DIGITS = {
+    "name": "digits_test",
+    "data": {"name": "digits", "resize": 12, "crop": 10, "batch_size": 10, "cache": True,
+             "eval_batch_size": 300},
+    "model": {"backbone": "small_cnn", "embedding_dim": 16, "window": 4, "alpha": 1.0,
+              "beta": 1000.0, "weight_decay": 0.0005},
+    "optim": {"lr_metric": 0.001, "lr_gen": 0.001, "lr_cls": 0.001},
+    "train": {"steps": 30, "steps_per_epoch": 10, "export": False, "verbose": 0},
+}
+
+
+def write_config(tmp_path, **sections):
+    payload = json.loads(json.dumps(DIGITS))
+    for section, values in sections.items():
+        payload[section].update(values)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(payload))
+    return str(path)
+
+
+# ---------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.embeding_dim=3", "model.embeding_dim"),
+    ("data.batch_size=11", "data.batch_size"),
+    ("train.steps=ten", "train.steps"),
+    ("model.hdml=perhaps", "model.hdml"),
+    ("train.strategy=horovod", "train.strategy"),
+    ("data.crop=300", "data.crop"),
+])
+def test_config_errors_name_the_key(override, key):
+    with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")):
+        config_lib.load_config("cub200_npair", [override])
+
+
+def test_triplet_batch_must_divide_by_three():
+    with pytest.raises(config_lib.ConfigError, match="divisible by 3"):
+        config_lib.load_config("cub200_triplet", ["data.batch_size=128"])
+
+
+def test_json_config_unknown_key(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"model": {"embedding_size": 64}}))
+    with pytest.raises(config_lib.ConfigError, match="model.embedding_size"):
+        config_lib.load_config(str(path))
+
+
+def test_presets_state_their_command_and_are_valid():
+    for name in config_lib.available_presets():
+        config = config_lib.get_preset(name)
+        config_lib.validate(config)
+        doc = __import__(f"hdml_tf.configs.{name}", fromlist=["x"]).__doc__
+        assert f"hdml-tf train --config {name}" in doc
+
+
+def test_too_many_classes_per_batch_fails_before_training(tmp_path, capsys):
+    """digits trains on 5 classes; batch_size 12 asks for P = 6."""
+    workdir = tmp_path / "run"
+    code = training.train_main(["--config", write_config(tmp_path),
+                                "--set", "data.batch_size=12", "--workdir", str(workdir)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size" in err and "has 5" in err
+    assert not (workdir / "checkpoints").exists()
+
+
+def test_changed_config_in_existing_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "run"
+    config = config_lib.load_config(write_config(tmp_path, train={"steps": 10}))
+    training.train(config, str(workdir), log=lambda *_: None)
+    changed = config_lib.load_config(write_config(tmp_path, train={"steps": 10}),
+                                     ["model.embedding_dim=8"])
+    with pytest.raises(config_lib.ConfigError, match="model.embedding_dim"):
+        training.train(changed, str(workdir), log=lambda *_: None)
+
+
+# ------------------------------------------------------------- kill and resume
+
+
+def _final_weights(workdir):
+    model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    return [w.numpy() for w in model.weights]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """A real `hdml-tf train` process is killed with SIGKILL after its first
+    checkpoint; the same command resumes from the last checkpoint and ends with the
+    same weights, optimizer-driven, as a run that was never interrupted."""
+    config = write_config(tmp_path, train={"steps": 60, "steps_per_epoch": 10})
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "hdml_tf.cli", "train", "--config", config]
+
+    reference = tmp_path / "reference"
+    subprocess.run(command + ["--workdir", str(reference)], env=env, check=True,
+                   capture_output=True, timeout=600)
+
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen(command + ["--workdir", str(workdir)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and process.poll() is None:
+            # CheckpointManager writes its state file after the checkpoint itself.
+            if tf.train.latest_checkpoint(str(checkpoints)) is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "training ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    killed_at = tf.train.latest_checkpoint(str(checkpoints))
+    assert killed_at is not None and not killed_at.endswith("ckpt-60")
+
+    resumed = subprocess.run(command + ["--workdir", str(workdir)], env=env, check=True,
+                             capture_output=True, text=True, timeout=600)
+    assert "resumed from" in resumed.stdout
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-60")
+    for a, b in zip(_final_weights(reference), _final_weights(workdir)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------ MirroredStrategy == 1 device
+
+
+def _tiny_backbone():
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(16)(x))
+
+
+def _batches(count=3, pairs=4):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(count):
+        labels = rng.choice(10, pairs, replace=False).astype(np.int32)
+        images = tuple(rng.normal(size=(pairs, 10, 10, 3)).astype(np.float32) for _ in range(2))
+        out.append((images, (labels, labels)))
+    return out
+
+
+def _train_under(strategy, batches):
+    keras.utils.set_random_seed(0)
+    sync = strategy.num_replicas_in_sync > 1
+    with strategy.scope():
+        model = HDML(Embedder(_tiny_backbone(), 8, synchronized_bn=sync), num_classes=10,
+                     window=2, weight_decay=1e-3, synchronized_bn=sync)
+        # SGD: Adam turns a zero gradient's round-off into a full +-lr step.
+        model.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(1e-4),
+                      keras.optimizers.SGD(0.05))
+        model.build((None, 10, 10, 3))
+        model._build_optimizers()
+    spec = ((tf.TensorSpec((4, 10, 10, 3)),) * 2, (tf.TensorSpec((4,), tf.int32),) * 2)
+    ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec)
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+
+    @tf.function
+    def step(it):
+        logs = strategy.run(model.train_step, args=(next(it),))
+        return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
+
+    logs = [{k: float(v) for k, v in step(iterator).items()} for _ in batches]
+    return model, logs
+
+
+def test_mirrored_two_replicas_equal_one_device():
+    """Global-batch N-pair negatives (all_gather), per-replica loss shares and
+    synchronised BatchNorm make 2 replicas train like 1 device."""
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py configures 2 logical CPUs"
+    batches = _batches()
+    single, single_logs = _train_under(tf.distribute.get_strategy(), batches)
+    mirrored, mirrored_logs = _train_under(
+        tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), batches)
+    for a, b in zip(single_logs, mirrored_logs):
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
+    for a, b in zip(single.embedder.trainable_weights, mirrored.embedder.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, err_msg=a.path)
+    # The generator sees J_soft at scale 1e4: float32 summation order shows there.
+    for a, b in zip(single.weights, mirrored.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3, err_msg=a.path)
