@@ -142,7 +142,9 @@ def run_stage(name, n, d, classes, ks):
 
 def fmt_row(r, ref=None):
     ratio = "" if ref is None else f"{r['time_s'] / ref['time_s']:8.2f}x"
-    mratio = "" if ref is None else f"{(r['peak_mb'] - r['base_mb']) / max(ref['peak_mb'] - ref['base_mb'], 1):8.2f}x"
+    stage_mb = r["peak_mb"] - r["base_mb"]
+    ref_mb = None if ref is None else max(ref["peak_mb"] - ref["base_mb"], 1)
+    mratio = "" if ref is None else f"{stage_mb / ref_mb:8.2f}x"
     rec = " ".join(f"{float(v):.4f}" for k, v in r["result"].items() if k.isdigit())
     return (f"{r['stage']:<14}{r['n']:>8}{r['time_s']:>10.2f}{r['peak_mb']:>10.0f}"
             f"{r['peak_mb'] - r['base_mb']:>10.0f}{ratio:>10}{mratio:>10}   {rec}")

@@ -32,6 +32,7 @@ from hdml_tf.evaluation.retrieval import (
     knn,
     l2_normalize,
     map_at_r,
+    neighbour_table,
     r_precision,
     recall_at_k,
     required_k,
@@ -46,8 +47,9 @@ KS_SOP = (1, 10, 100, 1000)  # Stanford Online Products
 __all__ = [
     "ALL_METRICS", "KS_SMALL", "KS_SOP", "Neighbours", "clustering_metrics", "embed",
     "evaluate", "evaluate_embeddings", "f1", "kmeans", "knn", "l2_normalize", "map_at_r",
-    "nmi", "nmi_from_clusters", "pairwise_f1_from_clusters", "r_precision", "recall_at_k",
-    "required_k", "retrieval_metrics", "EvaluationCallback", "plots",
+    "neighbour_table", "nmi", "nmi_from_clusters", "pairwise_f1_from_clusters",
+    "r_precision", "recall_at_k", "required_k", "retrieval_metrics", "EvaluationCallback",
+    "plots",
 ]
 
 _LAZY = {"EvaluationCallback": "hdml_tf.evaluation.callbacks",
@@ -119,10 +121,8 @@ def evaluate_embeddings(
     out: dict[str, float] = {}
     ret = [m for m in metrics if m in ("recall", "map@r", "r_precision")]
     if ret:
-        from hdml_tf.evaluation.retrieval import _table_for
-
         need = required_k(ks, labels, gallery_labels, ret)
-        table = _table_for(embeddings, labels, gallery_embeddings, gallery_labels, need,
+        table = neighbour_table(embeddings, labels, gallery_embeddings, gallery_labels, need,
                            clip_k or "recall" not in ret, backend, block_size)
         out.update(retrieval_metrics(table, labels, gallery_labels, ks, ret,
                                      clip_k=clip_k, singleton_queries=singleton_queries))

@@ -16,12 +16,18 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from typing import Iterable, Sequence
 
 import keras
 import numpy as np
 
 from hdml_tf.evaluation import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
+
+
+def _names_test(split_name: str) -> bool:
+    """True for "test" and names with "test" as a word: "Test", "cub_test", "test-set"."""
+    return re.search(r"(^|[^a-z])test([^a-z]|$)", split_name.lower()) is not None
 
 
 class EvaluationCallback(keras.callbacks.Callback):
@@ -38,7 +44,8 @@ class EvaluationCallback(keras.callbacks.Callback):
         metrics: subset of ("recall", "map@r", "r_precision", "nmi", "f1").
         every_n_epochs: evaluate at the end of every n-th epoch (ignored when
             `every_n_steps` is set).
-        every_n_steps: evaluate every n training steps (counted across epochs). The
+        every_n_steps: evaluate every n training steps (counted across epochs, as calls
+            of on_train_batch_end, i.e. executions when steps_per_execution > 1). The
             latest values are also written into each epoch's logs, so History has them
             once per epoch.
         monitor: metric that selects the best weights, without prefix (e.g. "recall@1",
@@ -51,8 +58,9 @@ class EvaluationCallback(keras.callbacks.Callback):
             improve (Keras 3 requires the suffix ".weights.h5").
         log_dir: if set, TensorBoard scalars are written there, step = training step.
         csv_path: if set, one row per evaluation (epoch, step, metrics) is appended.
-        allow_test_selection: permit `monitor` on a split named "test". Off by default:
-            choosing a checkpoint on the test set inflates the reported numbers.
+        allow_test_selection: permit `monitor` on a split whose name has "test" as a
+            word ("test", "Test", "cub_test"). Off by default: choosing a checkpoint on
+            the test set inflates the reported numbers.
         batch_size: batch size used to embed array data.
         verbose: print the metrics after every evaluation when > 0.
         **eval_kwargs: forwarded to `evaluate_embeddings` (clip_k, singleton_queries,
@@ -84,7 +92,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         **eval_kwargs,
     ):
         super().__init__()
-        if monitor is not None and split_name.strip().lower() == "test" and not allow_test_selection:
+        if monitor is not None and _names_test(split_name) and not allow_test_selection:
             raise ValueError(
                 "refusing to select weights on the test split: monitor a validation "
                 "split held out from the training classes, pass monitor=None to only "

@@ -118,8 +118,8 @@ def plot_embedding_2d(
         import matplotlib.patheffects as pe
 
         # No legend can hold 100 entries: write each class id just above the median of
-        # its points, in a darker shade of the class colour with a white halo, so it names the cluster
-        # without hiding it.
+        # its points, in a darker shade of the class colour with a white halo, so it
+        # names the cluster without hiding it.
         for (colour, _), c in zip(styles, classes):
             med = np.median(xy[y == c], axis=0)
             ax.annotate(name(c), med, xytext=(0, 5), textcoords="offset points",
@@ -212,7 +212,8 @@ def plot_retrieval_grid(
         for c in range(cols):
             ax = axes[r, c]
             if c == 0:
-                img, lab, colour, text = images[q], labels[q], "black", f"query\nclass {name(labels[q])}"
+                img, colour = images[q], "black"
+                text = f"query\nclass {name(labels[q])}"
             else:
                 j = nbrs[r, c - 1]
                 lab = g_labels[j]
@@ -304,6 +305,7 @@ def plot_training_curves(
     recall_keys = sorted((k for k in metric_src if "recall@" in k),
                          key=lambda k: (k.startswith("val_"), int(k.split("@")[1])))
     other_keys = [k for k in metric_src if "recall@" not in k]
+    terms.sort(key=lambda t: t != "loss")  # the total first, then terms in log order
     panels = [("loss", t) for t in terms]
     if recall_keys:
         panels.append(("recall", recall_keys))
@@ -324,14 +326,22 @@ def plot_training_curves(
         else:
             keys = what
             colours = plt.get_cmap("tab10").colors
+            seen = []
             for i, key in enumerate(keys):
                 src, col = metric_src[key]
                 vals = np.asarray(src[col], float)
                 ok = ~np.isnan(vals)
+                seen.append(vals[ok])
                 ax.plot(xs(src, col)[ok], vals[ok], marker="o", ms=3,
                         color=colours[i % 10], label=key)
             ax.set_title("Recall@K" if kind == "recall" else "MAP@R, R-precision, NMI, F1")
-            ax.set_ylim(-0.02, 1.02)
+            # Zoom on the data (metrics of a trained model often sit within a few points
+            # of each other near 1) but never beyond the metric's [0, 1] range.
+            allv = np.concatenate(seen) if seen else np.array([0.0, 1.0])
+            if allv.size:
+                lo, hi = float(allv.min()), float(allv.max())
+                pad = max(0.02, 0.1 * (hi - lo))
+                ax.set_ylim(max(0.0, lo - pad) - 0.005, min(1.0, hi + pad) + 0.005)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

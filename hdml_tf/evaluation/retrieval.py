@@ -405,8 +405,26 @@ def retrieval_metrics(
 # ----------------------------------------------------------------------------------------
 
 
-def _table_for(embeddings, labels, gallery_embeddings, gallery_labels, need, clip_k,
-               backend, block_size):
+def neighbour_table(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    gallery_embeddings: np.ndarray | None,
+    gallery_labels: np.ndarray | None,
+    need: int,
+    clip_k: bool = False,
+    backend: str = "auto",
+    block_size: int | None = None,
+) -> Neighbours:
+    """The neighbour table `need` wide, checking inputs and applying the K rule.
+
+    Args:
+        embeddings, labels: the queries, (n, d) and (n,).
+        gallery_embeddings, gallery_labels: a separate gallery, or both None for
+            leave-one-out.
+        need: table width wanted (see `required_k`).
+        clip_k: clip `need` to what a query can retrieve instead of raising.
+        backend, block_size: see `knn`.
+    """
     embeddings = np.asarray(embeddings)
     _check_labels(labels, embeddings.shape[0], "labels")
     if (gallery_embeddings is None) != (gallery_labels is None):
@@ -452,7 +470,7 @@ def recall_at_k(
         {K: recall} with recall in [0, 1].
     """
     ks = [int(k) for k in ks]
-    tbl = _table_for(embeddings, labels, gallery_embeddings, gallery_labels, max(ks),
+    tbl = neighbour_table(embeddings, labels, gallery_embeddings, gallery_labels, max(ks),
                      clip_k, backend, block_size)
     res = retrieval_metrics(tbl, labels, gallery_labels, ks, ("recall",), clip_k=clip_k,
                             singleton_queries=singleton_queries)
@@ -462,7 +480,7 @@ def recall_at_k(
 def _r_metric(name, embeddings, labels, gallery_embeddings, gallery_labels,
               singleton_queries, backend, block_size):
     need = required_k((), labels, gallery_labels, (name,))
-    tbl = _table_for(embeddings, labels, gallery_embeddings, gallery_labels, need, True,
+    tbl = neighbour_table(embeddings, labels, gallery_embeddings, gallery_labels, need, True,
                      backend, block_size)
     return retrieval_metrics(tbl, labels, gallery_labels, (), (name,),
                              singleton_queries=singleton_queries)[name]

@@ -41,8 +41,9 @@ class _Snapshots(keras.callbacks.Callback):
 def test_fit_logs_history_and_restores_best(tmp_path):
     """Training regresses every embedding onto the same constant vector, which pulls the
     linear map towards rank one and destroys the class structure the identity
-    initialisation starts with, so the monitored MAP@R falls. The callback must put val_* keys into History, and at the end
-    put back the weights of the best epoch (the first strict maximum)."""
+    initialisation starts with, so the monitored MAP@R falls. The callback must put
+    val_* keys into History, and at the end put back the weights of the best epoch (the
+    first strict maximum)."""
     x, y = _data()
     x_val, y_val = _data(seed=1)
     targets = np.ones_like(x)
@@ -92,6 +93,9 @@ def test_refuses_to_select_on_test():
         EvaluationCallback((x, y), split_name="test")
     with pytest.raises(ValueError, match="test"):
         EvaluationCallback((x, y), split_name="Test", monitor="map@r")
+    with pytest.raises(ValueError, match="test"):
+        EvaluationCallback((x, y), split_name="cub_test")
+    EvaluationCallback((x, y), split_name="contest_val")  # "test" only inside a word
     EvaluationCallback((x, y), split_name="test", monitor=None)  # logging only: fine
     EvaluationCallback((x, y), split_name="test", allow_test_selection=True)
 

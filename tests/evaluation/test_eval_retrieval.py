@@ -21,8 +21,11 @@ def _circle(degrees):
 
 
 def _brute_rankings(q, g, exclude_self):
-    qn = [v / math.sqrt(math.fsum(float(t) * float(t) for t in v)) for v in np.asarray(q, np.float64)]
-    gn = [v / math.sqrt(math.fsum(float(t) * float(t) for t in v)) for v in np.asarray(g, np.float64)]
+    def unit(v):
+        return v / math.sqrt(math.fsum(float(t) * float(t) for t in v))
+
+    qn = [unit(v) for v in np.asarray(q, np.float64)]
+    gn = [unit(v) for v in np.asarray(g, np.float64)]
     ranks = []
     for i, a in enumerate(qn):
         sims = []
