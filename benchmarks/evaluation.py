@@ -128,7 +128,7 @@ def stage(name, n, d, classes, ks):
     elapsed = time.perf_counter() - t0
     res = {str(k): v for k, v in res.items()}
     return dict(stage=name, n=n, time_s=elapsed, base_mb=base, peak_mb=_peak_mb(),
-                result=res, **extra)
+                load=os.getloadavg()[0], result=res, **extra)
 
 
 def run_stage(name, n, d, classes, ks):
@@ -147,7 +147,8 @@ def fmt_row(r, ref=None):
     mratio = "" if ref is None else f"{stage_mb / ref_mb:8.2f}x"
     rec = " ".join(f"{float(v):.4f}" for k, v in r["result"].items() if k.isdigit())
     return (f"{r['stage']:<14}{r['n']:>8}{r['time_s']:>10.2f}{r['peak_mb']:>10.0f}"
-            f"{r['peak_mb'] - r['base_mb']:>10.0f}{ratio:>10}{mratio:>10}   {rec}")
+            f"{r['peak_mb'] - r['base_mb']:>10.0f}{ratio:>10}{mratio:>10}{r['load']:>6.1f}"
+            f"   {rec}")
 
 
 def main():
@@ -172,9 +173,10 @@ def main():
     small = dict(n=small_n, d=full["d"], classes=max(2, small_n * full["classes"] // full["n"]))
     ks = [1, 10, 100] if a.smoke else [1, 10, 100, 1000]
     head = (f"{'method':<14}{'N':>8}{'time s':>10}{'peak MB':>10}{'stage MB':>10}"
-            f"{'t ratio':>10}{'mem ratio':>10}   recall@{','.join(map(str, ks))}")
+            f"{'t ratio':>10}{'mem ratio':>10}{'load':>6}   recall@{','.join(map(str, ks))}")
     print(f"faiss threads={__import__('faiss').omp_get_max_threads()}, cpus={os.cpu_count()}")
-    print("peak MB = peak RSS of the stage's process; stage MB = peak - RSS before stage")
+    print("peak MB = peak RSS of the stage's process; stage MB = peak - RSS before stage; "
+          "load = 1-min load average at the end of the stage (the machine is shared)")
 
     print(f"\n## Recall@K, small size (N={small['n']}, naive full matrix fits); "
           "ratios relative to naive-numpy")
@@ -198,7 +200,7 @@ def main():
     r = run_stage("evaluate", full["n"], full["d"], full["classes"], ks)
     print(f"total {r['time_s']:.1f} s (retrieval {r['t_retrieval']:.1f} s, k-means + "
           f"NMI/F1 {r['t_clustering']:.1f} s), peak RSS {r['peak_mb']:.0f} MB "
-          f"(before: {r['base_mb']:.0f} MB)")
+          f"(before: {r['base_mb']:.0f} MB), load {r['load']:.1f}")
     print("metrics:", json.dumps({k: round(v, 4) for k, v in r["result"].items()}))
 
     if a.niters:
@@ -206,8 +208,9 @@ def main():
         print(f"{'niter':>6}{'ran':>6}{'time s':>10}{'NMI':>10}{'F1':>10}")
         for it in a.niters.split(","):
             r = run_stage(f"kmeans-niter={it}", full["n"], full["d"], full["classes"], ks)
-            print(f"{it:>6}{r['iterations_run']:>6}{r['time_s']:>10.1f}{r['result']['nmi']:>10.4f}"
-                  f"{r['result']['f1']:>10.4f}", flush=True)
+            print(f"{it:>6}{r['iterations_run']:>6}{r['time_s']:>10.1f}"
+                  f"{r['result']['nmi']:>10.4f}"
+                  f"{r['result']['f1']:>10.4f}  load {r['load']:.1f}", flush=True)
 
 
 if __name__ == "__main__":
