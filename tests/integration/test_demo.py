@@ -1,0 +1,46 @@
+"""`hdml-tf demo --smoke` end to end on generated Fashion-MNIST IDX files."""
+
+import json
+import os
+
+import pytest
+
+from tests.data.helpers_data import make_fashion_idx
+
+
+@pytest.mark.slow
+def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path, monkeypatch, capsys):
+    data_dir = make_fashion_idx(str(tmp_path / "fmnist"), per_class_train=12, per_class_test=12)
+    monkeypatch.setenv("HDML_FASHION_MNIST_DIR", data_dir)
+    from hdml_tf.demo import demo_main
+
+    out, exports = tmp_path / "demo", tmp_path / "saved_models"
+    assert demo_main(["--smoke", "--out", str(out), "--export-dir", str(exports)]) == 0
+    printed = capsys.readouterr().out
+    assert "HDML" in printed and "baseline" in printed
+    table = (out / "results.md").read_text()
+    for key in ("recall@1", "recall@8", "nmi", "f1", "map@r"):
+        assert key in table
+    for run in ("hdml", "baseline"):
+        metrics = json.loads((out / run / "metrics.json").read_text())
+        assert 0.0 <= metrics["test"]["recall@1"] <= 1.0
+        for picture in (f"embedding_map_{run}.png", f"retrieval_{run}.png",
+                        f"training_curves_{run}.png"):
+            assert (out / picture).stat().st_size > 10_000, picture
+    # Only the HDML run is exported, as version 1 of fashion_mnist_hdml.
+    versions = sorted(os.listdir(exports / "fashion_mnist_hdml"))
+    assert versions == ["1"]
+    assert (exports / "fashion_mnist_hdml" / "1" / "saved_model.pb").exists()
+
+
+def test_demo_without_data_explains_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HDML_FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    import hdml_tf.data.fashion_mnist as fm
+
+    monkeypatch.setattr(fm, "DEBIAN_DIR", str(tmp_path / "no-debian"))
+    from hdml_tf.demo import demo_main
+
+    code = demo_main(["--smoke", "--out", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "dataset-fashion-mnist" in err and "HDML_FASHION_MNIST_DIR" in err
