@@ -358,11 +358,18 @@ class ServingModule(tf.Module):
                 tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
 
     def _embed(self, images):
-        z = self.embedder(self._preprocess.normalize(images, self.preprocessing),
-                          training=False)
-        z = tf.cast(z, tf.float32)
-        if not getattr(self.embedder, "normalize", True):
-            z = tf.math.l2_normalize(z, axis=-1)
+        def run():
+            z = self.embedder(self._preprocess.normalize(images, self.preprocessing),
+                              training=False)
+            z = tf.cast(z, tf.float32)
+            if not getattr(self.embedder, "normalize", True):
+                z = tf.math.l2_normalize(z, axis=-1)
+            return z
+
+        # An empty request gets an empty answer: some kernels (fused batch norm)
+        # reject a batch of zero images.
+        z = tf.cond(tf.shape(images)[0] > 0, run,
+                    lambda: tf.zeros([0, self.embedding_dim], tf.float32))
         return {OUTPUT_EMBEDDING: z}
 
     def _serve_images(self, images):

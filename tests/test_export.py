@@ -213,6 +213,9 @@ _FRESH_PROCESS = """
     except tf.errors.InvalidArgumentError as err:
         message = err.message
     result["after_error"] = bytes_fn(image_bytes=tf.constant(contents[:2]))["embedding"]
+    # An empty request gets an empty answer.
+    result["empty_images"] = images_fn(images=tf.constant(images[:0]))["embedding"]
+    result["empty_bytes"] = bytes_fn(image_bytes=tf.constant([], tf.string))["embedding"]
     result = {k: v.numpy() for k, v in result.items()}
     result["dtypes"] = np.array([str(v.dtype) for v in result.values()])
     np.savez(out, message=np.array(message), **result)
@@ -246,6 +249,7 @@ def test_fresh_process_parity_both_signatures(exported, keras_embedder, tmp_path
     assert "image_bytes" in message and "[1 2]" in message, message
     assert "empty string at [1]" in message and "image at [2]" in message, message
     np.testing.assert_allclose(got["after_error"], want_bytes[:2], atol=1e-5, rtol=0)
+    assert got["empty_images"].shape == got["empty_bytes"].shape == (0, DIM)
 
 
 def test_saved_model_cli_lists_signatures(exported):
