@@ -72,6 +72,32 @@ def build_strategy(name="auto", devices=None):
     raise config_lib.ConfigError(f"train.strategy: unknown {name!r}")
 
 
+def is_chief(strategy):
+    """True on the one worker that writes logs, model.keras, metrics and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def _scratch_dir(workdir, strategy):
+    """Where this worker writes: the workdir on the chief; a private folder elsewhere.
+
+    Under MultiWorkerMirroredStrategy every worker must take part in each save
+    (reading the variables is collective), but only the chief's copy is kept.
+    """
+    if is_chief(strategy):
+        return workdir
+    resolver = strategy.cluster_resolver
+    path = os.path.join(workdir, "_workers", f"{resolver.task_type}_{resolver.task_id}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
 # ------------------------------------------------------------------------ data
 
 
@@ -272,6 +298,8 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
                 f"{', '.join(changed) or 'name'}); use a new --workdir")
     keras.utils.set_random_seed(config.train.seed)
     strategy = strategy or build_strategy(config.train.strategy, devices)
+    chief = is_chief(strategy)
+    scratch = _scratch_dir(workdir, strategy)
     replicas = strategy.num_replicas_in_sync
     per_batch = config.data.batch_size // (2 if config.model.loss == "npair" else 3)
     if per_batch % replicas:
@@ -282,18 +310,21 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     splits = load_splits(config)
     num_classes = splits["train"].num_classes
     config_lib.check_against_dataset(config, num_classes)
-    _write_json(config_path, {"config": config.to_dict(), "num_classes": num_classes,
-                              "class_names": {k: list(map(str, v.class_names))
-                                              for k, v in splits.items()}})
+    if chief:
+        _write_json(config_path, {"config": config.to_dict(), "num_classes": num_classes,
+                                  "class_names": {k: list(map(str, v.class_names))
+                                                  for k, v in splits.items()}})
 
     with strategy.scope():
         model = build_model(config, num_classes)
         checkpoint = make_checkpoint(model)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"),
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(scratch, "checkpoints"),
                                          max_to_keep=config.train.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(checkpoint.step.numpy())}")
+    # Every worker resumes from the chief's checkpoints.
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        log(f"resumed from {latest} at step {int(checkpoint.step.numpy())}")
     start_step = int(checkpoint.step.numpy())
     t = config.train
     steps_per_epoch = t.steps_per_epoch
@@ -305,6 +336,13 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
 
     preprocessing = model.embedder.preprocessing
     dataset = training_dataset(config, splits["train"], preprocessing, start_batch=start_step)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Every worker draws the same seeded global batches; DATA sharding hands each
+        # worker its slice of every batch (pairs stay aligned: the layout is nested).
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA)
+        dataset = dataset.with_options(options)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
 
     # train_step has no data-dependent Python control flow (it uses tf.cond itself),
@@ -323,13 +361,15 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
         # Every replica holds the same (globally reduced) values: take the first.
         return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
 
-    callbacks = [
-        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
-        _Checkpointer(manager, checkpoint, workdir, steps_per_epoch),
-    ]
+    callbacks = [_Checkpointer(manager, checkpoint, scratch, steps_per_epoch)]
+    if chief:
+        callbacks = [
+            keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
+                                        write_graph=False),
+        ] + callbacks
     eval_split = None
-    if t.eval_every:
+    if t.eval_every and chief:
         from hdml_tf.evaluation.callbacks import EvaluationCallback
 
         eval_split = t.eval_split
@@ -365,11 +405,16 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
 
     results = {"train_seconds": train_seconds, "steps": t.steps,
                "final_logs": logs, "statistics": model.statistics()}
+    _atomic_save(model, os.path.join(scratch, "model.keras"))
+    if not chief:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)  # the chief holds the run
+        return (results, model) if return_model else results
     test_metrics = evaluate_model(model, config, splits["test"])
     results["test"] = test_metrics
     results["paper"] = dict(config.paper)
     _write_json(os.path.join(workdir, "metrics.json"), results)
-    _atomic_save(model, os.path.join(workdir, "model.keras"))
     log(summary_table({config.name: test_metrics}, paper=config.paper))
     if t.export:
         results["export"] = export_workdir(workdir, config, log=log)

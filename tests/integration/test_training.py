@@ -204,3 +204,47 @@ def test_mirrored_two_replicas_equal_one_device():
     # The generator sees J_soft at scale 1e4: float32 summation order shows there.
     for a, b in zip(single.weights, mirrored.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-3, err_msg=a.path)
+
+
+# ------------------------------------------------------------------ multi-worker
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_together(tmp_path):
+    """MultiWorkerMirroredStrategy from TF_CONFIG: two `hdml-tf train` processes on
+    localhost ports, a few steps; both end, the chief writes the run."""
+    config = write_config(tmp_path, data={"batch_size": 8},
+                          train={"steps": 6, "steps_per_epoch": 3})
+    workdir = tmp_path / "run"
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    try:
+        for index in range(2):
+            env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+                       TF_CONFIG=json.dumps({"cluster": cluster,
+                                             "task": {"type": "worker", "index": index}}))
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "hdml_tf.cli", "train", "--config", config,
+                 "--workdir", str(workdir), "--strategy", "multiworker"],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        outputs = [p.communicate(timeout=420)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    for output in outputs:
+        assert "2 replica(s)" in output
+    assert (workdir / "metrics.json").exists() and (workdir / "model.keras").exists()
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-6")
+    assert not (workdir / "_workers" / "worker_1").exists()
