@@ -8,6 +8,7 @@ against the Keras embedder loaded from the checkpoint, on inputs preprocessed th
 evaluation preprocesses them.
 """
 
+import importlib
 import io
 import json
 import os
@@ -153,15 +154,24 @@ def test_layout_metadata_and_versions(exported, workdir):
     assert os.path.basename(exported) == "1"
     assert version_dirs(base) == ["1"]  # no temporary directory left behind
     for name in ("saved_model.pb", "variables",
-                 os.path.join("assets.extra", export.WARMUP_FILENAME),
                  os.path.join("assets.extra", export.METADATA_FILENAME)):
         assert os.path.exists(os.path.join(exported, name)), name
+    # The warmup file is there exactly when tensorflow-serving-api is installed
+    # (test_warmup_requests_parse_and_replay fails, with the fix, when it is not).
+    try:
+        importlib.import_module("tensorflow_serving.apis.prediction_log_pb2")
+        has_api = True
+    except ImportError:
+        has_api = False
+    warmup = os.path.join(exported, "assets.extra", export.WARMUP_FILENAME)
+    assert os.path.exists(warmup) == has_api
     with open(os.path.join(exported, "assets.extra", export.METADATA_FILENAME)) as f:
         meta = json.load(f)
     assert meta["format"] == export.METADATA_FORMAT and meta["model_name"] == "tiny"
     assert meta["preprocessing"] == {"resize": [RESIZE, RESIZE], "crop": [CROP, CROP],
                                      "normalize": "caffe", "interpolation": "bilinear"}
     assert meta["embedding_dim"] == DIM and meta["serving_dtype"] == "float32"
+    assert meta["warmup_requests"] == has_api
     assert meta["config"]["data"]["name"] == "cub200"
     assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25,
                                    "num_classes": NUM_CLASSES, "class_names": CLASS_NAMES}
