@@ -1,0 +1,203 @@
+"""The notebooks in notebooks/ run, in smoke mode, on generated data in the real layouts.
+
+Each notebook is executed with nbclient in a fresh ``python3`` kernel. The notebooks
+read their parameters from environment variables (``HDML_SMOKE``, ``HDML_OUT_DIR``,
+...), which the kernel inherits from this process, so the tests change no cell:
+
+* 01_quickstart: end to end on generated Fashion-MNIST IDX files.
+* 03_serving: end to end from an empty model directory (it trains and exports a small
+  model itself), on the same generated data.
+* 02_reproduce_paper: up to the training it skips in smoke mode, on a generated
+  CUB_200_2011 tree (official metadata files) and a synthetic converted-Caffe GoogLeNet
+  .mat of the real layout.
+
+And the notebooks are committed clean: no outputs, no execution counts.
+"""
+
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests.data.helpers_data import make_cub, write_idx_gz
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+COLAB_PREFIX = "https://colab.research.google.com/github/"
+CELL_TIMEOUT = 600
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+
+def _notebook_paths():
+    return sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb")))
+
+
+def _execute(name, cwd):
+    """Run notebooks/<name> in a new python3 kernel with cwd as working directory.
+
+    Returns the executed notebook; a failing cell raises CellExecutionError, whose
+    message holds the cell and the traceback.
+    """
+    notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return notebook
+
+
+def _outputs(notebook, output_type=None):
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output_type is None or output["output_type"] == output_type:
+                yield output
+
+
+def _stdout(notebook):
+    return "".join(o.get("text", "") for o in _outputs(notebook, "stream")
+                   if o.get("name") == "stdout")
+
+
+def _png_count(notebook):
+    return sum("image/png" in o.get("data", {}) for o in _outputs(notebook, "display_data"))
+
+
+def _fashion_fixture(root, per_class=12):
+    """The four Fashion-MNIST IDX files: noise plus a bar whose row encodes the class,
+    so that the pictures show something and retrieval is not trivially perfect."""
+    rng = np.random.default_rng(0)
+    os.makedirs(root, exist_ok=True)
+    for part in ("train", "t10k"):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 90, size=(len(labels), 28, 28)).astype(np.uint8)
+        for image, label in zip(images, labels):
+            row = 2 + 2 * int(label)
+            image[row:row + 5, 4:24] = rng.integers(170, 255)
+        write_idx_gz(os.path.join(root, f"{part}-images-idx3-ubyte.gz"), images)
+        write_idx_gz(os.path.join(root, f"{part}-labels-idx1-ubyte.gz"), labels)
+    return root
+
+
+@pytest.fixture
+def smoke_env(tmp_path, monkeypatch):
+    """Smoke mode, generated Fashion-MNIST, CPU only, outputs under tmp_path."""
+    monkeypatch.setenv("HDML_SMOKE", "1")
+    monkeypatch.setenv("HDML_FASHION_MNIST_DIR", _fashion_fixture(str(tmp_path / "fmnist")))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    for name in ("HDML_OUT_DIR", "HDML_EXPORT_DIR", "HDML_MODEL_DIR", "HDML_SERVING_URL",
+                 "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_PRESET"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+# ------------------------------------------------------------------ committed clean
+
+
+@pytest.mark.parametrize("path", _notebook_paths(), ids=os.path.basename)
+def test_notebook_is_committed_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    dirty = [i for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"
+             and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    assert not dirty, (f"{os.path.basename(path)}: cells {dirty} have outputs or execution "
+                       "counts; clear them (jupyter nbconvert --clear-output --inplace)")
+
+
+@pytest.mark.parametrize("path", _notebook_paths(), ids=os.path.basename)
+def test_notebook_has_colab_badge_parameters_and_guarded_install(path):
+    notebook = nbformat.read(path, as_version=4)
+    name = os.path.basename(path)
+    first = notebook.cells[0]
+    assert first.cell_type == "markdown"
+    links = re.findall(re.escape(COLAB_PREFIX) + r"[^)\s]+", first.source)
+    assert links and all(link.endswith(f"/blob/main/notebooks/{name}") for link in links)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert 'os.environ.get("HDML_SMOKE"' in code[0].source
+    assert "%pip install" in code[1].source and "google.colab" in code[1].source
+
+
+def test_notebook_links_in_readme_name_existing_notebooks():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    names = set(re.findall(r"notebooks/([\w.-]+\.ipynb)", readme))
+    missing = sorted(n for n in names if not os.path.isfile(os.path.join(NOTEBOOKS, n)))
+    assert not missing, f"README.md links to notebooks that do not exist: {missing}"
+
+
+# ------------------------------------------------------------------------ execution
+
+
+@pytest.mark.slow
+def test_quickstart_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
+    out, exports = tmp_path / "runs", tmp_path / "saved_models"
+    smoke_env.setenv("HDML_OUT_DIR", str(out))
+    smoke_env.setenv("HDML_EXPORT_DIR", str(exports))
+
+    notebook = _execute("01_quickstart.ipynb", tmp_path)
+
+    printed = _stdout(notebook)
+    assert "recall@1" in printed and "HDML" in printed and "baseline" in printed
+    assert re.search(r"Recall@1: \d+\.\d %", printed)
+    # The embedding maps and retrieval grids are displayed, and they are real pictures.
+    assert _png_count(notebook) == 4
+    for run in ("hdml", "baseline"):
+        for picture in (f"embedding_map_{run}.png", f"retrieval_{run}.png"):
+            assert (out / picture).stat().st_size > 10_000, picture
+    assert (exports / "fashion_mnist_hdml" / "1" / "saved_model.pb").is_file()
+
+
+@pytest.mark.slow
+def test_serving_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
+    model_dir, out = tmp_path / "saved_models" / "fmnist", tmp_path / "serving"
+    smoke_env.setenv("HDML_MODEL_DIR", str(model_dir))  # empty: the notebook makes one
+    smoke_env.setenv("HDML_OUT_DIR", str(out))
+
+    notebook = _execute("03_serving.ipynb", tmp_path)
+
+    printed = _stdout(notebook)
+    assert (model_dir / "1" / "saved_model.pb").is_file()
+    assert "serve_bytes" in printed and "serving_default" in printed
+    difference = re.search(r"largest difference between the two signatures: (\S+)", printed)
+    assert difference and float(difference.group(1)) < 1e-4
+    assert "wrote" in printed and (out / "gallery.npz").is_file()
+    with np.load(out / "gallery.npz") as gallery:
+        assert gallery["embeddings"].shape[0] == len(os.listdir(out / "gallery"))
+    assert (out / "search.png").stat().st_size > 5_000
+    assert _png_count(notebook) == 1
+
+
+@pytest.mark.slow
+def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
+    from hdml_tf.backbones import save_caffe_weights
+    from hdml_tf.backbones.inception_v1 import InceptionV1
+
+    # CUB_200_2011 in the archive's layout: every class listed, 2 images for each
+    # training class (so the held-out validation classes exist), 3 for a few test ones.
+    counts = {c: 2 for c in range(1, 101)}
+    counts.update({c: 3 for c in range(101, 109)})
+    data_root = tmp_path / "data"
+    make_cub(str(data_root), counts)
+    mat = save_caffe_weights(InceptionV1(include_top=False, input_shape=(227, 227, 3)),
+                             str(tmp_path / "tf_ckpt_from_caffe.mat"))
+    out = tmp_path / "paper"
+    smoke_env.setenv("HDML_DATA_ROOT", str(data_root))
+    smoke_env.setenv("HDML_GOOGLENET_MAT", mat)
+    smoke_env.setenv("HDML_OUT_DIR", str(out))
+
+    notebook = _execute("02_reproduce_paper.ipynb", tmp_path)
+
+    printed = _stdout(notebook)
+    assert (out / "googlenet.weights.h5").is_file()
+    assert "train:    180 images, 90 classes" in printed
+    assert " test:     24 images, 8 classes" in printed
+    assert "SMOKE: training skipped" in printed
+    assert not (out / "cub200_npair").exists()  # nothing was trained
+    # The evaluation ran and its table stands beside the paper's numbers.
+    assert "before training" in printed and "53.7" in printed and "85.7" in printed
+    assert not (data_root / "CUB_200_2011.tgz").exists()  # no download was tried
+    assert notebook.metadata.get("accelerator") == "GPU"  # Colab opens it on a GPU runtime
