@@ -465,7 +465,7 @@ class HDML(keras.Model):
         """One forward pass: every loss term, as this replica's contribution.
 
         Returns (contributions, extras): ``contributions[k]`` summed over replicas is
-        the global value of term k; ``extras`` holds λ and w.
+        the global value of term k; ``extras`` holds λ and w (HDML on).
         """
         images, labels = self._unpack(data)
         ctx, num_replicas, replica_id = _replica_context()
@@ -494,7 +494,7 @@ class HDML(keras.Model):
         extras = {}
         if not self.hdml:
             out["j_metric"] = out["j_m"]
-            return out, extras, z
+            return out, extras
 
         # [synthesis] hardness-aware negatives in embedding space (spec step 3).
         lam = synthesis.hardness_lambda(self.j_avg, self.alpha)
@@ -553,7 +553,7 @@ class HDML(keras.Model):
         logits_real = tf.cast(self.classifier(y), tf.float32)
         out["j_cls"] = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=all_labels, logits=logits_real)) * inv_r
-        return out, extras, z
+        return out, extras
 
     # ------------------------------------------------------------ running stats
 
@@ -616,11 +616,16 @@ class HDML(keras.Model):
 
         def skip():
             self.nonfinite_steps.assign_add(1.0)
+            return tf.constant(False)
 
         ctx, num_replicas, _ = _replica_context()
         if ctx is None or num_replicas == 1:
-            tf.cond(finite, lambda: (apply_all(grads), tf.constant(True))[1],
-                    lambda: (skip(), tf.constant(False))[1])
+
+            def apply_fn():
+                apply_all(grads)
+                return tf.constant(True)
+
+            tf.cond(finite, apply_fn, skip)
             return
 
         def cross_replica(distribution, finite, grads):
@@ -631,18 +636,14 @@ class HDML(keras.Model):
                 distribution.extended.call_for_each_replica(apply_all, args=(grads,))
                 return tf.constant(True)
 
-            def skip_fn():
-                skip()
-                return tf.constant(False)
-
-            tf.cond(finite, apply_fn, skip_fn)
+            tf.cond(finite, apply_fn, skip)
 
         ctx.merge_call(cross_replica, args=(finite, grads))
 
     def train_step(self, data):
         ctx, _, _ = _replica_context()
         with tf.GradientTape(persistent=True) as tape:
-            contrib, extras, _ = self._forward(data, training=True)
+            contrib, extras = self._forward(data, training=True)
             objectives = self._objectives(contrib)
             scaled = [opt.scale_loss(loss) if hasattr(opt, "scale_loss") else loss
                       for opt, loss, _ in objectives]
@@ -660,14 +661,9 @@ class HDML(keras.Model):
 
     def test_step(self, data):
         ctx, _, _ = _replica_context()
-        contrib, extras, _ = self._forward(data, training=False)
+        contrib, extras = self._forward(data, training=False)
         totals = {k: _global_sum(ctx, v) for k, v in contrib.items()}
         return self._update_trackers(totals, extras)
-
-    def predict_step(self, data):
-        x = data[0] if isinstance(data, (list, tuple)) and len(data) in (2, 3) and (
-            not isinstance(data[0], (list, tuple))) else data
-        return self(x, training=False)
 
     # ------------------------------------------------------------ running stats API
 

@@ -437,8 +437,8 @@ def export_workdir(workdir, config, log=print):
         return None
     name = config.train.export_name or config.name
     out = os.path.join(config.train.export_dir, name)
-    path = export_lib.export_main(["--checkpoint", workdir, "--out", out])
-    return out if path == 0 else None
+    code = export_lib.export_main(["--checkpoint", workdir, "--out", out])
+    return out if code == 0 else None
 
 
 def summary_table(results, paper=None, keys=None):
