@@ -16,7 +16,9 @@ Conventions shared by every function of this module:
   against it and nothing is excluded.
 * Tie rule: neighbours are ranked by decreasing similarity and, among exactly equal
   similarities, by increasing gallery index. This decides both the order of the table
-  and which items make the cut at the K-th position.
+  and which items make the cut at the K-th position. "Equal" means equal as computed
+  (float32 scores for the faiss backend, the input dtype for numpy); exact duplicates of
+  an embedding always tie.
 * Singleton rule: a query with no same-class item in the gallery (a class with one image
   in leave-one-out, or a query class absent from the gallery) has no correct answer.
   With ``singleton_queries="exclude"`` (default) such queries are left out of the
