@@ -68,10 +68,11 @@ def kmeans(
         seed: random seed of the initialisation.
         backend: "sklearn", "faiss" or "auto" (see the module docstring).
         niter: Lloyd iterations for faiss (scikit-learn iterates to convergence).
-        nredo: faiss only: independent runs, the one with the lowest k-means objective
-            is kept. Random initialisation can seed two centroids in one class and
-            none in another (a local optimum Lloyd does not leave); more runs make that
-            less likely at nredo times the cost.
+        nredo: independent runs (scikit-learn's n_init), the one with the lowest
+            k-means objective is kept. A start can seed two centroids in one class and
+            none in another (a local optimum Lloyd does not leave), most often with
+            faiss's random start; more runs make that less likely at nredo times the
+            cost. Default 1 (older DML code used scikit-learn's former default of 10).
 
     Returns:
         int64 array (n,) of cluster ids in [0, n_clusters).
@@ -88,7 +89,7 @@ def kmeans(
     if backend == "sklearn":
         from sklearn.cluster import KMeans
 
-        km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+        km = KMeans(n_clusters=n_clusters, n_init=int(nredo), random_state=seed)
         return km.fit_predict(x.astype(np.float64)).astype(np.int64)
     if backend == "faiss":
         if faiss is None:
