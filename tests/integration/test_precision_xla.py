@@ -1,0 +1,219 @@
+"""hdml-tf train with train.mixed_precision and train.xla; a float16 NaN step is skipped.
+
+The runs go through ``hdml_tf.training.train`` on the bundled ``digits`` data with the
+``small_cnn`` backbone, a few steps each; they check the pieces the switches change:
+the three LossScaleOptimizers and float16 compute (mixed precision), the jit-compiled
+step (XLA), finite losses, checkpoints, and float32 embeddings from ``model.keras`` and
+from the exported SavedModel.
+"""
+
+import glob
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hdml_tf import config as config_lib
+from hdml_tf import training
+from hdml_tf.models import HDML, Embedder
+
+# The small digits config of tests/integration/test_training.py, 4 steps.
+DIGITS = {
+    "name": "digits_precision",
+    "data": {"name": "digits", "resize": 12, "crop": 10, "batch_size": 10, "cache": True,
+             "eval_batch_size": 300},
+    "model": {"backbone": "small_cnn", "embedding_dim": 16, "window": 2, "alpha": 1.0,
+              "beta": 1000.0, "weight_decay": 0.0005},
+    "optim": {"lr_metric": 0.001, "lr_gen": 0.001, "lr_cls": 0.001},
+    "train": {"steps": 4, "steps_per_epoch": 2, "export": False, "verbose": 0},
+}
+LOSS_TERMS = ("j_m", "j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls")
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_after():
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def _config(tmp_path, **train):
+    payload = json.loads(json.dumps(DIGITS))
+    payload["train"].update(train)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(payload))
+    return config_lib.load_config(str(path))
+
+
+def _images(count=3, size=10):
+    return np.random.default_rng(0).uniform(-1, 1, (count, size, size, 3)).astype(np.float32)
+
+
+def _check_run(workdir, results, model, atol=1e-6):
+    logs = results["final_logs"]
+    for term in LOSS_TERMS:
+        assert np.isfinite(logs[term]), (term, logs)
+    assert logs["nonfinite_steps"] == 0
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-4")
+    assert sorted(os.path.basename(p) for p in glob.glob(
+        os.path.join(workdir, "checkpoints", "ckpt-*.index"))) == ["ckpt-2.index",
+                                                                  "ckpt-4.index"]
+    # The saved HDML model embeds in float32, as the model in memory does.
+    x = _images()
+    saved = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    ours, theirs = model.embedder(x), saved.embedder(x)
+    assert ours.dtype == tf.float32 and theirs.dtype == tf.float32
+    np.testing.assert_allclose(theirs.numpy(), ours.numpy(), atol=atol)
+    np.testing.assert_allclose(np.linalg.norm(ours.numpy(), axis=1), 1.0, rtol=1e-3)
+
+
+def test_mixed_precision_training_checkpoints_and_export(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = _config(tmp_path, mixed_precision=True, export=True,
+                     export_dir=str(tmp_path / "exports"))
+    results, model = training.train(config, workdir, log=lambda *a: None,
+                                    return_model=True)
+
+    # The three optimizers scale the loss; the networks compute in float16 with float32
+    # variables; the policy does not leak out of build_model.
+    for opt in (model.metric_optimizer, model.generator_optimizer,
+                model.classifier_optimizer):
+        assert isinstance(opt, keras.optimizers.LossScaleOptimizer), type(opt)
+    assert keras.config.dtype_policy().name == "float32"
+    for layer in (model.embedder.backbone, model.embedder.head, model.generator):
+        assert layer.dtype_policy.compute_dtype == "float16", layer.name
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+    # Dynamic loss scaling: every step either applied (iterations + 1) or overflowed in
+    # float16, was skipped by the LossScaleOptimizer and halved its scale. With the
+    # official loss scales (J_soft = 1e4 * 0.5 * CE) the generator's first steps
+    # overflow at the initial scale 2^15; HDML's own nonfinite_steps does not count these.
+    for opt in (model.metric_optimizer, model.generator_optimizer,
+                model.classifier_optimizer):
+        skipped = np.log2(opt.initial_scale / float(opt.dynamic_scale.numpy()))
+        assert int(opt.iterations.numpy()) + skipped == config.train.steps
+    x = tf.constant(_images())
+    assert model.embedder.embed_raw(x, training=False).dtype == tf.float32
+    # float16-level tolerance: the reloaded model.keras computes in float32 (see
+    # test_mixed_precision_model_reloads_with_its_policy below).
+    _check_run(workdir, results, model, atol=5e-3)
+
+    # The exported SavedModel serves float32 embeddings close to the Keras embedder.
+    versions = glob.glob(str(tmp_path / "exports" / "digits_precision" / "*"))
+    assert [os.path.basename(v) for v in versions] == ["1"], versions
+    loaded = tf.saved_model.load(versions[0])
+    out = loaded.signatures["serving_default"](images=tf.constant(
+        np.random.default_rng(1).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)))
+    embedding = out["embedding"]
+    assert embedding.dtype == tf.float32 and embedding.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(embedding.numpy(), axis=1), 1.0, rtol=1e-5)
+
+
+def test_xla_training_runs_and_checkpoints(tmp_path):
+    workdir = str(tmp_path / "run")
+    results, model = training.train(_config(tmp_path, xla=True), workdir,
+                                    log=lambda *a: None, return_model=True)
+    assert int(model.metric_optimizer.iterations.numpy()) == 4
+    _check_run(workdir, results, model)
+
+
+def _tiny_hdml(policy, size=12, classes=6, activation=None):
+    """A small HDML N-pair model built under ``policy``, compiled, one good step done."""
+    keras.config.set_dtype_policy(policy)
+    try:
+        inputs = keras.Input((size, size, 3))
+        # Linear by default: a fused Conv+ReLU maps a NaN input to 0 in the forward
+        # pass (see test_nan_batch_through_conv_relu_is_skipped).
+        h = keras.layers.Conv2D(8, 3, activation=activation)(inputs)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        features = keras.layers.Dense(16, dtype="float32")(h)
+        backbone = keras.Model(inputs, features, name="tiny")
+        model = HDML(Embedder(backbone, embedding_dim=8), num_classes=classes,
+                     loss="npair", hdml=True, window=2)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    optimizers = [keras.optimizers.Adam(lr) for lr in (1e-3, 1e-2, 1e-3)]
+    if policy == "mixed_float16":
+        optimizers = [keras.optimizers.LossScaleOptimizer(opt) for opt in optimizers]
+    model.compile(*optimizers)
+    rng = np.random.default_rng(0)
+    labels = np.arange(4, dtype=np.int32)
+    x = tuple(rng.normal(0, 1, (4, size, size, 3)).astype(np.float32) for _ in range(2))
+    y = (labels, labels)
+    model.train_on_batch(x, y)  # a good step first: optimizer state exists
+    return model, x, y
+
+
+def _snapshot(variables):
+    return [np.array(v.numpy(), copy=True) for v in variables]
+
+
+def _changed(variables, before):
+    return [v.path for v, b in zip(variables, before)
+            if not np.array_equal(v.numpy(), b, equal_nan=True)]
+
+
+def test_mixed_precision_step_skips_a_nan_batch():
+    """A float16 HDML step on a NaN batch changes no weight, no optimizer state (loss
+    scales included) and no running statistic, and is counted (tests/test_models.py)."""
+    model, x, y = _tiny_hdml("mixed_float16")
+    assert model.generator.dtype_policy.compute_dtype == "float16"
+    tracked = (model.trainable_variables + model.metric_optimizer.variables
+               + model.generator_optimizer.variables + model.classifier_optimizer.variables
+               + [model._j_m_sum, model._j_m_count, model.j_avg, model._j_gen_sum,
+                  model._j_gen_count, model.j_gen_avg])
+    before = _snapshot(tracked)
+    bad = (np.full_like(x[0], np.nan), x[1])
+    logs = model.train_on_batch(bad, y, return_dict=True)
+    assert logs["nonfinite_steps"] == 1
+    assert _changed(tracked, before) == []
+    logs = model.train_on_batch(x, y, return_dict=True)  # training goes on
+    assert logs["nonfinite_steps"] == 1 and np.isfinite(logs["j_metric"])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "HDML.train_step skips the optimizers on a non-finite loss but the forward pass "
+    "has already updated the BatchNorm moving statistics of the head and generator: "
+    "one NaN batch makes every later inference embedding NaN. Fix: snapshot "
+    "embedder/generator non_trainable_variables before the forward and restore them in "
+    "the skip branch (see the helper's report)."))
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_nan_batch_leaves_batchnorm_statistics_and_inference_intact(policy):
+    model, x, y = _tiny_hdml(policy)
+    moving = (model.embedder.non_trainable_variables
+              + model.generator.non_trainable_variables)
+    assert moving, "the head and the generator have BatchNorm statistics"
+    before = _snapshot(moving)
+    model.train_on_batch((np.full_like(x[0], np.nan), x[1]), y)
+    assert _changed(moving, before) == []
+    assert np.isfinite(model.embedder(x[1]).numpy()).all()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "EmbeddingHead, Generator, HDML's classifier (and SmallCNN's layers) create their "
+    "sub-layers without dtype=self.dtype_policy, so a model saved under mixed_float16 "
+    "reloads computing in float32 (the outer objects still say mixed_float16)."))
+def test_mixed_precision_model_reloads_with_its_policy(tmp_path):
+    model, x, y = _tiny_hdml("mixed_float16")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for ours, theirs in ((model.embedder.head.fc, loaded.embedder.head.fc),
+                         (model.generator.fc1, loaded.generator.fc1),
+                         (model.classifier, loaded.classifier)):
+        assert theirs.dtype_policy.name == ours.dtype_policy.name == "mixed_float16"
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "The skip decision looks only at the losses. With a Conv+ReLU backbone (oneDNN "
+    "fuses them) a NaN input gives finite losses but a NaN kernel gradient: the step "
+    "is applied, the kernel becomes NaN, the step is not counted, and every later "
+    "step is NaN. Fix: also require finite gradients for the optimizers that are not "
+    "LossScaleOptimizers (see the helper's report)."))
+def test_nan_batch_through_conv_relu_is_skipped():
+    model, x, y = _tiny_hdml("float32", activation="relu")
+    weights = model.trainable_variables
+    before = _snapshot(weights)
+    logs = model.train_on_batch((np.full_like(x[0], np.nan), x[1]), y, return_dict=True)
+    assert _changed(weights, before) == [] and logs["nonfinite_steps"] == 1
