@@ -40,12 +40,14 @@ def _execute(name, cwd):
     """Run notebooks/<name> in a new python3 kernel with cwd as working directory.
 
     Returns the executed notebook; a failing cell raises CellExecutionError, whose
-    message holds the cell and the traceback.
+    message holds the cell and the traceback. The kernel process's own stdout/stderr
+    (TensorFlow's start-up lines, not cell outputs) go to <cwd>/kernel.log.
     """
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(cwd)}})
-    client.execute()
+    with open(os.path.join(cwd, "kernel.log"), "w") as log:
+        client.execute(stdout=log, stderr=log)
     return notebook
 
 
