@@ -92,7 +92,7 @@ def smoke_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for name in ("HDML_OUT_DIR", "HDML_EXPORT_DIR", "HDML_MODEL_DIR", "HDML_SERVING_URL",
-                 "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_PRESET"):
+                 "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_PRESET", "HDML_RUN_BASELINE"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -190,6 +190,7 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     smoke_env.setenv("HDML_DATA_ROOT", str(data_root))
     smoke_env.setenv("HDML_GOOGLENET_MAT", mat)
     smoke_env.setenv("HDML_OUT_DIR", str(out))
+    smoke_env.setenv("HDML_RUN_BASELINE", "1")  # the baseline's config is built, not trained
 
     notebook = _execute("02_reproduce_paper.ipynb", tmp_path)
 
@@ -199,6 +200,7 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     assert " test:     24 images, 8 classes" in printed
     assert "SMOKE: training skipped" in printed
     assert not (out / "cub200_npair").exists()  # nothing was trained
+    assert not (out / "cub200_npair_baseline").exists()
     # The evaluation ran and its table stands beside the paper's numbers.
     assert "before training" in printed and "53.7" in printed and "85.7" in printed
     assert not (data_root / "CUB_200_2011.tgz").exists()  # no download was tried
