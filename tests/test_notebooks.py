@@ -9,13 +9,15 @@ read their parameters from environment variables (``HDML_SMOKE``, ``HDML_OUT_DIR
   model itself), on the same generated data.
 * 02_reproduce_paper: up to the training it skips in smoke mode, on a generated
   CUB_200_2011 tree (official metadata files) and a synthetic converted-Caffe GoogLeNet
-  .mat of the real layout.
+  .mat of the real layout, fetched from a file:// URL with its SHA-256.
 
 And the notebooks are committed clean: no outputs, no execution counts.
 """
 
 import glob
+import hashlib
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -92,7 +94,8 @@ def smoke_env(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for name in ("HDML_OUT_DIR", "HDML_EXPORT_DIR", "HDML_MODEL_DIR", "HDML_SERVING_URL",
-                 "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_PRESET", "HDML_RUN_BASELINE"):
+                 "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_GOOGLENET_URL",
+                 "HDML_GOOGLENET_SHA256", "HDML_PRESET", "HDML_RUN_BASELINE"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -184,18 +187,24 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     counts.update({c: 3 for c in range(101, 109)})
     data_root = tmp_path / "data"
     make_cub(str(data_root), counts)
-    mat = save_caffe_weights(InceptionV1(include_top=False, input_shape=(227, 227, 3)),
-                             str(tmp_path / "tf_ckpt_from_caffe.mat"))
+    # The weights come by URL with their SHA-256, as a Colab user would fetch them.
+    published = save_caffe_weights(InceptionV1(include_top=False, input_shape=(227, 227, 3)),
+                                   str(tmp_path / "published" / "tf_ckpt_from_caffe.mat"))
+    with open(published, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    mat = tmp_path / "weights" / "tf_ckpt_from_caffe.mat"
     out = tmp_path / "paper"
     smoke_env.setenv("HDML_DATA_ROOT", str(data_root))
-    smoke_env.setenv("HDML_GOOGLENET_MAT", mat)
+    smoke_env.setenv("HDML_GOOGLENET_MAT", str(mat))
+    smoke_env.setenv("HDML_GOOGLENET_URL", pathlib.Path(published).as_uri())
+    smoke_env.setenv("HDML_GOOGLENET_SHA256", digest)
     smoke_env.setenv("HDML_OUT_DIR", str(out))
     smoke_env.setenv("HDML_RUN_BASELINE", "1")  # the baseline's config is built, not trained
 
     notebook = _execute("02_reproduce_paper.ipynb", tmp_path)
 
     printed = _stdout(notebook)
-    assert (out / "googlenet.weights.h5").is_file()
+    assert mat.is_file() and (out / "googlenet.weights.h5").is_file()
     assert "train:    180 images, 90 classes" in printed
     assert " test:     24 images, 8 classes" in printed
     assert "SMOKE: training skipped" in printed
