@@ -46,8 +46,12 @@ class EmbeddingHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.embedding_dim = int(embedding_dim)
         self.synchronized_bn = bool(synchronized_bn)
-        self.bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="bn")
-        self.fc = keras.layers.Dense(self.embedding_dim, name="fc")
+        # Sub-layers follow this layer's dtype policy, so a mixed-precision model
+        # reloads as one.
+        policy = self.dtype_policy
+        self.bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="bn",
+                                                  dtype=policy)
+        self.fc = keras.layers.Dense(self.embedding_dim, name="fc", dtype=policy)
 
     def build(self, input_shape):
         if not self.bn.built:
@@ -81,9 +85,12 @@ class Generator(keras.layers.Layer):
         self.feature_dim = int(feature_dim)
         self.hidden_units = int(hidden_units)
         self.synchronized_bn = bool(synchronized_bn)
-        self.fc1 = keras.layers.Dense(self.hidden_units, activation="relu", name="fc1")
-        self.bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="bn")
-        self.fc2 = keras.layers.Dense(self.feature_dim, name="fc2")
+        policy = self.dtype_policy
+        self.fc1 = keras.layers.Dense(self.hidden_units, activation="relu", name="fc1",
+                                      dtype=policy)
+        self.bn = keras.layers.BatchNormalization(synchronized=synchronized_bn, name="bn",
+                                                  dtype=policy)
+        self.fc2 = keras.layers.Dense(self.feature_dim, name="fc2", dtype=policy)
 
     def build(self, input_shape):
         hidden_shape = tuple(input_shape[:-1]) + (self.hidden_units,)
@@ -142,7 +149,7 @@ class Embedder(keras.Model):
         # attributes when saved and loaded.
         self.preprocessing = preprocessing or getattr(backbone, "preprocessing", "none")
         self.head = EmbeddingHead(self.embedding_dim, synchronized_bn=synchronized_bn,
-                                  name="head")
+                                  name="head", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         if not self.backbone.built:
@@ -277,8 +284,10 @@ class HDML(keras.Model):
         self.generator_hidden = int(generator_hidden)
         self.synchronized_bn = bool(synchronized_bn)
         self.generator = Generator(embedder.feature_dim, generator_hidden,
-                                   synchronized_bn=synchronized_bn, name="generator")
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+                                   synchronized_bn=synchronized_bn, name="generator",
+                                   dtype=self.dtype_policy)
+        self.classifier = keras.layers.Dense(self.num_classes, name="classifier",
+                                             dtype=self.dtype_policy)
 
         def stat(name, value, dtype="float32"):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value),
@@ -600,23 +609,25 @@ class HDML(keras.Model):
             ]
         return result
 
-    def _apply_if_finite(self, finite, objectives, grads):
+    def _apply_if_finite(self, finite, objectives, grads, moving, saved):
         """Apply every optimizer, or none of them and count the step, by ``finite``.
 
-        A non-finite loss must not touch the weights or the optimizer state. With
-        several replicas the optimizers' gradient all-reduce is a synchronisation point,
-        which tf.distribute does not allow inside a replica-context ``tf.cond``; as
-        Keras' LossScaleOptimizer does, the decision is then taken in cross-replica
-        context (``merge_call``) and the updates run per replica.
+        A non-finite step must not touch the weights, the optimizer state or the
+        BatchNorm statistics (which the forward pass has already updated: ``moving``
+        is restored from ``saved``). With several replicas the optimizers' gradient
+        all-reduce is a synchronisation point, which tf.distribute does not allow
+        inside a replica-context ``tf.cond``; as Keras' LossScaleOptimizer does, the
+        decision is then taken in cross-replica context (``merge_call``) and the
+        updates run per replica.
         """
 
         def apply_all(grads):
             for (opt, _, variables), g in zip(objectives, grads):
                 opt.apply(g, variables)
 
-        def skip():
-            self.nonfinite_steps.assign_add(1.0)
-            return tf.constant(False)
+        def restore(saved):
+            for variable, value in zip(moving, saved):
+                variable.assign(value)
 
         ctx, num_replicas, _ = _replica_context()
         if ctx is None or num_replicas == 1:
@@ -625,23 +636,38 @@ class HDML(keras.Model):
                 apply_all(grads)
                 return tf.constant(True)
 
-            tf.cond(finite, apply_fn, skip)
+            def skip_fn():
+                restore(saved)
+                self.nonfinite_steps.assign_add(1.0)
+                return tf.constant(False)
+
+            tf.cond(finite, apply_fn, skip_fn)
             return
 
-        def cross_replica(distribution, finite, grads):
-            # Every replica computed the same value (the losses are all-reduced).
+        def cross_replica(distribution, finite, grads, saved):
+            # Every replica holds the same value (the flag is all-reduced).
             finite = distribution.experimental_local_results(finite)[0]
 
             def apply_fn():
                 distribution.extended.call_for_each_replica(apply_all, args=(grads,))
                 return tf.constant(True)
 
-            tf.cond(finite, apply_fn, skip)
+            def skip_fn():
+                distribution.extended.call_for_each_replica(restore, args=(saved,))
+                self.nonfinite_steps.assign_add(1.0)
+                return tf.constant(False)
 
-        ctx.merge_call(cross_replica, args=(finite, grads))
+            tf.cond(finite, apply_fn, skip_fn)
+
+        ctx.merge_call(cross_replica, args=(finite, grads, saved))
 
     def train_step(self, data):
         ctx, _, _ = _replica_context()
+        # BatchNorm statistics move during the forward pass; keep their values so a
+        # skipped step can put them back.
+        moving = (self.embedder.non_trainable_variables
+                  + (self.generator.non_trainable_variables if self.hdml else []))
+        saved = [tf.identity(v) for v in moving]
         with tf.GradientTape(persistent=True) as tape:
             contrib, extras = self._forward(data, training=True)
             objectives = self._objectives(contrib)
@@ -651,11 +677,18 @@ class HDML(keras.Model):
                  for loss, (_, _, variables) in zip(scaled, objectives)]
         del tape
         totals = {k: _global_sum(ctx, v) for k, v in contrib.items()}
-        finite = tf.reduce_all(tf.stack(
-            [tf.math.is_finite(totals[k]) for k in ("j_metric", "j_gen", "j_cls")
-             if k in totals]))
+        checks = [tf.math.is_finite(totals[k]) for k in ("j_metric", "j_gen", "j_cls")
+                  if k in totals]
+        # A NaN input can give finite losses and NaN gradients (a fused Conv+ReLU maps
+        # NaN to 0 forward, not backward). LossScaleOptimizers check their own
+        # gradients: they must see an overflow to lower the loss scale.
+        for (opt, _, _), group in zip(objectives, grads):
+            if not isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                checks += [tf.reduce_all(tf.math.is_finite(g)) for g in group if g is not None]
+        bad_here = 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
+        finite = tf.equal(_global_sum(ctx, bad_here), 0.0)  # the same on every replica
 
-        self._apply_if_finite(finite, objectives, grads)
+        self._apply_if_finite(finite, objectives, grads, moving, saved)
         self._update_statistics(totals, extras)
         return self._update_trackers(totals, extras)
 

@@ -28,22 +28,24 @@ class SmallCNN(keras.Model):
         self.widths = tuple(int(w) for w in widths)
         self.feature_dim = int(feature_dim)
         self.preprocessing = "tf"
+        policy = self.dtype_policy  # sub-layers follow it, also after reloading
         self.blocks = []
         for i, width in enumerate(self.widths):
             self.blocks += [
                 keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    name=f"block{i + 1}_conv1"),
-                keras.layers.BatchNormalization(name=f"block{i + 1}_bn1"),
-                keras.layers.ReLU(),
+                                    name=f"block{i + 1}_conv1", dtype=policy),
+                keras.layers.BatchNormalization(name=f"block{i + 1}_bn1", dtype=policy),
+                keras.layers.ReLU(dtype=policy),
                 keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    name=f"block{i + 1}_conv2"),
-                keras.layers.BatchNormalization(name=f"block{i + 1}_bn2"),
-                keras.layers.ReLU(),
+                                    name=f"block{i + 1}_conv2", dtype=policy),
+                keras.layers.BatchNormalization(name=f"block{i + 1}_bn2", dtype=policy),
+                keras.layers.ReLU(dtype=policy),
             ]
             if i < len(self.widths) - 1:
-                self.blocks.append(keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool"))
-        self.pool = keras.layers.GlobalAveragePooling2D(name="avg_pool")
-        self.project = keras.layers.Dense(self.feature_dim, name="features")
+                self.blocks.append(keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool",
+                                                             dtype=policy))
+        self.pool = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype=policy)
+        self.project = keras.layers.Dense(self.feature_dim, name="features", dtype=policy)
 
     def build(self, input_shape):
         shape = tuple(input_shape)
