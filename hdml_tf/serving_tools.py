@@ -263,10 +263,8 @@ def save_grid(path, queries, results, gallery_paths, thumb=128):
       results: per query, ``(scores, indices)`` rows from :func:`search`.
       gallery_paths: the gallery file names the indices refer to.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display is needed or wanted
-    import matplotlib.pyplot as plt
+    # Figure API: files only, without switching a notebook's matplotlib backend.
+    from matplotlib.figure import Figure
     from PIL import Image
 
     def load(name):
@@ -279,8 +277,8 @@ def save_grid(path, queries, results, gallery_paths, thumb=128):
             return np.zeros((thumb, thumb, 3), np.uint8)
 
     columns = 1 + max((len(s) for s, _ in results), default=0)
-    fig, axes = plt.subplots(len(queries), columns, squeeze=False,
-                             figsize=(1.6 * columns, 1.8 * len(queries)))
+    fig = Figure(figsize=(1.6 * columns, 1.8 * len(queries)))
+    axes = fig.subplots(len(queries), columns, squeeze=False)
     for row, (query, (scores, indices)) in enumerate(zip(queries, results)):
         cells = [(query, "query")] + [(gallery_paths[i], f"{s:.3f}")
                                       for s, i in zip(scores, indices)]
@@ -293,7 +291,6 @@ def save_grid(path, queries, results, gallery_paths, thumb=128):
                              fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------- CLIs

@@ -13,10 +13,10 @@ import re
 from typing import Callable, Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # files only; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+# The object-oriented Figure API draws straight to files: no pyplot state and no global
+# backend switch, so a notebook importing this module keeps its inline figures.
+from matplotlib.figure import Figure
 
 from hdml_tf.evaluation.retrieval import knn  # noqa: E402
 
@@ -30,9 +30,9 @@ def _class_styles(n: int):
     """(colour, marker) per class: one marker and tab10/tab20 colours while they suffice,
     then colour x marker combinations so neighbouring classes differ in both."""
     if n <= 10:
-        colours = plt.get_cmap("tab10").colors
+        colours = matplotlib.colormaps["tab10"].colors
         return [(colours[i], "o") for i in range(n)]
-    colours = plt.get_cmap("tab20").colors
+    colours = matplotlib.colormaps["tab20"].colors
     # Step through tab20 with a stride coprime to 20: it pairs a dark and a light shade
     # of each hue, which consecutive class ids would otherwise get.
     if n <= 20:
@@ -105,7 +105,8 @@ def plot_embedding_2d(
     classes = np.unique(y)
     styles = _class_styles(classes.size)
     name = (lambda c: str(class_names[c])) if class_names is not None else str
-    fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
+    fig = Figure(figsize=(9, 8), dpi=110)
+    ax = fig.subplots()
     size = 28 if x.shape[0] <= 2000 else 12
     for (colour, marker), c in zip(styles, classes):
         m = y == c
@@ -133,7 +134,6 @@ def plot_embedding_2d(
                  f"{classes.size} classes")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -206,8 +206,8 @@ def plot_retrieval_grid(
     name = (lambda c: str(class_names[c])) if class_names is not None else str
     show = image_transform or (lambda im: im)
     rows, cols = len(query_indices), k + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.95 * rows + 0.4), dpi=110,
-                             squeeze=False)
+    fig = Figure(figsize=(1.7 * cols, 1.95 * rows + 0.4), dpi=110)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, q in enumerate(query_indices):
         for c in range(cols):
             ax = axes[r, c]
@@ -233,7 +233,6 @@ def plot_retrieval_grid(
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
@@ -315,8 +314,8 @@ def plot_training_curves(
         raise ValueError("no loss or metric columns found in the history")
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), dpi=110,
-                             squeeze=False)
+    fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), dpi=110)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     for ax, (kind, what) in zip(axes.flat, panels):
         if kind == "loss":
             for key, style in ((what, "-"), (f"val_{what}", "--")):
@@ -325,7 +324,7 @@ def plot_training_curves(
             ax.set_title(what)
         else:
             keys = what
-            colours = plt.get_cmap("tab10").colors
+            colours = matplotlib.colormaps["tab10"].colors
             seen = []
             for i, key in enumerate(keys):
                 src, col = metric_src[key]
@@ -351,7 +350,6 @@ def plot_training_curves(
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

@@ -83,3 +83,15 @@ def test_training_curves_from_dict_and_csv(tmp_path):
                                          str(tmp_path / "c2.png"), eval_log=str(log)))
     with pytest.raises(ValueError):
         plots.plot_training_curves({"accuracy": [0.1]}, str(tmp_path / "c3.png"))
+
+
+def test_import_leaves_the_matplotlib_backend_alone():
+    """Notebooks keep inline figures: the plotting module must not switch backends."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import hdml_tf.evaluation.plots, "
+            "hdml_tf.serving_tools; print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**__import__("os").environ, "MPLBACKEND": ""})
+    assert out.stdout.strip().splitlines()[-1] == "svg"
