@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from hdml_tf import config as config_lib
 from hdml_tf import training
+from hdml_tf.data.preprocess import normalize
 from hdml_tf.models import HDML, Embedder
 
 # The small digits config of tests/integration/test_training.py, 4 steps.
@@ -95,19 +96,20 @@ def test_mixed_precision_training_checkpoints_and_export(tmp_path):
         assert int(opt.iterations.numpy()) + skipped == config.train.steps
     x = tf.constant(_images())
     assert model.embedder.embed_raw(x, training=False).dtype == tf.float32
-    # float16-level tolerance: the reloaded model.keras computes in float32 (see
-    # test_mixed_precision_model_reloads_with_its_policy below).
-    _check_run(workdir, results, model, atol=5e-3)
+    # model.keras reloads with the mixed policy: the same float16 computation.
+    _check_run(workdir, results, model)
 
     # The exported SavedModel serves float32 embeddings close to the Keras embedder.
     versions = glob.glob(str(tmp_path / "exports" / "digits_precision" / "*"))
     assert [os.path.basename(v) for v in versions] == ["1"], versions
     loaded = tf.saved_model.load(versions[0])
-    out = loaded.signatures["serving_default"](images=tf.constant(
-        np.random.default_rng(1).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)))
-    embedding = out["embedding"]
+    rgb = np.random.default_rng(1).uniform(0, 255, (3, 10, 10, 3)).astype(np.float32)
+    embedding = loaded.signatures["serving_default"](images=tf.constant(rgb))["embedding"]
     assert embedding.dtype == tf.float32 and embedding.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(embedding.numpy(), axis=1), 1.0, rtol=1e-5)
+    # The export normalises inside ("tf" mode for small_cnn) and computes in float32.
+    keras_embedding = model.embedder(normalize(rgb, model.embedder.preprocessing))
+    np.testing.assert_allclose(embedding.numpy(), keras_embedding.numpy(), atol=5e-3)
 
 
 def test_xla_training_runs_and_checkpoints(tmp_path):
@@ -123,8 +125,7 @@ def _tiny_hdml(policy, size=12, classes=6, activation=None):
     keras.config.set_dtype_policy(policy)
     try:
         inputs = keras.Input((size, size, 3))
-        # Linear by default: a fused Conv+ReLU maps a NaN input to 0 in the forward
-        # pass (see test_nan_batch_through_conv_relu_is_skipped).
+        # Linear by default, ReLU for test_nan_batch_through_conv_relu_is_skipped.
         h = keras.layers.Conv2D(8, 3, activation=activation)(inputs)
         h = keras.layers.GlobalAveragePooling2D()(h)
         features = keras.layers.Dense(16, dtype="float32")(h)
@@ -172,14 +173,11 @@ def test_mixed_precision_step_skips_a_nan_batch():
     assert logs["nonfinite_steps"] == 1 and np.isfinite(logs["j_metric"])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "HDML.train_step skips the optimizers on a non-finite loss but the forward pass "
-    "has already updated the BatchNorm moving statistics of the head and generator: "
-    "one NaN batch makes every later inference embedding NaN. Fix: snapshot "
-    "embedder/generator non_trainable_variables before the forward and restore them in "
-    "the skip branch (see the helper's report)."))
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
 def test_nan_batch_leaves_batchnorm_statistics_and_inference_intact(policy):
+    """The forward pass of a skipped step has already moved the head's and the
+    generator's BatchNorm statistics; they must be put back, or one NaN batch makes
+    every later inference embedding NaN (fixed in fb2f2ec)."""
     model, x, y = _tiny_hdml(policy)
     moving = (model.embedder.non_trainable_variables
               + model.generator.non_trainable_variables)
@@ -190,11 +188,9 @@ def test_nan_batch_leaves_batchnorm_statistics_and_inference_intact(policy):
     assert np.isfinite(model.embedder(x[1]).numpy()).all()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "EmbeddingHead, Generator, HDML's classifier (and SmallCNN's layers) create their "
-    "sub-layers without dtype=self.dtype_policy, so a model saved under mixed_float16 "
-    "reloads computing in float32 (the outer objects still say mixed_float16)."))
 def test_mixed_precision_model_reloads_with_its_policy(tmp_path):
+    """Sub-layers created in __init__ follow the parent's dtype policy, so model.keras
+    of a mixed-precision run reloads computing in float16 (fixed in fb2f2ec)."""
     model, x, y = _tiny_hdml("mixed_float16")
     path = str(tmp_path / "model.keras")
     model.save(path)
@@ -205,13 +201,10 @@ def test_mixed_precision_model_reloads_with_its_policy(tmp_path):
         assert theirs.dtype_policy.name == ours.dtype_policy.name == "mixed_float16"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "The skip decision looks only at the losses. With a Conv+ReLU backbone (oneDNN "
-    "fuses them) a NaN input gives finite losses but a NaN kernel gradient: the step "
-    "is applied, the kernel becomes NaN, the step is not counted, and every later "
-    "step is NaN. Fix: also require finite gradients for the optimizers that are not "
-    "LossScaleOptimizers (see the helper's report)."))
 def test_nan_batch_through_conv_relu_is_skipped():
+    """oneDNN fuses Conv+ReLU: a NaN input gives finite losses but a NaN kernel
+    gradient. The skip must also look at the gradients, or the kernel becomes NaN,
+    uncounted, and every later step is NaN (fixed in fb2f2ec)."""
     model, x, y = _tiny_hdml("float32", activation="relu")
     weights = model.trainable_variables
     before = _snapshot(weights)
