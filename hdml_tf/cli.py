@@ -9,6 +9,7 @@ Sub-commands are dispatched lazily to the module that implements them, so light 
   hdml-tf embed   --model SAVEDMODEL --images DIR_OR_LIST --out emb.npz
   hdml-tf search  --model SAVEDMODEL --gallery emb.npz --query IMAGE [-k 10]
   hdml-tf weights import FILE -o OUT.weights.h5
+  hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
 """
 
@@ -24,17 +25,23 @@ COMMANDS = {
     "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
     "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
     "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
-    "weights": ("hdml_tf.cli", "_weights_main", "weights import: convert Caffe GoogLeNet weights"),
+    "weights": ("hdml_tf.cli", "_weights_main",
+                "weights import|fetch: convert / download GoogLeNet weights"),
 }
 
 
 def _weights_main(argv):
-    if not argv or argv[0] != "import":
-        print("usage: hdml-tf weights import FILE -o OUT.weights.h5", file=sys.stderr)
-        return 2
-    from hdml_tf.backbones.weights import weights_import_main
+    if argv and argv[0] == "import":
+        from hdml_tf.backbones.weights import weights_import_main
 
-    return weights_import_main(argv[1:])
+        return weights_import_main(argv[1:])
+    if argv and argv[0] == "fetch":
+        from hdml_tf.backbones.download import fetch_main
+
+        return fetch_main(argv[1:])
+    print("usage: hdml-tf weights import FILE -o OUT.weights.h5\n"
+          "       hdml-tf weights fetch URL --sha256 HEX [-o DEST]", file=sys.stderr)
+    return 2
 
 
 def _usage():

@@ -11,6 +11,14 @@ from hdml_tf.backbones.inception_v1 import (
     caffe_to_keras_name,
     keras_to_caffe_name,
 )
+from hdml_tf.backbones.download import (
+    KNOWN_WEIGHTS,
+    ChecksumError,
+    DownloadError,
+    fetch_known_weights,
+    fetch_weights,
+    sha256_file,
+)
 from hdml_tf.backbones.small_cnn import SmallCNN  # registers "small_cnn"
 from hdml_tf.backbones.weights import (
     CaffeWeightsError,
@@ -29,6 +37,12 @@ from hdml_tf.backbones.registry import (
 
 __all__ = [
     "CAFFE_LAYER_NAMES",
+    "KNOWN_WEIGHTS",
+    "ChecksumError",
+    "DownloadError",
+    "fetch_known_weights",
+    "fetch_weights",
+    "sha256_file",
     "InceptionV1",
     "caffe_to_keras_name",
     "keras_to_caffe_name",
