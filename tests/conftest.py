@@ -2,6 +2,8 @@
 
 Two logical CPU devices are configured before TensorFlow initialises so that
 MirroredStrategy tests can split batches across replicas on a CPU-only machine.
+Under pytest-xdist the controlling process runs no test, so it does not import
+TensorFlow at all (its start-up messages would otherwise print after the summary).
 """
 
 import os
@@ -13,16 +15,35 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-_cpus = tf.config.list_physical_devices("CPU")
-try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
-except RuntimeError:  # already initialised (e.g. by a plugin); tests needing 2 devices skip
-    pass
-tf.config.experimental.enable_tensor_float_32_execution(False)
+
+def _is_xdist_controller(config):
+    if hasattr(config, "workerinput"):  # an xdist worker
+        return False
+    try:
+        workers = config.getoption("numprocesses")
+    except ValueError:  # xdist not installed or disabled
+        return False
+    return bool(workers)
+
+
+def _configure_tensorflow():
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
+        )
+    except RuntimeError:  # already initialised; tests needing 2 devices then fail loudly
+        pass
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "two_devices: needs 2 logical CPU devices")
+    if not _is_xdist_controller(config):
+        _configure_tensorflow()
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +54,3 @@ def _seed():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "two_devices: needs 2 logical CPU devices")
