@@ -17,8 +17,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from hdml_tf import config as config_lib
 
 TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
@@ -66,19 +64,13 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
 
     table = training.summary_table({n: r["test"] for n, r in runs.items()},
                                    keys=list(TABLE_KEYS))
-    evaluated = min(len(test_split), config_lib.get_preset("fashion_mnist_npair").data.max_eval_images
-                    or len(test_split))
+    # The runs share their data settings; `config` is the last run's.
+    evaluated = min(len(test_split), config.data.max_eval_images or len(test_split))
     log("\nFashion-MNIST, trained on classes 0-4, evaluated on unseen classes 5-9 "
         f"({evaluated} of {len(test_split)} images, fixed random subset), in %:\n{table}")
 
     # Pictures: a fixed subset of the test classes keeps t-SNE and the grid quick.
-    rng = np.random.default_rng(0)
-    subset = np.sort(rng.choice(len(test_split), min(2000, len(test_split)), replace=False))
-    config = config_lib.get_preset("fashion_mnist_npair")
-    import dataclasses
-
-    small = dataclasses.replace(test_split, labels=test_split.labels[subset],
-                                images=test_split.images[subset])
+    small = training.subsample_split(test_split, 2000, seed=0)
     pictures = {}
     for name, model in models.items():
         ev = sampling.eval_dataset(small, batch_size=500, resize=config.data.resize,

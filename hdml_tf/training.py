@@ -130,14 +130,17 @@ def evaluation_dataset(config, split, preprocessing):
 
     d = config.data
     if d.max_eval_images and len(split) > d.max_eval_images:
-        split = _subsample(split, d.max_eval_images, config.train.seed)
+        split = subsample_split(split, d.max_eval_images, config.train.seed)
     return sampling.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
                                  crop=d.crop, preprocessing=preprocessing)
 
 
-def _subsample(split, count, seed):
+def subsample_split(split, count, seed):
+    """A fixed random subset of ``count`` images of an ImageDataset (all if fewer)."""
     import dataclasses
 
+    if count >= len(split):
+        return split
     keep = np.sort(np.random.default_rng(seed).choice(len(split), count, replace=False))
     fields = {f: getattr(split, f)[keep] for f in ("paths", "encoded", "images")
               if getattr(split, f) is not None}
