@@ -391,6 +391,20 @@ class InceptionModule(keras.layers.Layer):
         return config
 
 
+# LRN settings of the two GoogLeNets HDML users meet, in Caffe's terms (local_size n,
+# alpha, beta, k). "caffe": BVLC deploy.prototxt (n=5, alpha=1e-4), what the ImageNet
+# weights were trained with. "authors": the HDML authors' TF1 graph
+# (lib/GoogleNet_Model.py) calls tf.nn.local_response_normalization(depth_radius=5,
+# alpha=1e-4, beta=0.75) with its default bias 1, i.e. n = 2*5+1 = 11 and a per-channel
+# alpha of 1e-4 (Caffe alpha = 1e-4 * 11): a wider, stronger normalisation that makes
+# the pooled features several times smaller on the Caffe weights. The paper's numbers
+# were produced with it, so the paper presets use it.
+LRN_SETTINGS = {
+    "caffe": dict(local_size=5, alpha=1e-4, beta=0.75, k=1.0),
+    "authors": dict(local_size=11, alpha=1e-4 * 11, beta=0.75, k=1.0),
+}
+
+
 @keras.saving.register_keras_serializable(package="hdml_tf")
 class InceptionV1(keras.Model):
     """BVLC GoogLeNet up to pool5 (1024-d), optionally with the 1000-way classifier.
@@ -417,6 +431,8 @@ class InceptionV1(keras.Model):
         classifier_activation: activation of the classifier output (``None`` for
             logits); computed in float32.
         dropout_rate: dropout before the classifier (Caffe ``pool5/drop_7x7_s1``).
+        lrn: ``"caffe"`` (default: BVLC's LRN, the semantics of the ImageNet weights)
+            or ``"authors"`` (the HDML authors' TF1 LRN, see :data:`LRN_SETTINGS`).
         name: model name.
         **kwargs: passed to ``keras.Model`` (``dtype``, ``trainable``).
 
@@ -433,10 +449,14 @@ class InceptionV1(keras.Model):
         input_shape=None,
         classifier_activation="softmax",
         dropout_rate=0.4,
+        lrn="caffe",
         name="inception_v1",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if lrn not in LRN_SETTINGS:
+            raise ValueError(f"lrn={lrn!r}: expected one of {sorted(LRN_SETTINGS)}")
+        self.lrn = lrn
         self.include_top = bool(include_top)
         self.num_classes = int(num_classes)
         self.classifier_activation = classifier_activation
@@ -459,15 +479,15 @@ class InceptionV1(keras.Model):
         pool = lambda n: CaffeMaxPooling2D(  # noqa: E731
             3, 2, name=caffe_to_keras_name(n), dtype=policy
         )
-        lrn = lambda n: LocalResponseNormalization(  # noqa: E731
-            5, 1e-4, 0.75, 1.0, name=caffe_to_keras_name(n), dtype=policy
+        norm = lambda n: LocalResponseNormalization(  # noqa: E731
+            **LRN_SETTINGS[lrn], name=caffe_to_keras_name(n), dtype=policy
         )
         self.conv1 = conv(64, 7, 2, 3, "conv1/7x7_s2")
         self.pool1 = pool("pool1/3x3_s2")
-        self.norm1 = lrn("pool1/norm1")
+        self.norm1 = norm("pool1/norm1")
         self.conv2_reduce = conv(64, 1, n="conv2/3x3_reduce")
         self.conv2 = conv(192, 3, 1, 1, "conv2/3x3")
-        self.norm2 = lrn("conv2/norm2")
+        self.norm2 = norm("conv2/norm2")
         self.pool2 = pool("pool2/3x3_s2")
         self.inception_blocks = []
         self.block_pools = {}
@@ -565,6 +585,7 @@ class InceptionV1(keras.Model):
             input_shape=self._input_shape_arg,
             classifier_activation=self.classifier_activation,
             dropout_rate=self.dropout_rate,
+            lrn=self.lrn,
         )
         return config
 
