@@ -5,6 +5,7 @@ Sub-commands are dispatched lazily to the module that implements them, so light 
 
   hdml-tf train   --config PRESET_OR_FILE [--set key=value ...] --workdir DIR
   hdml-tf demo    [--smoke]                  Fashion-MNIST HDML vs baseline, the README job
+  hdml-tf compare --config PRESET --seeds N [--set ...] --workdir DIR   HDML vs baseline
   hdml-tf export  --checkpoint WORKDIR_OR_KERAS --out saved_models/NAME
   hdml-tf embed   --model SAVEDMODEL --images DIR_OR_LIST --out emb.npz
   hdml-tf search  --model SAVEDMODEL --gallery emb.npz --query IMAGE [-k 10]
@@ -21,6 +22,7 @@ import sys
 COMMANDS = {
     "train": ("hdml_tf.training", "train_main", "train HDML or a baseline from a preset"),
     "demo": ("hdml_tf.demo", "demo_main", "Fashion-MNIST demo: HDML vs baseline"),
+    "compare": ("hdml_tf.compare", "compare_main", "HDML vs baseline over seeds, with intervals"),
     "presets": ("hdml_tf.config", "presets_main", "list the training presets"),
     "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
     "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
