@@ -295,7 +295,7 @@ def compare_main(argv):
     parser = argparse.ArgumentParser(
         prog="hdml-tf compare",
         description="HDML vs its baseline (model.hdml=false) over seeds: mean ± std per "
-                    "arm, the paired difference with a 95%% Student t interval, a verdict.")
+                    "arm, the paired difference with a 95% Student t interval, a verdict.")
     parser.add_argument("--config", required=True,
                         help="preset name (hdml-tf presets) or a JSON config file")
     parser.add_argument("--seeds", required=True, type=int,
