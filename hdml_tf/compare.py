@@ -75,12 +75,19 @@ def paired_interval(hdml, baseline, confidence=0.95):
 
 
 def verdict(interval):
-    """Words for a ``paired_interval`` result."""
-    if interval["low"] > 0:
-        return "HDML better"
-    if interval["high"] < 0:
-        return "baseline better"
+    """Words for a ``paired_interval`` result.
+
+    When every paired difference is the same (discrete metrics on small test sets) the
+    sample std is 0 and the t-interval is a single point: the verdict says so, since
+    two equal differences are weak evidence however the interval looks.
+    """
     n = interval["n"]
+    caveat = (f" (all {n} differences equal: zero-width interval)"
+              if n > 1 and interval["std_diff"] == 0 else "")
+    if interval["low"] > 0:
+        return "HDML better" + caveat
+    if interval["high"] < 0:
+        return "baseline better" + caveat
     return f"no difference detected at {n} seed{'s' if n != 1 else ''}"
 
 
