@@ -42,7 +42,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from hdml_tf.data import preprocess
+from hdml_tf.data import decoded_cache, preprocess
 from hdml_tf.data.base import CorruptImageWarning, DataWarning, ImageDataset
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -382,42 +382,6 @@ def _sentinel_image(size):
     return tf.zeros([h, w, 3], tf.uint8)
 
 
-def _cached(data: ImageDataset, resize, strict: bool, num_parallel_calls) -> tuple:
-    """Decode and resize every image once; returns (an in-memory ImageDataset of
-    uint8 (N, h, w, 3) pixels at the ``resize`` size, indices of the bad images).
-
-    Bad images are found up front here, so they never enter a batch.
-    """
-    if resize is None:
-        raise ValueError("cache=True needs a fixed resize size (images differ in size)")
-    source = _Source(data)
-    bad: set = set()
-    tracker = _Tracker(source, strict, bad, lambda j: (j,))
-    ds = tf.data.Dataset.range(len(data) + 1)  # + 1: a sentinel that reveals a bad last image
-
-    def load(i):
-        image = tf.cond(i < len(data), lambda: source.load(tf.minimum(i, len(data) - 1)),
-                        lambda: tf.zeros([1, 1, 3], tf.uint8))
-        return i, tf.cast(tf.round(preprocess.resize_image(image, resize)), tf.uint8)
-
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True).ignore_errors()
-    ds = ds.map(lambda i, image: (tracker.check(i), image)).batch(256)
-    pixels, kept = [], []
-    for idx, images in ds.as_numpy_iterator():
-        keep = idx < len(data)
-        pixels.append(images[keep])
-        kept.append(idx[keep])
-    kept = np.concatenate(kept)
-    pixels = np.concatenate(pixels)
-    full = np.zeros((len(data),) + pixels.shape[1:], np.uint8)
-    full[kept] = pixels  # bad images stay black, and the samplers never draw them
-    mem = ImageDataset(name=data.name, split=data.split, labels=data.labels,
-                       class_ids=data.class_ids, class_names=data.class_names,
-                       images=full, root=data.root)
-    mem.skipped = data.skipped
-    return mem, bad
-
-
 def _training_pipeline(
     data: ImageDataset,
     sampler,
@@ -441,10 +405,16 @@ def _training_pipeline(
     mode = preprocess.preprocessing_mode(preprocessing)
     resize_now = resize
     if cache:
-        data, bad = _cached(data, resize, strict, num_parallel_calls)
-        sampler.exclude.update(bad)
+        # Decoded once, up front (hdml_tf/data/decoded_cache.py): bad files are known
+        # before the first batch and never drawn.
+        files = _Source(data)
+        source = decoded_cache.build(
+            data, resize, decode=files.load, bad=sampler.exclude, strict=strict,
+            check=_Tracker(files, strict, sampler.exclude, lambda j: (j,)).check,
+            storage="auto" if cache is True else cache, num_parallel_calls=num_parallel_calls)
         resize_now = None  # already at the resize size
-    source = _Source(data)
+    else:
+        source = _Source(data)
     labels_t = tf.constant(data.labels, tf.int32)
     log = _BatchLog()
     tracker = _Tracker(source, strict, sampler.exclude, log.members)
@@ -536,8 +506,11 @@ def npair_dataset(
         flip: random horizontal flips.
         preprocessing: ``normalize`` mode, backbone name or backbone object
             (``backbone.preprocessing``), e.g. "caffe" for inception_v1.
-        cache: decode and resize every image once into memory (N * resize^2 * 3
-            bytes) before training; faster epochs, and bad files are found up front.
+        cache: decode and resize every image once before training (uint8, N *
+            resize^2 * 3 bytes), so an epoch only crops, flips and normalises; bad
+            files are found up front. True (or "auto") keeps the pixels in memory when
+            they fit the budget, else on disk; "memory" / "disk" force one
+            (``hdml_tf.data.decoded_cache``).
         strict: raise (naming the file) on an undecodable image instead of skipping.
         skip_corrupt: alias kept for callers that think in the opposite sense;
             when given, ``strict = not skip_corrupt``.
