@@ -22,6 +22,13 @@ and the classifier exist only for training. Two signatures, both returning
   run inside the graph with the same ops evaluation uses
   (``hdml_tf.data.preprocess.decode_image``, ``eval_transform``, ``normalize``).
 
+Limits (export options, stored in the metadata): a request of more than ``max_batch``
+images is refused by either signature, and ``serve_bytes`` reads every image's width
+and height from its header and refuses, before decoding anything, an image over
+``max_pixels`` or one whose header cannot be read. The refusal is an
+``INVALID_ARGUMENT`` error naming the batch index, the declared size and the limit;
+the next request is served normally.
+
 The export is written to a hidden temporary directory beside the version directories
 and renamed into place only when it is complete (and, unless ``verify=False``, only
 after the written SavedModel has been reloaded and checked against the Keras
@@ -70,6 +77,17 @@ _SERVING_API_HINT = ("the warmup file needs tensorflow-serving-api; install it w
 # that the error names the batch index of the bad input (the decoders' own errors
 # do not say which element of a batch failed).
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+# Images are resized to ~256 px before the model sees them, so no input needs many
+# pixels; 50 MP still takes a 48 MP (8000 x 6000) phone photograph or an 8K frame
+# (33 MP) as it comes. Decoding one costs at most 150 MB as uint8 plus 600 MB for the
+# float32 copy the resize makes; a 20,000 x 20,000 PNG (400 MP, 388 KB on the wire)
+# would cost 6.9 GB.
+DEFAULT_MAX_PIXELS = 50_000_000
+# Evaluation's batch size (hdml_tf.data.eval_dataset); clients with more images send
+# several requests. Set TF Serving's --batching_parameters_file max_batch_size to at
+# most this, since merged batches reach the model as one.
+DEFAULT_MAX_BATCH = 128
 
 
 class ExportError(RuntimeError):
@@ -329,6 +347,26 @@ def _check_bytes(image_bytes):
     return tf.debugging.Assert(ok, [message])
 
 
+def _check_batch(batch, max_batch, signature, input_name):
+    """Assert op: the request holds at most ``max_batch`` images."""
+    count = tf.shape(batch, out_type=tf.int64)[0]
+    message = tf.strings.format(
+        f"{signature}: input {input_name} holds {{}} images, over the limit of "
+        f"max_batch={int(max_batch)} per request; refused before decoding "
+        "(send several requests)", (count,))
+    return tf.debugging.Assert(count <= max_batch, [message])
+
+
+def _check_limits(limits, what):
+    """``limits`` as ints >= 1, else ExportError."""
+    checked = {}
+    for name, value in limits.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ExportError(f"{name}={value!r}: expected an integer >= 1 ({what})")
+        checked[name] = int(value)
+    return checked
+
+
 class ServingModule(tf.Module):
     """The exported object: the float32 embedder and its two serving functions.
 
@@ -337,9 +375,13 @@ class ServingModule(tf.Module):
       resize: (H, W) images are resized to before the centre crop (``serve_bytes``).
       crop: (H, W) the embedder's input size.
       preprocessing: a ``hdml_tf.data.preprocess.normalize`` mode.
+      max_pixels: ``serve_bytes`` refuses, before decoding, an image whose header
+        declares more pixels (height x width) than this.
+      max_batch: both signatures refuse a request of more images than this.
     """
 
-    def __init__(self, embedder, resize, crop, preprocessing):
+    def __init__(self, embedder, resize, crop, preprocessing,
+                 max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH):
         super().__init__(name="hdml_embedder")
         from hdml_tf.data import preprocess
 
@@ -350,6 +392,7 @@ class ServingModule(tf.Module):
         self.resize, self.crop = tuple(resize), tuple(crop)
         self.preprocessing = preprocess.preprocessing_mode(preprocessing)
         self.embedding_dim = int(embedder.embedding_dim)
+        self.max_pixels, self.max_batch = int(max_pixels), int(max_batch)
         self.serve_images = tf.function(
             self._serve_images, input_signature=[
                 tf.TensorSpec([None, crop[0], crop[1], 3], tf.float32, name=INPUT_IMAGES)])
@@ -373,11 +416,21 @@ class ServingModule(tf.Module):
         return {OUTPUT_EMBEDDING: z}
 
     def _serve_images(self, images):
+        with tf.control_dependencies([
+                _check_batch(images, self.max_batch, SIGNATURE_IMAGES, INPUT_IMAGES)]):
+            images = tf.identity(images)
         return self._embed(images)
 
     def _serve_bytes(self, image_bytes):
-        with tf.control_dependencies([_check_bytes(image_bytes)]):
-            image_bytes = tf.identity(image_bytes)
+        # In order: the batch size, the formats, then the sizes from the headers; the
+        # decode below depends on all three, so nothing is decoded before they pass.
+        with tf.control_dependencies([
+                _check_batch(image_bytes, self.max_batch, SIGNATURE_BYTES, INPUT_BYTES)]):
+            with tf.control_dependencies([_check_bytes(image_bytes)]):
+                with tf.control_dependencies([self._preprocess.check_image_size(
+                        image_bytes, self.max_pixels,
+                        f"{SIGNATURE_BYTES}: input {INPUT_BYTES}")]):
+                    image_bytes = tf.identity(image_bytes)
 
         def one(contents):
             image = self._preprocess.decode_image(contents, channels=3)
@@ -534,7 +587,8 @@ def _move_into_place(temp_dir, base_dir, version):
 
 def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=None,
                     class_split=None, metrics=None, source=None, version=None,
-                    warmup="auto", verify=True):
+                    warmup="auto", verify=True, max_pixels=DEFAULT_MAX_PIXELS,
+                    max_batch=DEFAULT_MAX_BATCH):
     """Export an embedder (or an HDML model's embedder) to ``out_dir/<version>``.
 
     Args:
@@ -555,6 +609,10 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
         else warn), "require" (fail without it) or "skip".
       verify: reload the written SavedModel and check both signatures against the
         Keras embedder before moving it into place.
+      max_pixels: ``serve_bytes`` refuses, before decoding, an image whose header
+        declares more pixels (height x width); default ``DEFAULT_MAX_PIXELS``.
+      max_batch: both signatures refuse a request of more images; default
+        ``DEFAULT_MAX_BATCH``.
 
     Returns:
       The path of the new version directory.
@@ -578,6 +636,8 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
                           "sizes, e.g. resize=256, crop=227)")
     if crop[0] > resize[0] or crop[1] > resize[1]:
         raise ExportError(f"crop {crop} is larger than resize {resize}")
+    limits = _check_limits({"max_pixels": max_pixels, "max_batch": max_batch},
+                           "the serving limits")
     preprocessing = preprocess.preprocessing_mode(
         preprocessing or getattr(embedder, "preprocessing", None) or "none")
     if warmup == "require":
@@ -590,7 +650,7 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
     clone = serving_embedder(embedder, crop)
     if verify:
         _check_clone(embedder, clone, crop, preprocessing, source_policies)
-    module = ServingModule(clone, resize, crop, preprocessing)
+    module = ServingModule(clone, resize, crop, preprocessing, **limits)
     base_dir = os.path.abspath(os.fspath(out_dir))
     os.makedirs(base_dir, exist_ok=True)
     if version is not None and os.path.exists(os.path.join(base_dir, str(int(version)))):
@@ -637,6 +697,14 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
             },
             "preprocessing": {"resize": list(resize), "crop": list(crop),
                               "normalize": preprocessing, "interpolation": "bilinear"},
+            "limits": {
+                "max_pixels": limits["max_pixels"],
+                "max_pixels_applies_to": f"{SIGNATURE_BYTES}: each image, height x width "
+                                         "as declared by its header, checked before "
+                                         "decoding",
+                "max_batch": limits["max_batch"],
+                "max_batch_applies_to": "both signatures: images per request",
+            },
             "embedding_dim": module.embedding_dim,
             "l2_normalized": True,
             "serving_dtype": "float32",
@@ -659,7 +727,8 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
 
 
 def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocessing=None,
-                      config_path=None, version=None, warmup="auto", verify=True):
+                      config_path=None, version=None, warmup="auto", verify=True,
+                      max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH):
     """Export the embedder of a training workdir or ``.keras`` file.
 
     Sizes come from, in order: the arguments, the experiment config (``data.resize``,
@@ -703,7 +772,8 @@ def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocess
                            preprocessing=preprocessing, config=config,
                            class_split=loaded["class_split"],
                            metrics=loaded["metrics"], source=loaded["source"],
-                           version=version, warmup=warmup, verify=verify)
+                           version=version, warmup=warmup, verify=verify,
+                           max_pixels=max_pixels, max_batch=max_batch)
 
 
 def export_main(argv=None):
@@ -737,16 +807,26 @@ def export_main(argv=None):
                        help="do not write the warmup file")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip reloading the export to compare it with Keras")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="serve_bytes refuses, before decoding, an image whose header "
+                             "declares more pixels (height x width) (default: "
+                             f"{DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="both signatures refuse a request of more images (default: "
+                             f"{DEFAULT_MAX_BATCH})")
     args = parser.parse_args(argv)
     try:
         path = export_checkpoint(args.checkpoint, args.out, resize=args.resize,
                                  crop=args.crop, preprocessing=args.preprocessing,
                                  config_path=args.config, version=args.version,
-                                 warmup=args.warmup, verify=args.verify)
+                                 warmup=args.warmup, verify=args.verify,
+                                 max_pixels=args.max_pixels, max_batch=args.max_batch)
     except (ExportError, ValueError) as err:
         print(f"hdml-tf export: error: {err}", file=sys.stderr)
         return 1
     print(f"exported {path}")
     print(f"  signatures: {SIGNATURE_IMAGES}({INPUT_IMAGES}) and "
           f"{SIGNATURE_BYTES}({INPUT_BYTES}) -> {OUTPUT_EMBEDDING}")
+    print(f"  limits: max_batch={args.max_batch} images per request, "
+          f"max_pixels={args.max_pixels} per image")
     return 0

@@ -48,7 +48,167 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
 
-def decode_image(contents, channels: int = 3) -> tf.Tensor:
+# Training and evaluation pipelines skip an image that declares more pixels than this
+# instead of decoding it (CorruptImageWarning, as for an undecodable file). The
+# benchmark datasets' photographs are a few megapixels; 200 MP is the largest camera
+# sensor sold, and decoding it costs 0.6 GB as uint8 plus 2.4 GB as the float32 copy
+# that resize_image makes, per image decoded in parallel. Serving has its own, lower
+# limit (hdml_tf.export.DEFAULT_MAX_PIXELS).
+TRAIN_MAX_PIXELS = 200_000_000
+
+# Bytes every header field below lies within (the VP8X canvas size ends at byte 30).
+_HEADER_BYTES = 32
+# JPEG segments walked looking for the frame header (SOFn). Real files have a few
+# dozen before it (APPn, DQT, DHT; ICC profiles split into 64 KB APP2 chunks); the
+# cap bounds the work a crafted file can cause.
+_JPEG_MAX_SEGMENTS = 1024
+
+
+def _bytes_at(padded, pos, n):
+    """int64 (batch, n): the n bytes of each padded string from its offset ``pos``."""
+    raw = tf.strings.substr(padded, pos, tf.fill(tf.shape(pos), tf.cast(n, pos.dtype)))
+    return tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.int64)
+
+
+def _jpeg_size(padded, length, is_jpeg):
+    """(height, width) from each JPEG's frame header (SOFn), walking the segments.
+
+    ``tf.image.extract_jpeg_shape`` reads the same fields, but it takes one image at a
+    time and fails the whole graph, without saying which element, on a header it
+    cannot read; this walk gives -1 for such an element instead.
+    """
+    n = tf.shape(padded)[0]
+    start = (tf.fill([n], tf.constant(2, tf.int64)), tf.fill([n, 2], tf.constant(-1, tf.int64)),
+             tf.logical_not(is_jpeg))
+
+    def body(i, pos, size, done):
+        seg = _bytes_at(padded, tf.minimum(pos, length), 9)
+        kind, seg_len = seg[:, 1], seg[:, 2] * 256 + seg[:, 3]
+        valid = tf.equal(seg[:, 0], 0xFF) & (pos + 4 <= length)
+        fill = valid & tf.equal(kind, 0xFF)  # optional 0xFF padding before a marker
+        standalone = valid & (((kind >= 0xD0) & (kind <= 0xD7)) | tf.equal(kind, 0x01))
+        sof = (valid & (kind >= 0xC0) & (kind <= 0xCF) & tf.not_equal(kind, 0xC4)
+               & tf.not_equal(kind, 0xC8) & tf.not_equal(kind, 0xCC) & (pos + 9 <= length))
+        # Image data (SOS) or the end (EOI) before any frame header: unreadable.
+        failed = (tf.logical_not(valid) | tf.equal(kind, 0xDA) | tf.equal(kind, 0xD9)
+                  | (tf.logical_not(fill | standalone) & (seg_len < 2)))
+        found = sof & tf.logical_not(done)
+        size = tf.where(found[:, None],
+                        tf.stack([seg[:, 5] * 256 + seg[:, 6], seg[:, 7] * 256 + seg[:, 8]], 1),
+                        size)
+        step = tf.where(fill, tf.constant(1, tf.int64),
+                        tf.where(standalone, tf.constant(2, tf.int64), 2 + seg_len))
+        new_done = done | sof | failed
+        return i + 1, tf.where(new_done, pos, pos + step), size, new_done
+
+    _, _, size, _ = tf.while_loop(
+        lambda i, pos, size, done: (i < _JPEG_MAX_SEGMENTS) & tf.logical_not(tf.reduce_all(done)),
+        body, (tf.constant(0),) + start)
+    return size
+
+
+def encoded_image_size(contents) -> tf.Tensor:
+    """Height and width each encoded image declares in its header, without decoding.
+
+    Reads the fields the decoders size their output from: JPEG, the frame header
+    (SOFn); PNG, the IHDR chunk; GIF, the logical screen descriptor; BMP, the
+    BITMAPINFOHEADER width and |height| (negative for top-down rows); WebP, the VP8
+    frame header, the VP8L header or the VP8X canvas. Graph-safe; the cost is a few
+    byte slices per image (plus one loop step per JPEG segment before the frame header).
+
+    Args:
+        contents: ``tf.string`` tensor of any shape (or bytes) of encoded images.
+
+    Returns:
+        int64 tensor of shape ``contents.shape + (2,)``: (height, width), or (-1, -1)
+        where the bytes are of no known format or the header cannot be read (too
+        short, a field out of range, zero width or height).
+    """
+    contents = tf.convert_to_tensor(contents, dtype=tf.string)
+    flat = tf.reshape(contents, [-1])
+    length = tf.cast(tf.strings.length(flat), tf.int64)
+    # Zero padding makes every fixed-size read below stay inside the string.
+    padded = tf.strings.join([flat, tf.constant(b"\0" * _HEADER_BYTES)])
+    zero = tf.zeros_like(length)
+    head = _bytes_at(padded, zero, _HEADER_BYTES)
+
+    def starts(magic, at=0):
+        return tf.equal(tf.strings.substr(padded, at, len(magic)), magic)
+
+    def le(at, n):
+        return sum(head[:, at + k] * 256**k for k in range(n))
+
+    def be(at, n):
+        return sum(head[:, at + k] * 256**(n - 1 - k) for k in range(n))
+
+    png = starts(b"\x89PNG\r\n\x1a\n") & starts(b"IHDR", 12) & (length >= 24)
+    gif = (starts(b"GIF87a") | starts(b"GIF89a")) & (length >= 10)
+    bmp = starts(b"BM") & (length >= 26)
+    webp = starts(b"RIFF") & starts(b"WEBP", 8)
+    vp8 = webp & starts(b"VP8 ", 12) & starts(b"\x9d\x01\x2a", 23) & (length >= 30)
+    vp8l = webp & starts(b"VP8L", 12) & tf.equal(head[:, 20], 0x2F) & (length >= 25)
+    vp8x = webp & starts(b"VP8X", 12) & (length >= 30)
+    jpeg = starts(b"\xff\xd8\xff")
+
+    def signed32(v):
+        return tf.where(v >= 2**31, v - 2**32, v)
+
+    vp8l_bits = le(21, 4)
+    # (condition, height, width), first match wins; BMP height < 0 means top-down rows.
+    table = [
+        (png, be(20, 4), be(16, 4)),
+        (gif, le(8, 2), le(6, 2)),
+        (bmp, tf.abs(signed32(le(22, 4))), signed32(le(18, 4))),
+        (vp8, le(28, 2) % 16384, le(26, 2) % 16384),  # 14 bits + 2 scale bits,
+        (vp8l, vp8l_bits // 16384 % 16384 + 1, vp8l_bits % 16384 + 1),  # 14 bits each,
+        (vp8x, le(27, 3) + 1, le(24, 3) + 1),
+    ]
+    size = _jpeg_size(padded, length, jpeg)
+    for condition, height, width in reversed(table):
+        size = tf.where(condition[:, None], tf.stack([height, width], 1), size)
+    size = tf.where(tf.reduce_all(size > 0, axis=1, keepdims=True), size,
+                    tf.constant(-1, tf.int64))
+    return tf.reshape(size, tf.concat([tf.shape(contents, out_type=tf.int32), [2]], 0))
+
+
+def check_image_size(contents, max_pixels, what="image", unreadable_ok=False) -> tf.Operation:
+    """Assert op: every image of ``contents`` has a readable header and at most
+    ``max_pixels`` pixels (height x width), as declared before any decoding.
+
+    Args:
+        contents: 1-D ``tf.string`` tensor of encoded images.
+        max_pixels: int limit.
+        what: how the message names the input (e.g. "serve_bytes: input image_bytes").
+        unreadable_ok: let an image whose header cannot be read pass (to the
+            decoder, which tolerates some headers this parser does not, e.g. stray
+            bytes between JPEG segments).
+
+    Returns:
+        A ``tf.debugging.Assert`` op whose message names the batch indices, the
+        declared sizes (height x width) and the limit.
+    """
+    size = encoded_image_size(contents)
+    unreadable = tf.reduce_any(size < 0, axis=1)
+    if unreadable_ok:
+        unreadable = tf.zeros_like(unreadable)
+    over = tf.logical_not(unreadable) & (size[:, 0] * size[:, 1] > max_pixels)
+    def listed(strings):  # "[a b c]", like tf.strings.format prints numbers, unquoted
+        return tf.strings.join(["[", tf.strings.reduce_join(strings, separator=" "), "]"])
+
+    def indices(mask):
+        return listed(tf.strings.as_string(tf.reshape(tf.where(mask), [-1])))
+
+    declared = tf.strings.join([tf.strings.as_string(size[:, 0]), "x",
+                                tf.strings.as_string(size[:, 1])])
+    message = tf.strings.join([
+        what, " refused before decoding at batch index(es) ", indices(over | unreadable),
+        ": declared size(s) ", listed(tf.boolean_mask(declared, over)),
+        f" (height x width) over the limit of {int(max_pixels)} pixels; unreadable image "
+        "header at ", indices(unreadable)])
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(over | unreadable)), [message])
+
+
+def decode_image(contents, channels: int = 3, max_pixels=None) -> tf.Tensor:
     """Decode JPEG, PNG, GIF, BMP (or WebP) bytes to a uint8 (H, W, channels) image.
 
     Grayscale and CMYK JPEGs come out as RGB, the alpha channel of a PNG is
@@ -57,15 +217,23 @@ def decode_image(contents, channels: int = 3) -> tf.Tensor:
     Args:
         contents: scalar ``tf.string`` tensor (or bytes) holding one encoded image.
         channels: 3 (RGB) or 1 (grayscale).
+        max_pixels: None, or refuse (before decoding) an image whose header declares
+            more pixels than this (see ``check_image_size``); a header this module
+            cannot read is left to the decoder.
 
     Returns:
         uint8 tensor of shape (H, W, channels) with static rank 3.
 
     Raises:
         tf.errors.InvalidArgumentError: naming the problem ("Unknown image file
-            format", "Invalid JPEG data", ...) when the bytes are not a decodable image.
+            format", "Invalid JPEG data", "refused before decoding ...") when the
+            bytes are not a decodable image.
     """
     contents = tf.convert_to_tensor(contents, dtype=tf.string)
+    if max_pixels is not None:
+        with tf.control_dependencies([check_image_size(contents[None], max_pixels,
+                                                       unreadable_ok=True)]):
+            contents = tf.identity(contents)
     # expand_animations=False returns the first GIF frame as a 3-D tensor, which also
     # gives every format the same static rank inside a graph.
     image = tf.io.decode_image(contents, channels=channels, dtype=tf.uint8, expand_animations=False)
