@@ -9,7 +9,9 @@ Sub-commands are dispatched lazily to the module that implements them, so light 
   hdml-tf export  --checkpoint WORKDIR_OR_KERAS --out saved_models/NAME
   hdml-tf embed   --model SAVEDMODEL --images DIR_OR_LIST --out emb.npz
   hdml-tf search  --model SAVEDMODEL --gallery emb.npz --query IMAGE [-k 10]
-  hdml-tf weights import FILE -o OUT.weights.h5
+  hdml-tf weights fetch bvlc_googlenet      download (published SHA-1), convert, cache
+  hdml-tf weights check FILE                 ImageNet top-5 of two photos: are they right?
+  hdml-tf weights import FILE -o OUT.weights.h5   .caffemodel / .mat / .npz / .npy
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
 """
@@ -40,8 +42,14 @@ def _weights_main(argv):
     if argv and argv[0] == "fetch":
         from hdml_tf.backbones.download import fetch_main
 
-        return fetch_main(argv[1:])
-    print("usage: hdml-tf weights import FILE -o OUT.weights.h5\n"
+        return fetch_main(argv[1:], prog="hdml-tf weights fetch")
+    if argv and argv[0] == "check":
+        from hdml_tf.backbones.imagenet import check_main
+
+        return check_main(argv[1:])
+    print("usage: hdml-tf weights fetch bvlc_googlenet [--url MIRROR] [--cache-dir DIR]\n"
+          "       hdml-tf weights check FILE\n"
+          "       hdml-tf weights import FILE -o OUT.weights.h5\n"
           "       hdml-tf weights fetch URL --sha256 HEX [-o DEST]", file=sys.stderr)
     return 2
 

@@ -1,8 +1,10 @@
 """Backbones F: networks from preprocessed images to a pooled feature vector y.
 
 ``InceptionV1`` is the BVLC GoogLeNet the paper used; :func:`build_backbone` builds it
-or a keras.applications network by name; :func:`load_caffe_weights` imports the
-converted-Caffe weight files HDML users have.
+or a keras.applications network by name; :func:`load_caffe_weights` imports BVLC's
+``.caffemodel`` and the converted-Caffe weight files HDML users have;
+:func:`fetch_and_convert` fetches ``bvlc_googlenet`` with its published digest and
+:func:`imagenet_check` shows whether weights classify two photographs correctly.
 """
 
 from hdml_tf.backbones.inception_v1 import (
@@ -15,13 +17,19 @@ from hdml_tf.backbones.download import (
     KNOWN_WEIGHTS,
     ChecksumError,
     DownloadError,
+    FetchedWeights,
+    fetch_and_convert,
     fetch_known_weights,
     fetch_weights,
+    sha1_file,
     sha256_file,
 )
 from hdml_tf.backbones.small_cnn import SmallCNN  # registers "small_cnn"
+from hdml_tf.backbones.caffemodel import CaffeModelError, read_caffemodel
+from hdml_tf.backbones.imagenet import caffe_preprocess, imagenet_check
 from hdml_tf.backbones.weights import (
     CaffeWeightsError,
+    UnsafePickleError,
     convert_caffe_weights,
     load_caffe_weights,
     save_caffe_weights,
@@ -40,9 +48,17 @@ __all__ = [
     "KNOWN_WEIGHTS",
     "ChecksumError",
     "DownloadError",
+    "FetchedWeights",
+    "fetch_and_convert",
     "fetch_known_weights",
     "fetch_weights",
+    "sha1_file",
     "sha256_file",
+    "CaffeModelError",
+    "read_caffemodel",
+    "caffe_preprocess",
+    "imagenet_check",
+    "UnsafePickleError",
     "InceptionV1",
     "caffe_to_keras_name",
     "keras_to_caffe_name",

@@ -9,8 +9,15 @@ read with ``scipy.io.loadmat``): one array per Caffe layer name,
   ``(out, 1)``, both accepted.
 
 The same keys in a ``.npz`` archive, or in a pickled dict saved with ``np.save`` as
-``.npy``, are read the same way. A kernel goes to Keras HWIO by transposing axes
-``(2, 3, 1, 0)``; the classifier's ``(out, in)`` is transposed to ``(in, out)``.
+``.npy``, are read the same way, and so is BVLC's own ``.caffemodel`` (read without
+Caffe by :mod:`hdml_tf.backbones.caffemodel`). A kernel goes to Keras HWIO by
+transposing axes ``(2, 3, 1, 0)``; the classifier's ``(out, in)`` is transposed to
+``(in, out)``.
+
+A ``.npy`` dict is unpickled by a restricted unpickler that admits only what such a
+dict holds (dicts, lists, tuples, strings, numbers, numpy arrays, dtypes and scalars):
+a pickle naming any other callable (``os.system``, ``builtins.open``, ...) is refused
+before it can run, with an error naming the file and the refused name.
 
 Loading validates the whole file against the model first (missing keys, unexpected
 keys, wrong shapes: one error naming all of them and the file) and only then assigns,
@@ -23,7 +30,9 @@ Reference: BVLC Caffe ``models/bvlc_googlenet``; the HDML authors' code
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -33,12 +42,14 @@ __all__ = [
     "load_caffe_weights",
     "save_caffe_weights",
     "convert_caffe_weights",
+    "convert_with_report",
     "read_caffe_weights_file",
     "weights_import_main",
     "SUPPORTED_EXTENSIONS",
+    "UnsafePickleError",
 ]
 
-SUPPORTED_EXTENSIONS = (".mat", ".npz", ".npy")
+SUPPORTED_EXTENSIONS = (".caffemodel", ".mat", ".npz", ".npy")
 _BIAS_SUFFIX = "_bias"
 # Real converted files also carry the auxiliary heads (loss1/*, loss2/*), which
 # InceptionV1 does not build, so they are always ignored; the final classifier's keys
@@ -49,6 +60,65 @@ _CLASSIFIER_PREFIX = "loss3/"
 
 class CaffeWeightsError(ValueError):
     """A weights file does not fit the model (lists every problem and the file)."""
+
+
+class UnsafePickleError(CaffeWeightsError):
+    """A pickled ``.npy`` names something a weights dict never holds (names both)."""
+
+
+# (module, name) pairs a pickled dict of numpy arrays refers to: the array and scalar
+# reconstructors of numpy 1.x (numpy.core) and 2.x (numpy._core), the array and dtype
+# classes, and the str -> bytes helper protocol-2 pickles use for array data.
+_SAFE_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+})
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Admits only :data:`_SAFE_PICKLE_GLOBALS`: plain containers, strings and numbers
+    need no global at all, so any other global is code the file would run."""
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding="latin1")  # Python 2 pickles hold byte strings
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in _SAFE_PICKLE_GLOBALS:
+            raise UnsafePickleError(
+                f"{self._path!r}: refused to unpickle {module}.{name}: a weights .npy "
+                "holds only dicts, lists, strings and numpy arrays, and this file "
+                "would call something else when loaded. Nothing was loaded; do not "
+                "open it with np.load(allow_pickle=True).")
+        return super().find_class(module, name)
+
+
+def _load_pickled_npy(path):
+    """``np.load(path, allow_pickle=True)`` with :class:`_WeightsUnpickler`."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"{path!r}: unsupported .npy format version {version}")
+        if not dtype.hasobject:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        payload = f.read()
+    try:
+        return _WeightsUnpickler(io.BytesIO(payload), path).load()
+    except UnsafePickleError:
+        raise
+    except Exception as error:  # a corrupt pickle: say which file, not where in pickle
+        raise ValueError(f"{path!r} is not a readable pickled .npy: {error}") from None
 
 
 def _extension(path):
@@ -66,7 +136,7 @@ def read_caffe_weights_file(path):
     """Reads a converted-Caffe weights file into a dict ``key -> np.ndarray``.
 
     Args:
-        path: a ``.mat``, ``.npz`` or ``.npy`` (pickled dict) file.
+        path: a ``.caffemodel``, ``.mat``, ``.npz`` or ``.npy`` (pickled dict) file.
 
     Returns:
         Dict of arrays; MATLAB header keys (``__header__``, ``__version__``,
@@ -75,12 +145,19 @@ def read_caffe_weights_file(path):
     Raises:
         FileNotFoundError: `path` does not exist.
         ValueError: unsupported extension, or a .npy that does not hold a dict.
+        UnsafePickleError: a .npy pickle refers to anything but numpy arrays and
+            plain containers (nothing of it is run).
+        hdml_tf.backbones.caffemodel.CaffeModelError: a malformed ``.caffemodel``.
     """
     path = os.fspath(path)
     ext = _extension(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Caffe weights file not found: {path!r}")
-    if ext == ".mat":
+    if ext == ".caffemodel":
+        from hdml_tf.backbones.caffemodel import caffemodel_arrays
+
+        raw = caffemodel_arrays(path)
+    elif ext == ".mat":
         import scipy.io
 
         raw = scipy.io.loadmat(path)
@@ -88,8 +165,8 @@ def read_caffe_weights_file(path):
         with np.load(path, allow_pickle=False) as archive:
             raw = {k: archive[k] for k in archive.files}
     else:
-        # The .npy variant is a pickled dict (np.save of a dict); only open trusted files.
-        obj = np.load(path, allow_pickle=True)
+        # The .npy variant is a pickled dict (np.save of a dict).
+        obj = _load_pickled_npy(path)
         if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
             obj = obj.item()
         if not isinstance(obj, dict):
@@ -261,7 +338,7 @@ def save_caffe_weights(model, path, include_classifier=True):
 
 
 def convert_caffe_weights(src, dst, input_shape=(227, 227, 3), include_top=False):
-    """Converts a converted-Caffe file into a Keras ``.weights.h5`` for ``InceptionV1``.
+    """Converts a Caffe weights file into a Keras ``.weights.h5`` for ``InceptionV1``.
 
     Builds ``InceptionV1(include_top=include_top, input_shape=input_shape)``, loads
     `src` with :func:`load_caffe_weights` and saves the weights to `dst`, which
@@ -269,7 +346,7 @@ def convert_caffe_weights(src, dst, input_shape=(227, 227, 3), include_top=False
     ``build_backbone("inception_v1", weights=dst)`` read back.
 
     Args:
-        src: ``.mat`` / ``.npz`` / ``.npy`` Caffe weights.
+        src: ``.caffemodel`` / ``.mat`` / ``.npz`` / ``.npy`` Caffe weights.
         dst: output path ending in ``.weights.h5``.
         input_shape: shape the model is built at (weights do not depend on it).
         include_top: also convert the 1000-way classifier.
@@ -277,16 +354,22 @@ def convert_caffe_weights(src, dst, input_shape=(227, 227, 3), include_top=False
     Returns:
         The model with the loaded weights.
     """
+    return convert_with_report(src, dst, input_shape, include_top)[0]
+
+
+def convert_with_report(src, dst, input_shape=(227, 227, 3), include_top=False):
+    """:func:`convert_caffe_weights`, also returning :func:`load_caffe_weights`' report
+    (``{"loaded": [...], "ignored": [...]}``) so callers can say what was skipped."""
     from hdml_tf.backbones.inception_v1 import InceptionV1
 
     dst = os.fspath(dst)
     if not dst.endswith(".weights.h5"):
         raise ValueError(f"output path must end in '.weights.h5', got {dst!r}")
     model = InceptionV1(include_top=include_top, input_shape=input_shape)
-    load_caffe_weights(model, src, skip_classifier=not include_top)
+    report = load_caffe_weights(model, src, skip_classifier=not include_top)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     model.save_weights(dst)
-    return model
+    return model, report
 
 
 def weights_import_main(argv=None):
@@ -301,12 +384,12 @@ def weights_import_main(argv=None):
     parser = argparse.ArgumentParser(
         prog="hdml-tf weights import",
         description=(
-            "Convert BVLC GoogLeNet weights from the converted-Caffe .mat (the HDML "
-            "authors' tf_ckpt_from_caffe.mat), .npz or .npy layout into a Keras "
-            ".weights.h5 for hdml_tf's InceptionV1."
+            "Convert BVLC GoogLeNet weights from BVLC's bvlc_googlenet.caffemodel, or "
+            "the converted-Caffe .mat (the HDML authors' tf_ckpt_from_caffe.mat), "
+            ".npz or .npy layout, into a Keras .weights.h5 for hdml_tf's InceptionV1."
         ),
     )
-    parser.add_argument("src", help="input .mat / .npz / .npy file")
+    parser.add_argument("src", help="input .caffemodel / .mat / .npz / .npy file")
     parser.add_argument("-o", "--output", required=True, help="output .weights.h5 path")
     parser.add_argument(
         "--include-top", action="store_true",
@@ -318,7 +401,7 @@ def weights_import_main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
-        convert_caffe_weights(
+        _, report = convert_with_report(
             args.src, args.output,
             input_shape=(args.input_size, args.input_size, 3),
             include_top=args.include_top,
@@ -326,5 +409,9 @@ def weights_import_main(argv=None):
     except (OSError, ValueError) as error:
         print(f"hdml-tf weights import: error: {error}", file=sys.stderr)
         return 1
+    from hdml_tf.backbones.download import _skipped_lines
+
+    for line in _skipped_lines(report["ignored"]):
+        print(line)
     print(f"wrote {args.output}")
     return 0
