@@ -257,23 +257,45 @@ def read_history(source) -> dict[str, list[float]]:
     raise TypeError(f"cannot read a history from {type(source).__name__}")
 
 
+#: The hardness schedule (HDML, Zheng et al., CVPR 2019, eq. (4) and Fig. 2): lambda and
+#: w, both in [0, 1], and the fraction of candidate negatives actually hardened
+#: (d- > d+) share a panel; the running losses J_avg and J_gen_avg that drive them share
+#: another (two y axes: their scales differ by orders of magnitude).
+SCHEDULE_KEYS = ("lambda", "w", "hardened_fraction")
+SCHEDULE_STAT_KEYS = ("j_avg", "j_gen_avg")
+
+
+def _has_data(values) -> bool:
+    return bool(np.any(~np.isnan(np.asarray(values, float))))
+
+
 def plot_training_curves(
     history,
     path: str,
     *,
     eval_log=None,
+    schedule_log=None,
     title: str | None = None,
 ) -> str:
     """Training curves: one panel per loss term (train and `val_` of the same term
-    together), then one panel of Recall@K and one of MAP@R / R-precision / NMI / F1.
+    together), the hardness schedule when logged, then one panel of Recall@K and one of
+    MAP@R / R-precision / NMI / F1. Columns without any value (e.g. the all-"NA" `val_*`
+    columns of a CSV log) draw no curve and no legend entry; panels left empty are
+    dropped.
 
     Args:
         history: `fit`'s History, its .history dict or a CSV log path. Columns whose name
             contains "loss" are loss terms (e.g. "loss", "j_metric", "j_gen_loss" ...);
-            also any column ending in "_loss" or starting with "j_".
+            also any column ending in "_loss" or starting with "j_" (except the schedule
+            statistics "j_avg", "j_gen_avg"). The x axis is its "step" column if it has
+            one, else "epoch", else the row number.
         path: PNG path.
         eval_log: optional second source (EvaluationCallback's CSV), whose "epoch" column
             is the x axis for its metrics.
+        schedule_log: optional source of the schedule columns ("lambda", "w",
+            "hardened_fraction", "j_avg", "j_gen_avg"), e.g. a per-step log; by default
+            they are read from `history` when present. Without them there is no schedule
+            panel.
         title: figure title.
 
     Returns:
@@ -281,31 +303,52 @@ def plot_training_curves(
     """
     h = read_history(history)
     e = read_history(eval_log) if eval_log is not None else {}
-    x_key = "epoch"
+    s = read_history(schedule_log) if schedule_log is not None else h
+
+    def axis(src):
+        """(x key, label) of a source: its steps when logged, else its epochs."""
+        n = max((len(v) for v in src.values()), default=0)
+        for key in ("step", "epoch"):
+            if key in src and len(src[key]) == n and _has_data(src[key]):
+                return key
+        return None
 
     def xs(src, key):
+        x_key = axis(src)
         n = len(src[key])
-        if x_key in src and len(src[x_key]) == n:
+        if x_key is not None:
             vals = np.asarray(src[x_key], float)
             # Keras CSVLogger counts epochs from 0, EvaluationCallback from 1.
-            return vals + 1 if src is h and vals.size and vals[0] == 0 else vals
+            if x_key == "epoch" and src is h and vals.size and vals[0] == 0:
+                return vals + 1
+            return vals
         return np.arange(1, n + 1)
 
-    skip = {"epoch", "step", "lr", "learning_rate"}
+    def xlabel(src):
+        return "step" if axis(src) == "step" else "epoch"
+
+    skip = {"epoch", "step", "lr", "learning_rate", *SCHEDULE_KEYS, *SCHEDULE_STAT_KEYS}
     loss_keys = [k for k in h if k not in skip and not _METRIC_RE.search(k)
-                 and ("loss" in k or k.startswith(("j_", "val_j_")))]
+                 and ("loss" in k or k.startswith(("j_", "val_j_")))
+                 and k.removeprefix("val_") not in skip and _has_data(h[k])]
     terms = []
     for k in loss_keys:
         base = k[4:] if k.startswith("val_") else k
         if base not in terms:
             terms.append(base)
-    metric_src = {**{k: (h, k) for k in h if _METRIC_RE.search(k)},
-                  **{k: (e, k) for k in e if _METRIC_RE.search(k)}}
+    metric_src = {**{k: (h, k) for k in h if _METRIC_RE.search(k) and _has_data(h[k])},
+                  **{k: (e, k) for k in e if _METRIC_RE.search(k) and _has_data(e[k])}}
     recall_keys = sorted((k for k in metric_src if "recall@" in k),
                          key=lambda k: (k.startswith("val_"), int(k.split("@")[1])))
     other_keys = [k for k in metric_src if "recall@" not in k]
     terms.sort(key=lambda t: t != "loss")  # the total first, then terms in log order
     panels = [("loss", t) for t in terms]
+    schedule = [k for k in SCHEDULE_KEYS if k in s and _has_data(s[k])]
+    stats = [k for k in SCHEDULE_STAT_KEYS if k in s and _has_data(s[k])]
+    if schedule:
+        panels.append(("schedule", schedule))
+    if stats:
+        panels.append(("stats", stats))
     if recall_keys:
         panels.append(("recall", recall_keys))
     if other_keys:
@@ -316,22 +359,48 @@ def plot_training_curves(
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), dpi=110)
     axes = fig.subplots(nrows, ncols, squeeze=False)
+    colours = matplotlib.colormaps["tab10"].colors
     for ax, (kind, what) in zip(axes.flat, panels):
+        src = h
         if kind == "loss":
             for key, style in ((what, "-"), (f"val_{what}", "--")):
-                if key in h:
+                if key in h and _has_data(h[key]):
                     ax.plot(xs(h, key), h[key], style, marker=".", label=key)
             ax.set_title(what)
+        elif kind == "schedule":
+            src = s
+            names = {"lambda": "λ (synthesis)", "w": "w (J_m weight)",
+                     "hardened_fraction": "hardened fraction (d- > d+)"}
+            for i, key in enumerate(what):
+                vals = np.asarray(s[key], float)
+                ok = ~np.isnan(vals)
+                ax.plot(xs(s, key)[ok], vals[ok], marker=".", ms=3, color=colours[i],
+                        label=names[key])
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title("hardness schedule")
+        elif kind == "stats":
+            src = s
+            twin = None
+            for i, key in enumerate(what):
+                # J_avg and J_gen_avg differ by orders of magnitude: own axes.
+                target = ax if i == 0 else (twin := ax.twinx())
+                vals = np.asarray(s[key], float)
+                ok = ~np.isnan(vals)
+                target.plot(xs(s, key)[ok], vals[ok], marker=".", ms=3,
+                            color=colours[3 + i], label=key)
+                target.set_ylabel(key, color=colours[3 + i])
+            lines = ax.get_lines() + (twin.get_lines() if twin is not None else [])
+            ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
+            ax.set_title("J_avg, J_gen_avg (drive λ and w)")
         else:
             keys = what
-            colours = matplotlib.colormaps["tab10"].colors
             seen = []
             for i, key in enumerate(keys):
-                src, col = metric_src[key]
-                vals = np.asarray(src[col], float)
+                msrc, col = metric_src[key]
+                vals = np.asarray(msrc[col], float)
                 ok = ~np.isnan(vals)
                 seen.append(vals[ok])
-                ax.plot(xs(src, col)[ok], vals[ok], marker="o", ms=3,
+                ax.plot(xs(msrc, col)[ok], vals[ok], marker="o", ms=3,
                         color=colours[i % 10], label=key)
             ax.set_title("Recall@K" if kind == "recall" else "MAP@R, R-precision, NMI, F1")
             # Zoom on the data (metrics of a trained model often sit within a few points
@@ -341,9 +410,11 @@ def plot_training_curves(
                 lo, hi = float(allv.min()), float(allv.max())
                 pad = max(0.02, 0.1 * (hi - lo))
                 ax.set_ylim(max(0.0, lo - pad) - 0.005, min(1.0, hi + pad) + 0.005)
-        ax.set_xlabel("epoch")
+            src = metric_src[keys[0]][0]
+        ax.set_xlabel(xlabel(src))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if kind != "stats":
+            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     if title:

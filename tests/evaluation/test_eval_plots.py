@@ -5,6 +5,7 @@ validated; whether the pictures are legible was checked by eye (see the commit l
 """
 
 import csv
+import math
 
 import numpy as np
 import pytest
@@ -95,3 +96,85 @@ def test_import_leaves_the_matplotlib_backend_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**__import__("os").environ, "MPLBACKEND": ""})
     assert out.stdout.strip().splitlines()[-1] == "svg"
+
+
+def _recording_figures(monkeypatch):
+    """Keep every Figure the plotting module makes, to inspect panels and legends."""
+    made = []
+
+    class Recording(plots.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(plots, "Figure", Recording)
+    return made
+
+
+def _panels(fig):
+    """{title: (legend texts, x label)} of the drawn panels (hidden axes left out)."""
+    out = {}
+    for ax in fig.axes:
+        if not ax.axison or not ax.get_title():
+            continue
+        legend = ax.get_legend()
+        texts = [t.get_text() for t in legend.get_texts()] if legend else []
+        out[ax.get_title()] = (texts, ax.get_xlabel())
+    return out
+
+
+def test_training_curves_draw_the_schedule_from_a_per_step_log(tmp_path, monkeypatch):
+    """A per-step CSV log with the schedule columns: lambda, w and the hardened fraction
+    share a panel, J_avg and J_gen_avg another, on a step axis; the all-NA `val_*`
+    columns (Keras CSVLogger writes them) draw no curve and no legend entry."""
+    made = _recording_figures(monkeypatch)
+    steps = np.arange(50, 550, 50)
+    lam = np.linspace(0.9, 0.3, steps.size)
+    log = tmp_path / "train_log.csv"
+    columns = ["step", "j_metric", "j_gen", "lambda", "w", "j_avg", "j_gen_avg",
+               "hardened_fraction", "val_j_metric", "val_lambda"]
+    with open(log, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for i, step in enumerate(steps):
+            writer.writerow([step, 2.0 / (i + 1), 900.0 - 10 * i, lam[i], 0.95 - 0.01 * i,
+                             1.0 / (i + 1), 8000.0 - 100 * i, 0.2 + 0.05 * i, "NA", "NA"])
+    _png_size(plots.plot_training_curves(str(log), str(tmp_path / "curves.png")))
+    panels = _panels(made[-1])
+    assert panels["hardness schedule"] == (
+        ["λ (synthesis)", "w (J_m weight)", "hardened fraction (d- > d+)"], "step")
+    assert panels["J_avg, J_gen_avg (drive λ and w)"] == (["j_avg", "j_gen_avg"], "step")
+    assert panels["j_metric"] == (["j_metric"], "step")
+    assert set(panels) == {"j_metric", "j_gen", "hardness schedule",
+                           "J_avg, J_gen_avg (drive λ and w)"}
+    schedule_ax = next(ax for ax in made[-1].axes if ax.get_title() == "hardness schedule")
+    x, y = schedule_ax.get_lines()[0].get_data()
+    np.testing.assert_allclose(x, steps)
+    np.testing.assert_allclose(y, lam, rtol=1e-6)
+
+
+def test_training_curves_without_schedule_columns_or_values(tmp_path, monkeypatch):
+    """Older logs (no schedule columns) and baseline runs (schedule columns all NA)
+    draw the loss terms only; a schedule column with values draws just that curve; a
+    separate schedule log is read when given."""
+    made = _recording_figures(monkeypatch)
+    old = {"epoch": [0.0, 1.0, 2.0], "j_m": [3.0, 1.0, 0.8],
+           "val_j_m": [math.nan] * 3, "nonfinite_steps": [0.0] * 3}
+    plots.plot_training_curves(old, str(tmp_path / "old.png"))
+    assert _panels(made[-1]) == {"j_m": (["j_m"], "epoch")}
+
+    baseline = {**old, "lambda": [math.nan] * 3, "hardened_fraction": [math.nan] * 3,
+                "j_avg": [math.nan] * 3}
+    plots.plot_training_curves(baseline, str(tmp_path / "baseline.png"))
+    assert _panels(made[-1]) == {"j_m": (["j_m"], "epoch")}
+
+    partial = {**baseline, "w": [1.0, 0.9, 0.8]}
+    plots.plot_training_curves(partial, str(tmp_path / "partial.png"))
+    assert _panels(made[-1])["hardness schedule"] == (["w (J_m weight)"], "epoch")
+
+    per_step = {"step": [10.0, 20.0], "lambda": [0.5, 0.4], "j_gen_avg": [9.0, 8.0]}
+    plots.plot_training_curves(old, str(tmp_path / "sep.png"), schedule_log=per_step)
+    panels = _panels(made[-1])
+    assert panels["hardness schedule"] == (["λ (synthesis)"], "step")
+    assert panels["J_avg, J_gen_avg (drive λ and w)"] == (["j_gen_avg"], "step")
+    assert panels["j_m"] == (["j_m"], "epoch")
