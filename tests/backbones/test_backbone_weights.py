@@ -241,6 +241,58 @@ def test_npy_must_hold_a_dict(tmp_path, model):
         load_caffe_weights(model, path)
 
 
+class _WritesAFile:
+    """Unpickling this calls open(target, "w"): code run by merely loading the file."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_npy_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, model, capsys):
+    import pickle
+
+    from hdml_tf import cli
+    from hdml_tf.backbones import UnsafePickleError
+
+    # The payload is real: a plain unpickler runs it and creates the file.
+    proof = tmp_path / "proof.txt"
+    pickle.loads(pickle.dumps({"conv1/7x7_s2": _WritesAFile(proof)}))
+    assert proof.exists()
+
+    target = tmp_path / "pwned.txt"
+    evil = tmp_path / "evil.npy"
+    arrays = {"conv1/7x7_s2_bias": np.zeros(64, np.float32), "x": _WritesAFile(target)}
+    np.save(evil, arrays, allow_pickle=True)
+    before = snapshot(model)
+    with pytest.raises(UnsafePickleError, match=r"evil\.npy.*refused to unpickle (io|builtins)\.open"):
+        load_caffe_weights(model, evil)
+    assert not target.exists()
+    assert_untouched(model, before)
+    # The same from the command line: one line naming the file and the refused name.
+    out = tmp_path / "x.weights.h5"
+    assert cli.main(["weights", "import", str(evil), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "evil.npy" in err and ".open" in err
+    assert not target.exists() and not out.exists()
+
+
+def test_npy_dict_of_arrays_still_loads_through_the_restricted_unpickler(tmp_path, source):
+    """np.save of a dict (numpy's _reconstruct, ndarray, dtype) and numpy scalars pass."""
+    path = tmp_path / "googlenet.npy"
+    save_caffe_weights(source, path)
+    arrays = read_caffe_weights_file(path)
+    assert arrays["conv1/7x7_s2"].shape == (64, 3, 7, 7)
+    extra = tmp_path / "extra.npy"
+    np.save(extra, {"a": np.float32(2.5), "b": [1.0, 2.0], "t": ("x", "y"), "c": np.arange(3)},
+            allow_pickle=True)
+    got = read_caffe_weights_file(extra)
+    assert float(got["a"]) == 2.5 and got["c"].tolist() == [0, 1, 2]
+    assert got["b"].tolist() == [1.0, 2.0] and got["t"].tolist() == ["x", "y"]
+
+
 def test_rejects_models_without_caffe_layers(tmp_path, source):
     import keras
 

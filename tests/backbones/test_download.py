@@ -131,6 +131,44 @@ def test_known_googlenet_entry_needs_a_user_supplied_url_and_digest(tmp_path):
     assert os.path.basename(path) == "tf_ckpt_from_caffe.mat"
 
 
+def test_sha1_digest_as_the_caffe_model_zoo_publishes(tmp_path):
+    url, _, payload = _serve(tmp_path, name="bvlc_googlenet.caffemodel")
+    sha1 = hashlib.sha1(payload).hexdigest()
+    dest = tmp_path / "out" / "m.caffemodel"
+    assert download.fetch_weights(url, sha1=sha1.upper(), dest=dest) == str(dest)
+    assert download.sha1_file(dest) == sha1
+    wrong = "1" * 40
+    with pytest.raises(download.ChecksumError, match=f"SHA-1 mismatch .*expected {wrong}, "
+                                                     f"got {sha1}") as info:
+        download.fetch_weights(url, sha1=wrong, dest=tmp_path / "other" / "m.caffemodel")
+    assert info.value.algorithm == "sha1"
+    assert _listing(tmp_path / "other") == []
+    with pytest.raises(ValueError, match="40 hexadecimal"):
+        download.fetch_weights(url, sha1="ab" * 32, dest=dest)
+    with pytest.raises(ValueError, match="not both"):
+        download.fetch_weights(url, "a" * 64, dest, sha1=sha1)
+
+
+def test_known_bvlc_googlenet_entry_is_the_published_release():
+    """URL and SHA-1 as in Caffe's models/bvlc_googlenet/readme.md."""
+    entry = download.KNOWN_WEIGHTS["bvlc_googlenet"]
+    assert entry.url == "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel"
+    assert entry.sha1 == "405fc5acd08a3bb12de8ee5e23a96bec22f08204"
+    assert entry.sha256 is None and entry.file_name == "bvlc_googlenet.caffemodel"
+
+
+def test_known_entry_with_a_file_url_stand_in(tmp_path):
+    url, _, payload = _serve(tmp_path, name="anything.bin")
+    sha1 = hashlib.sha1(payload).hexdigest()
+    path = download.fetch_known_weights("bvlc_googlenet", url=url, sha1=sha1,
+                                        cache_dir=tmp_path / "cache")
+    assert path == str(tmp_path / "cache" / "bvlc_googlenet.caffemodel")
+    # A URL alone is a mirror: the published digest still applies, and these bytes fail it.
+    with pytest.raises(download.ChecksumError, match="405fc5acd08a3bb12de8ee5e23a96bec22f08204"):
+        download.fetch_known_weights("bvlc_googlenet", url=url, cache_dir=tmp_path / "c2")
+    assert _listing(tmp_path / "c2") == []
+
+
 def test_command_line(tmp_path, capsys):
     url, digest, _ = _serve(tmp_path)
     out = tmp_path / "cli.mat"
