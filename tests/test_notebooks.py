@@ -8,8 +8,9 @@ read their parameters from environment variables (``HDML_SMOKE``, ``HDML_OUT_DIR
 * 03_serving: end to end from an empty model directory (it trains and exports a small
   model itself), on the same generated data.
 * 02_reproduce_paper: up to the training it skips in smoke mode, on a generated
-  CUB_200_2011 tree (official metadata files) and a synthetic converted-Caffe GoogLeNet
-  .mat of the real layout, fetched from a file:// URL with its SHA-256.
+  CUB_200_2011 tree (official metadata files) and a synthetic bvlc_googlenet.caffemodel
+  in the real wire format, layer names and shapes, fetched from a file:// stand-in for
+  the published URL with its SHA-1, converted, and run through the ImageNet top-5 check.
 
 And the notebooks are committed clean: no outputs, no execution counts.
 """
@@ -95,7 +96,8 @@ def smoke_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     for name in ("HDML_OUT_DIR", "HDML_EXPORT_DIR", "HDML_MODEL_DIR", "HDML_SERVING_URL",
                  "HDML_DATA_ROOT", "HDML_GOOGLENET_MAT", "HDML_GOOGLENET_URL",
-                 "HDML_GOOGLENET_SHA256", "HDML_PRESET", "HDML_RUN_BASELINE"):
+                 "HDML_GOOGLENET_SHA256", "HDML_GOOGLENET_SHA1", "HDML_TF_CACHE",
+                 "HDML_PRESET", "HDML_RUN_BASELINE"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -178,8 +180,7 @@ def test_serving_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
 
 @pytest.mark.slow
 def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
-    from hdml_tf.backbones import save_caffe_weights
-    from hdml_tf.backbones.inception_v1 import InceptionV1
+    from tests.backbones.test_caffemodel import googlenet_arrays, write_caffemodel
 
     # CUB_200_2011 in the archive's layout: every class listed, 2 images for each
     # training class (so the held-out validation classes exist), 3 for a few test ones.
@@ -187,24 +188,32 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     counts.update({c: 3 for c in range(101, 109)})
     data_root = tmp_path / "data"
     make_cub(str(data_root), counts)
-    # The weights come by URL with their SHA-256, as a Colab user would fetch them.
-    published = save_caffe_weights(InceptionV1(include_top=False, input_shape=(227, 227, 3)),
-                                   str(tmp_path / "published" / "tf_ckpt_from_caffe.mat"))
+    # The weights: a stand-in for BVLC's bvlc_googlenet.caffemodel (legacy V1 layers,
+    # auxiliary heads, the ImageNet classifier) served from file://; the notebook's one
+    # fetch call verifies its SHA-1 (the stand-in's own, as the published one is the real
+    # file's) and converts it into the cache.
+    published = write_caffemodel(tmp_path / "published" / "bvlc_googlenet.caffemodel",
+                                 googlenet_arrays(), v1=True)
     with open(published, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    mat = tmp_path / "weights" / "tf_ckpt_from_caffe.mat"
+        digest = hashlib.sha1(f.read()).hexdigest()
+    cache = tmp_path / "cache"
     out = tmp_path / "paper"
     smoke_env.setenv("HDML_DATA_ROOT", str(data_root))
-    smoke_env.setenv("HDML_GOOGLENET_MAT", str(mat))
+    smoke_env.setenv("HDML_TF_CACHE", str(cache))
     smoke_env.setenv("HDML_GOOGLENET_URL", pathlib.Path(published).as_uri())
-    smoke_env.setenv("HDML_GOOGLENET_SHA256", digest)
+    smoke_env.setenv("HDML_GOOGLENET_SHA1", digest)
     smoke_env.setenv("HDML_OUT_DIR", str(out))
     smoke_env.setenv("HDML_RUN_BASELINE", "1")  # the baseline's config is built, not trained
 
     notebook = _execute("02_reproduce_paper.ipynb", tmp_path)
 
     printed = _stdout(notebook)
-    assert mat.is_file() and (out / "googlenet.weights.h5").is_file()
+    assert sorted(os.listdir(cache / "weights")) == ["bvlc_googlenet.caffemodel",
+                                                     "bvlc_googlenet.weights.h5"]
+    assert f"SHA-1 {digest} verified" in printed and "skipped the auxiliary" in printed
+    # The top-5 check ran on both photographs with both LRNs.
+    assert "flower.jpg" in printed and "china.jpg" in printed
+    assert "LRN 'caffe' (the weights' own)" in printed and "LRN 'authors'" in printed
     assert "train:    180 images, 90 classes" in printed
     assert " test:     24 images, 8 classes" in printed
     assert "SMOKE: training skipped" in printed
