@@ -14,6 +14,7 @@ Sub-commands are dispatched lazily to the module that implements them, so light 
   hdml-tf weights import FILE -o OUT.weights.h5   .caffemodel / .mat / .npz / .npy
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
+  hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
 """
 
 import importlib
@@ -29,6 +30,7 @@ COMMANDS = {
     "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
     "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
     "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
+    "bench": ("hdml_tf.bench", "bench_main", "time a preset's step and pipeline here"),
     "weights": ("hdml_tf.cli", "_weights_main",
                 "weights import|fetch: convert / download GoogLeNet weights"),
 }

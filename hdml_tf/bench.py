@@ -1,0 +1,399 @@
+"""``hdml-tf bench``: how fast will a preset train on this machine?
+
+Measures, on whatever machine it runs and without any dataset (generated images at
+the preset's batch and crop size), and prints one table:
+
+* the baseline and HDML training steps at the preset's batch and image size, in each
+  precision that applies to the device found (GPU: float32, mixed_float16,
+  mixed_float16 + XLA; CPU: float32, mixed_bfloat16, mixed_bfloat16 + XLA): ms per
+  step (median over repeats after warm-up), images/s, the HDML / baseline ratio and
+  the steps skipped for non-finite values;
+* the input pipeline's images/s decoding generated JPEGs of the dataset's typical
+  size, with and without the decoded cache (``hdml_tf.data.decoded_cache``);
+* peak memory (GPU: ``tf.config.experimental.get_memory_info``; CPU: the process's
+  peak resident set size, which only grows, so later rows include earlier ones);
+* the expected wall time of the preset's full run (what it includes is printed).
+
+    hdml-tf bench --config cub200_npair            # the preset's real sizes
+    hdml-tf bench --config cub200_npair --smoke    # tiny sizes, seconds (CI)
+    hdml-tf bench --config cars196_npair --set data.batch_size=64
+
+The model is built exactly as ``hdml-tf train`` builds it (``training.build_model``,
+compiled with the three optimizers); the step is ``model.train_step`` inside one
+``tf.function`` (``jit_compile=True`` for the XLA rows), fed a batch already in
+device memory, so the step is measured alone; the pipeline rows say whether the
+input pipeline can keep up with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+# Approximate facts per dataset, for the estimate only: training / evaluated images,
+# training classes, typical stored image size (w, h) of the JPEGs. CUB and Cars images
+# are photos of about 500x375 and 700x480; SOP product photos about 500x500; In-Shop's
+# are 256x256 (they come as 256-pixel JPEGs); Fashion-MNIST is 28x28 in memory.
+DATASETS = {
+    "cub200": dict(train=5864, test=5924, classes=100, size=(500, 375)),
+    "cars196": dict(train=8054, test=8131, classes=98, size=(700, 480)),
+    "sop": dict(train=59551, test=60502, classes=11318, size=(500, 500)),
+    "inshop": dict(train=25882, test=26830, classes=3997, size=(256, 256)),
+    "fashion_mnist": dict(train=35000, test=35000, classes=5, size=(28, 28)),
+    "digits": dict(train=900, test=897, classes=5, size=(8, 8)),
+}
+_DEFAULT_FACTS = dict(train=10000, test=10000, classes=100, size=(500, 375))
+
+
+@dataclasses.dataclass
+class Variant:
+    name: str  # e.g. "mixed_bfloat16 + XLA"
+    policy: str  # keras dtype policy
+    xla: bool
+
+
+def variants_for(device_type: str):
+    """The precisions that apply: GPU float16, CPU (and TPU) bfloat16."""
+    half = "mixed_float16" if device_type == "GPU" else "mixed_bfloat16"
+    return [Variant("float32", "float32", False), Variant(half, half, False),
+            Variant(f"{half} + XLA", half, True)]
+
+
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def write_jpeg_folder(root: str, num_classes: int, per_class: int, size, seed: int = 0,
+                      quality: int = 90) -> str:
+    """root/class_XXX/NNNN.jpg: textured JPEGs of (w, h) = ``size`` at ``quality``.
+
+    Smooth gradients plus noise compress (and decode) like photographs, not like flat
+    colour, so decoding costs about what it costs on the real data.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    for c in range(num_classes):
+        d = os.path.join(root, f"class_{c:03d}")
+        os.makedirs(d, exist_ok=True)
+        base = rng.uniform(40, 200, size=3)
+        for k in range(per_class):
+            fx, fy = rng.uniform(0.005, 0.05, size=2)
+            pattern = 40 * np.sin(xx * fx + k)[..., None] + 40 * np.cos(yy * fy + c)[..., None]
+            noise = rng.normal(0, 12, size=(h, w, 3))
+            img = np.clip(base + pattern + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(os.path.join(d, f"{k:04d}.jpg"), quality=quality)
+    return root
+
+
+def pipeline_rates(root, *, pairs, resize, crop, preprocessing="caffe", batches=2,
+                   repeats=3, storage="memory"):
+    """Images/s of the N-pair training pipeline on the folder dataset at ``root``,
+    decoding JPEGs every time and with the decoded cache, the two interleaved.
+
+    Returns dict: "jpeg" and "cached" -> median images/s over ``repeats`` repeats of
+    ``batches`` batches (after one warm-up batch); "cache_build_s" -> seconds to
+    decode the cache once; "images" -> images in the folder.
+    """
+    from hdml_tf import data
+
+    train = data.load_dataset("folder", "all", root=root)
+    common = dict(seed=0, resize=resize, crop=crop, preprocessing=preprocessing)
+    iters = {"jpeg": iter(data.npair_dataset(train, pairs, cache=False, **common))}
+    start = time.perf_counter()
+    iters["cached"] = iter(data.npair_dataset(train, pairs, cache=storage, **common))
+    build = time.perf_counter() - start
+    for it in iters.values():
+        next(it)  # warm-up: the first batch starts the pipeline's threads
+    rates = {name: [] for name in iters}
+    for _ in range(repeats):
+        for name, it in iters.items():
+            start = time.perf_counter()
+            for _ in range(batches):
+                (a, p), _ = next(it)
+                np.asarray(a)  # the batch is ready on the host
+            rates[name].append(batches * 2 * pairs / (time.perf_counter() - start))
+    out = {name: statistics.median(r) for name, r in rates.items()}
+    out.update(cache_build_s=build, images=len(train))
+    return out
+
+
+def _set_precision(config, variant):
+    """Build-time precision via the config where it can say it, else Keras' global
+    policy (``training.build_model`` keeps the global policy when the config asks for
+    no mixed precision)."""
+    import keras
+
+    t = config.train
+    if isinstance(t.mixed_precision, bool):
+        t.mixed_precision = variant.policy == "mixed_float16"
+        keras.config.set_dtype_policy("float32" if t.mixed_precision else variant.policy)
+    else:  # a policy name
+        t.mixed_precision = variant.policy
+    t.xla = variant.xla
+
+
+def _peak_memory(device_type):
+    import tensorflow as tf
+
+    if device_type == "GPU":
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def _batch(pairs, crop, num_classes, seed=0):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(num_classes, pairs, replace=False).astype(np.int32)
+    images = [rng.uniform(-120, 120, (pairs, crop, crop, 3)).astype(np.float32)
+              for _ in range(2)]
+    return tf.nest.map_structure(tf.constant, ((images[0], images[1]), (labels, labels)))
+
+
+def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batch,
+              device_type):
+    """Median seconds per train step and per embedder forward of ``eval_batch``
+    images, skipped steps and peak memory, for one model and precision."""
+    import keras
+    import tensorflow as tf
+
+    from hdml_tf import training
+
+    config = copy.deepcopy(config)
+    previous = keras.config.dtype_policy()
+    if device_type == "GPU":
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    try:
+        _set_precision(config, variant)
+        keras.utils.set_random_seed(config.train.seed)
+        model = training.build_model(config, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    d = config.data
+    batch = _batch(d.batch_size // 2, d.crop, num_classes)
+    step = tf.function(model.train_step, jit_compile=variant.xla)
+    embed = tf.function(lambda x: model.embedder(x, training=False), jit_compile=variant.xla)
+    eval_images = tf.concat(batch[0], 0)[:eval_batch]
+
+    def run(count):
+        start = time.perf_counter()
+        for _ in range(count):
+            logs = step(batch)
+        float(logs["j_m"])  # wait for the device
+        return (time.perf_counter() - start) / count
+
+    run(warmup)
+    times = [run(steps) for _ in range(repeats)]
+    embed(eval_images).numpy()
+    fwd = []
+    for _ in range(max(2, repeats)):
+        start = time.perf_counter()
+        embed(eval_images).numpy()
+        fwd.append((time.perf_counter() - start) / int(eval_images.shape[0]))
+    ran = warmup + repeats * steps
+    skipped = int(model.nonfinite_steps.numpy())
+    lso = [opt for opt in (model.metric_optimizer, getattr(model, "generator_optimizer", None),
+                           getattr(model, "classifier_optimizer", None))
+           if isinstance(opt, keras.optimizers.LossScaleOptimizer)]
+    # A LossScaleOptimizer skips on its own (overflow): its inner optimizer does not count.
+    if lso:
+        skipped += max(ran - int(opt.inner_optimizer.iterations.numpy()) for opt in lso)
+    result = dict(step_s=statistics.median(times), forward_s_per_image=statistics.median(fwd),
+                  skipped=skipped, steps_run=ran, peak_bytes=_peak_memory(device_type),
+                  preprocessing=model.embedder.preprocessing)
+    del model, step, embed
+    gc.collect()
+    return result
+
+
+def _hms(seconds):
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def expected_run_seconds(config, facts, step_s, forward_s_per_image, jpeg_rate, cached_rate):
+    """The preset's full run: (seconds, what is included).
+
+    Steps: ``train.steps`` x max(step, batch / pipeline rate), as the pipeline runs
+    ahead of the step (prefetch); with ``data.cache`` the pipeline rate is the cached
+    one and decoding the training split once is added. Evaluation: every
+    ``train.eval_every`` steps on the val split (``data.val_fraction`` of the training
+    images) and once at the end on the test split, each image decoded (no cache) and
+    embedded, the slower of the two. Not included: start-up, retrieval scoring,
+    checkpoints and export.
+    """
+    d, t = config.data, config.train
+    rate = cached_rate if d.cache else jpeg_rate
+    per_step = max(step_s, d.batch_size / rate)
+    total = t.steps * per_step
+    parts = [f"{t.steps} steps x {1e3 * per_step:.0f} ms"]
+    if d.cache:
+        total += facts["train"] / jpeg_rate
+        parts.append("decoding the cache once")
+    per_image = max(forward_s_per_image, 1.0 / jpeg_rate)
+    val_images = int(facts["train"] * d.val_fraction)
+    evals = (t.steps // t.eval_every) if t.eval_every and val_images else 0
+    test_images = min(facts["test"], d.max_eval_images or facts["test"])
+    total += (evals * val_images + test_images) * per_image
+    parts.append(f"{evals} val evaluations of {val_images} images + 1 test evaluation of "
+                 f"{test_images} images at {1e3 * per_image:.1f} ms/image")
+    return total, "; ".join(parts)
+
+
+def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, out=print):
+    """Measure, print the table, and return the rows (dicts) for callers and tests."""
+    import tensorflow as tf
+
+    from hdml_tf.data import preprocess
+
+    d = config.data
+    facts = dict(DATASETS.get(d.name, _DEFAULT_FACTS))
+    gpus = tf.config.list_logical_devices("GPU")
+    device_type = "GPU" if gpus else "CPU"
+    pairs = d.batch_size // 2
+    num_classes = max(pairs, int(round(facts["classes"] * (1 - d.val_fraction))))
+    if smoke:
+        facts["size"] = (64, 48)
+    load_start = load_average()
+    out(f"hdml-tf bench: {config.name} on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{device_type}{' ' + gpus[0].name if gpus else ''}, TF {tf.__version__}, "
+        f"load average {load_start:.1f} at start")
+    out(f"step: {config.model.backbone}, batch {d.batch_size} ({pairs} pairs), "
+        f"{d.crop}x{d.crop} px, {num_classes} classes; {warmup} warm-up + {repeats} x "
+        f"{steps} timed steps per row, median repeat")
+
+    rows = []
+    started = time.perf_counter()
+    preprocessing = config.model.backbone
+    eval_batch = min(d.eval_batch_size, d.batch_size)
+    for variant in variants_for(device_type):
+        pair = {}
+        for hdml in (False, True):
+            c = copy.deepcopy(config)
+            c.model.hdml = hdml
+            try:
+                r = time_step(c, variant, num_classes, warmup=warmup, repeats=repeats,
+                              steps=steps, eval_batch=eval_batch, device_type=device_type)
+            except Exception as error:  # noqa: BLE001 - a precision the device lacks
+                out(f"  {variant.name}, {'HDML' if hdml else 'baseline'}: not measured "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+                continue
+            r.update(kind="step", model="HDML" if hdml else "baseline", variant=variant.name,
+                     ms=round(1e3 * r["step_s"], 2))
+            preprocessing = r.pop("preprocessing")
+            out(f"  {variant.name}, {r['model']}: {r['ms']:.1f} ms/step "
+                f"({time.perf_counter() - started:.0f} s so far)")
+            pair[r["model"]] = r
+            rows.append(r)
+        if len(pair) == 2:
+            pair["HDML"]["ratio"] = pair["HDML"]["ms"] / pair["baseline"]["ms"]
+
+    w, h = facts["size"]
+    per_class = 2 if smoke else 4
+    with tempfile.TemporaryDirectory(prefix="hdml_bench_") as tmp:
+        root = write_jpeg_folder(tmp, max(pairs, 2), per_class, (w, h))
+        rates = pipeline_rates(root, pairs=pairs, resize=d.resize, crop=d.crop,
+                               preprocessing=preprocess.preprocessing_mode(preprocessing),
+                               batches=1 if smoke else 2, repeats=repeats)
+    for name, label in (("jpeg", f"decode {w}x{h} JPEGs"), ("cached", "decoded cache")):
+        rows.append(dict(kind="pipeline", model=f"input pipeline, {label}",
+                         variant=f"{d.resize}->{d.crop}", ms=round(1e3 * d.batch_size
+                                                                  / rates[name], 2)))
+
+    best = {}
+    for r in rows:
+        if r["kind"] == "step":
+            total, included = expected_run_seconds(
+                config, facts, r["ms"] / 1e3, r["forward_s_per_image"], rates["jpeg"],
+                rates["cached"])
+            r["expected_s"] = total
+            if r["model"] == ("HDML" if config.model.hdml else "baseline"):
+                if not best or total < best["expected_s"]:
+                    best = dict(r, included=included)
+
+    memory = "GPU peak" if device_type == "GPU" else "peak RSS"
+    out("")
+    out(f"| measurement | precision | ms/step | images/s | HDML/baseline | skipped "
+        f"| {memory} GiB | expected full run |")
+    out("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ips = d.batch_size / (r["ms"] / 1e3)
+        if r["kind"] == "step":
+            ratio = f"{r['ratio']:.3f}" if "ratio" in r else "-"
+            out(f"| {r['model']} step | {r['variant']} | {r['ms']:.2f} | {ips:.1f} | {ratio} "
+                f"| {r['skipped']}/{r['steps_run']} | {r['peak_bytes'] / 2**30:.2f} "
+                f"| {_hms(r['expected_s'])} |")
+        else:
+            out(f"| {r['model']} | {r['variant']} | {r['ms']:.2f} | {ips:.1f} | - | - | - "
+                f"| - |")
+    out("")
+    if best:
+        out(f"expected full run of {config.name} ({'HDML' if config.model.hdml else 'baseline'}"
+            f", data.cache={d.cache}): {_hms(best['expected_s'])} at {best['variant']} "
+            f"({best['included']}; not included: start-up, retrieval scoring, checkpoints, "
+            f"export)")
+    out(f"pipeline: {rates['images']} generated JPEGs, decoded cache {rates['cached']:.0f} vs "
+        f"JPEG decoding {rates['jpeg']:.0f} images/s = {rates['cached'] / rates['jpeg']:.1f}x "
+        f"(building the cache took {rates['cache_build_s']:.1f} s); use --set data.cache=true "
+        f"when the JPEG rate is below the step's images/s")
+    out(f"memory: {memory} ({'tf.config.experimental.get_memory_info' if gpus else 'the process peak resident set, cumulative down the table'}); "
+        f"skipped = non-finite steps of the steps run (warm-up included); "
+        f"load average {load_start:.1f} at start, {load_average():.1f} at the end")
+    return rows
+
+
+def bench_main(argv) -> int:
+    from hdml_tf import config as config_lib
+
+    parser = argparse.ArgumentParser(
+        prog="hdml-tf bench",
+        description="Time a preset's training step and input pipeline on this machine.")
+    parser.add_argument("--config", required=True,
+                        help="preset name (hdml-tf presets) or a JSON config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override, e.g. --set data.batch_size=64 (repeatable)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes (small_cnn, batch 8, 32 px): seconds, for CI")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed repeat")
+    args = parser.parse_args(argv)
+    overrides = list(args.set)
+    if args.smoke:
+        overrides = ["model.backbone=small_cnn", "data.batch_size=8", "data.resize=36",
+                     "data.crop=32", "model.embedding_dim=16", "model.generator_hidden=32",
+                     "data.eval_batch_size=8"] + overrides
+    try:
+        config = config_lib.load_config(args.config, overrides, smoke=args.smoke)
+    except config_lib.ConfigError as error:
+        print(f"hdml-tf bench: config error: {error}", file=sys.stderr)
+        return 2
+    if args.smoke:
+        args.warmup, args.repeats, args.steps = 1, 2, 1
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # one tf.function per measured model: no retrace notes
+    run_bench(config, smoke=args.smoke, warmup=args.warmup, repeats=args.repeats,
+              steps=args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main(sys.argv[1:]))
