@@ -331,14 +331,17 @@ def _interp_matrix(n_out, n_in):
 
 
 def _smooth_rgb(rng, size):
-    """One smooth random RGB image in [0, 255], HWC float64 (two octaves of noise)."""
+    """One smooth random RGB image in (0, 255), HWC float64: two octaves of
+    interpolated noise plus a little per-pixel noise (so that no two pixels, and no
+    two pooling candidates downstream, tie exactly), squashed into (0, 255) with tanh
+    instead of clipped (clipping makes constant patches, hence ties)."""
     img = np.zeros((size, size, 3))
     for grid, amp in ((5, 55.0), (17, 25.0)):
         m = _interp_matrix(size, grid)
         for ch in range(3):
             img[:, :, ch] += amp * (m @ rng.standard_normal((grid, grid)) @ m.T)
-    img += 127.5 + rng.uniform(-20, 20, (1, 1, 3))
-    return np.clip(img, 0.0, 255.0)
+    img += rng.uniform(-20, 20, (1, 1, 3)) + rng.uniform(-4.0, 4.0, img.shape)
+    return 127.5 + 127.0 * np.tanh(img / 127.5)
 
 
 def fixed_batch(loss):
@@ -346,7 +349,7 @@ def fixed_batch(loss):
 
     images: float32 ``(B, 227, 227, 3)``, NHWC, **BGR minus** :data:`IMAGE_MEAN_BGR`
         (what their ``nn_Ops.batch_data`` feeds ``x_raw``), made from smooth random
-        RGB images in [0, 255]. Positive i is ``m * anchor i + (1 - m) * a fresh
+        RGB images in (0, 255). Positive i is ``m * anchor i + (1 - m) * a fresh
         image`` with m = ``SETTINGS[loss]["positive_mix"][i]`` (before the mean), and
         triplet negatives likewise with ``negative_mix``, so that some tuples are
         easy and some hard.
@@ -392,10 +395,10 @@ def subset_indices(name, size):
     ``SUBSET_SIZE`` distinct sorted indices drawn from a seed derived from the name.
     (The fixture stores the indices too; use those.)"""
     if size <= FULL_MAX_SIZE:
-        return np.arange(size, dtype=np.int64)
+        return np.arange(size, dtype=np.int32)
     digest = hashlib.sha256(name.encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return np.sort(rng.choice(size, SUBSET_SIZE, replace=False)).astype(np.int64)
+    return np.sort(rng.choice(size, SUBSET_SIZE, replace=False)).astype(np.int32)
 
 
 def summarize(array, idx):
@@ -470,7 +473,7 @@ def load_fixture(loss, directory=None):
         (J_metric, J_gen, cross_entropy) at the INITIAL weights, w.r.t. each variable
         its optimizer updates (J_metric: backbone/* and the trainable head/*;
         J_gen: the trainable generator/*; cross_entropy: classifier/*). ``norm`` and
-        ``sum`` float64 scalars over the whole gradient; ``idx`` int64 flat C-order
+        ``sum`` float64 scalars over the whole gradient; ``idx`` int32 flat C-order
         indices (all of them when the variable has <= 2048 elements); ``values``
         float32 gradient values at idx. Layout = the neutral layout (HWIO, (in, out)).
     ``weights/<var>/{norm,sum,idx,values}``: every weight after K steps (trainable and
@@ -482,6 +485,8 @@ def load_fixture(loss, directory=None):
         steps between the run with TF_ENABLE_ONEDNN_OPTS=0 (the reference, whose
         numbers are stored) and a run with =1.
     ``noise/grad0/<objective>/<var>``: the same for the step-0 gradients.
+    ``noise_rel/grad0/<objective>/<var>``: float64 scalar, ||g_0 - g_1|| / ||g_0|| of
+        those two runs' step-0 gradients (whole arrays).
     ``noise/loss/<term>``: float64 ``(K,)``, the same for the loss terms.
     """
     paths = fixture_paths(directory)

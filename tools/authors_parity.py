@@ -105,6 +105,7 @@ import importlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -566,13 +567,18 @@ def _keras_version():
 # ---------------------------------------------------------------------------------
 # Parent: run the workers, compress, write the fixture
 # ---------------------------------------------------------------------------------
-def _run_worker(args, loss, onednn, result):
+def _start_worker(args, loss, onednn, result):
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=str(onednn), TF_DETERMINISTIC_OPS="1",
                TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--loss", loss,
            "--authors", args.authors, "--result", result]
     print("+", f"TF_ENABLE_ONEDNN_OPTS={onednn}", " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
+    return subprocess.Popen(cmd, env=env)
+
+
+def _finish_worker(proc, result):
+    if proc.wait() != 0:
+        raise SystemExit(f"worker {proc.args} failed with exit code {proc.returncode}")
     with np.load(result) as z:
         arrays = {k: z[k] for k in z.files}
     with open(result + ".json") as fh:
@@ -653,8 +659,11 @@ def assemble(args):
     }
     tmp = tempfile.mkdtemp(prefix="authors_parity_")
     for loss in args.loss:
-        ref, ref_meta = _run_worker(args, loss, 0, os.path.join(tmp, f"{loss}_0.npz"))
-        alt, alt_meta = _run_worker(args, loss, 1, os.path.join(tmp, f"{loss}_1.npz"))
+        # the two runs of a loss side by side (one TF thread each)
+        results = [os.path.join(tmp, f"{loss}_{n}.npz") for n in (0, 1)]
+        procs = [_start_worker(args, loss, n, results[n]) for n in (0, 1)]
+        ref, ref_meta = _finish_worker(procs[0], results[0])
+        alt, alt_meta = _finish_worker(procs[1], results[1])
         out = {}
         for k, a in ref.items():
             if k.startswith("loss/") or k.startswith("bn/"):
@@ -665,8 +674,12 @@ def assemble(args):
                 prefix, name = (k.split("/", 2)[0] + "/" + k.split("/", 2)[1], k.split("/", 2)[2]) \
                     if k.startswith("grad0/") else ("weights", k[len("weights/"):])
                 _compress(prefix, name, a, out)
-                out[f"noise/{k}"] = np.float64(
-                    np.abs(a.astype(np.float64) - alt[k].astype(np.float64)).max())
+                diff = a.astype(np.float64) - alt[k].astype(np.float64)
+                out[f"noise/{k}"] = np.float64(np.abs(diff).max())
+                if k.startswith("grad0/"):
+                    out[f"noise_rel/{k}"] = np.float64(
+                        np.linalg.norm(diff) / max(np.linalg.norm(a.astype(np.float64)),
+                                                   1e-30))
         np.savez_compressed(paths[loss], **out)
         for key in ("tensorflow_version", "keras_version", "numpy_version",
                     "python_version"):
@@ -686,6 +699,10 @@ def assemble(args):
             "max_grad0": {obj: max(float(v) for k, v in out.items()
                                    if k.startswith(f"noise/grad0/{obj}/"))
                           for obj in common.OBJECTIVES},
+            "max_grad0_norm_relative": {
+                obj: max(float(v) for k, v in out.items()
+                         if k.startswith(f"noise_rel/grad0/{obj}/"))
+                for obj in common.OBJECTIVES},
             "max_loss_rel": {t: float((out[f"noise/loss/{t}"]
                                        / np.maximum(np.abs(out[f"loss/{t}"]), 1e-30)).max())
                              for t in common.LOSS_TERMS},
@@ -705,6 +722,8 @@ def assemble(args):
         json.dump(meta_all, fh, indent=1, sort_keys=False)
         fh.write("\n")
     print(f"wrote {paths['meta']}", flush=True)
+    if not args.keep_tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None):
@@ -716,6 +735,8 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
     p.add_argument("--loss", nargs="+", default=list(common.LOSSES),
                    choices=common.LOSSES)
+    p.add_argument("--keep-tmp", action="store_true",
+                   help="keep the workers' full arrays (about 110 MB per loss)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
