@@ -182,6 +182,9 @@ def test_layout_metadata_and_versions(exported, workdir):
     assert set(sig) == {"serving_default", "serve_bytes"}
     assert sig["serving_default"]["inputs"]["images"]["shape"] == [-1, CROP, CROP, 3]
     assert sig["serve_bytes"]["inputs"]["image_bytes"]["dtype"] == "string"
+    limits = meta["limits"]
+    assert (limits["max_pixels"], limits["max_batch"]) == (50_000_000, 128)
+    assert (export.DEFAULT_MAX_PIXELS, export.DEFAULT_MAX_BATCH) == (50_000_000, 128)
 
 
 def test_next_version_and_never_overwrite(workdir, tmp_path):

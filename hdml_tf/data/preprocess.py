@@ -67,7 +67,8 @@ _JPEG_MAX_SEGMENTS = 1024
 def _bytes_at(padded, pos, n):
     """int64 (batch, n): the n bytes of each padded string from its offset ``pos``."""
     raw = tf.strings.substr(padded, pos, tf.fill(tf.shape(pos), tf.cast(n, pos.dtype)))
-    return tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.int64)
+    # The reshape keeps n columns for an empty batch, where decode_raw gives (0, 0).
+    return tf.reshape(tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.int64), [-1, n])
 
 
 def _jpeg_size(padded, length, is_jpeg):

@@ -277,16 +277,22 @@ class _Source:
             contents = tf.io.read_file(tf.gather(self.paths, index))
         else:
             contents = tf.gather(self.encoded, index)
-        return preprocess.decode_image(contents)
+        # Over the limit fails the element before decoding, like an undecodable file.
+        return preprocess.decode_image(contents, max_pixels=preprocess.TRAIN_MAX_PIXELS)
 
     def diagnose(self, i: int):
-        """None if image i reads and decodes, else the reason (for messages)."""
+        """None if image i reads and decodes (and is within TRAIN_MAX_PIXELS), else the
+        reason (for messages)."""
         try:
             if self.data.paths is not None:
                 with open(self.data.paths[i], "rb") as f:
                     contents = f.read()
             else:
                 contents = self.data.encoded[i]
+            height, width = preprocess.encoded_image_size(contents).numpy().tolist()
+            if height * width > preprocess.TRAIN_MAX_PIXELS and height > 0:
+                return (f"declares {height}x{width} pixels (height x width), over the "
+                        f"limit of {preprocess.TRAIN_MAX_PIXELS}; not decoded")
             preprocess.decode_image(tf.constant(contents))
             return None
         except Exception as e:  # noqa: BLE001 - any failure to read or decode

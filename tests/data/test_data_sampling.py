@@ -157,3 +157,40 @@ def test_in_memory_digits_pipeline():
     # the first anchor's pixels are one of the training images of its class
     cls = train.images[train.labels == la.numpy()[0]].astype(np.float32)
     assert np.any(np.all(cls == a.numpy()[0, ..., 0], axis=(1, 2)))
+
+
+def test_image_over_the_pixel_limit_is_skipped_without_decoding():
+    """A 20,000 x 20,000 PNG (400 MP > TRAIN_MAX_PIXELS) takes the corrupt-image path:
+    named in a CorruptImageWarning and data.skipped with its declared size, and never
+    decoded (decoding it would need 1.2 GB)."""
+    from tests.data.helpers_data import class_color, encode
+    from tests.test_serving_limits import zero_png
+    from PIL import Image
+
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    encoded = [encode(Image.new("RGB", (10, 8), class_color(c)), "PNG") for c in labels]
+    encoded[4] = zero_png(20_000, 20_000)
+    assert 20_000 * 20_000 > data.preprocess.TRAIN_MAX_PIXELS
+
+    def dataset():
+        return data.ImageDataset(name="huge", split="train", labels=labels,
+                                 class_ids=np.array([0, 1]), class_names=["a", "b"],
+                                 encoded=np.array(encoded, dtype=object))
+
+    evaluation = dataset()
+    with pytest.warns(data.CorruptImageWarning, match=r"huge:train\[4\].*20000x20000"):
+        batches = list(data.eval_dataset(evaluation, 4, resize=12, crop=10,
+                                         preprocessing="none"))
+    assert np.concatenate([y.numpy() for _, y in batches]).tolist() == [0, 0, 0, 1, 1]
+    assert list(evaluation.skipped) == ["huge:train[4]"]
+    assert "over the limit" in evaluation.skipped["huge:train[4]"]
+
+    training = dataset()
+    with pytest.warns(data.CorruptImageWarning, match=r"huge:train\[4\]"):
+        for (a, p), (la, lp) in data.npair_dataset(training, 2, seed=0, resize=12, crop=10,
+                                                   preprocessing="none").take(6):
+            assert a.shape == (2, 10, 10, 3)
+    assert list(training.skipped) == ["huge:train[4]"]
+    with pytest.raises(Exception, match=r"huge:train\[4\].*20000x20000"):
+        for _ in data.eval_dataset(dataset(), 4, resize=12, crop=10, strict=True):
+            pass
