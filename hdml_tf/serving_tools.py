@@ -11,8 +11,13 @@ signature names from ``hdml_tf.export``, whose module level imports no more than
 
 The ``.npz`` written by ``embed`` holds ``embeddings`` (float32, (N, d),
 L2-normalised), ``paths`` (N file names, in the order of the rows), ``skipped`` (files
-that could not be decoded), ``model`` and ``signature``; it loads with
-``numpy.load(path)`` (no pickle).
+that could not be decoded or were over the pixel limit), ``model`` and ``signature``;
+it loads with ``numpy.load(path)`` (no pickle).
+
+Both tools apply the export's limits (``limits`` in its metadata) themselves: a file
+whose header declares more than ``max_pixels`` is skipped (or, with ``--strict``,
+refused) with one line naming it before anything decodes it, and batches hold at most
+``max_batch`` images.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import time
 
 import numpy as np
 
-from hdml_tf.export import INPUT_BYTES, OUTPUT_EMBEDDING, SIGNATURE_BYTES
+from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                             METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -95,6 +101,86 @@ def list_images(paths):
     return found
 
 
+def _le(data, at, n):
+    return int.from_bytes(data[at:at + n], "little")
+
+
+def _be(data, at, n):
+    return int.from_bytes(data[at:at + n], "big")
+
+
+def _jpeg_size(data, max_segments=1024):
+    pos = 2
+    for _ in range(max_segments):  # the same bound as the serving graph's walk
+        if pos + 4 > len(data) or data[pos] != 0xFF:
+            return None
+        kind = data[pos + 1]
+        if kind == 0xFF:  # fill byte
+            pos += 1
+        elif 0xD0 <= kind <= 0xD7 or kind == 0x01:  # markers without a length
+            pos += 2
+        elif 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):  # SOFn
+            return (_be(data, pos + 5, 2), _be(data, pos + 7, 2)) if pos + 9 <= len(data) else None
+        elif kind in (0xD9, 0xDA) or _be(data, pos + 2, 2) < 2:  # EOI / SOS first
+            return None
+        else:
+            pos += 2 + _be(data, pos + 2, 2)
+    return None
+
+
+def image_size(data):
+    """Height and width an encoded image declares in its header, without decoding.
+
+    The Python twin of ``hdml_tf.data.preprocess.encoded_image_size`` (which the
+    exported ``serve_bytes`` runs in its graph): the same fields of JPEG, PNG, GIF,
+    BMP and WebP headers, so the tools refuse what the model would refuse.
+
+    Args:
+      data: the file's bytes (only the header is looked at).
+
+    Returns:
+      ``(height, width)``, or None for an unknown format or an unreadable header.
+    """
+    data = bytes(data)
+    size = None
+    if data.startswith(b"\xff\xd8\xff"):
+        size = _jpeg_size(data)
+    elif data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        size = (_be(data, 20, 4), _be(data, 16, 4))
+    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        size = (_le(data, 8, 2), _le(data, 6, 2))
+    elif data.startswith(b"BM") and len(data) >= 26:
+        # Signed: a negative height means rows stored top-down.
+        size = (abs(int.from_bytes(data[22:26], "little", signed=True)),
+                int.from_bytes(data[18:22], "little", signed=True))
+    elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        chunk = data[12:16]
+        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
+            size = (_le(data, 28, 2) & 0x3FFF, _le(data, 26, 2) & 0x3FFF)
+        elif chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+            bits = _le(data, 21, 4)
+            size = (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1)
+        elif chunk == b"VP8X" and len(data) >= 30:
+            size = (_le(data, 27, 3) + 1, _le(data, 24, 3) + 1)
+    if size is None or size[0] <= 0 or size[1] <= 0:
+        return None
+    return size
+
+
+def model_limits(model_path):
+    """``{"max_pixels", "max_batch"}`` from an export's metadata (this package's
+    defaults for an export that predates the limits or has no metadata)."""
+    limits = {"max_pixels": DEFAULT_MAX_PIXELS, "max_batch": DEFAULT_MAX_BATCH}
+    path = os.path.join(model_path, "assets.extra", METADATA_FILENAME)
+    try:
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f).get("limits") or {}
+    except (OSError, ValueError):
+        recorded = {}
+    limits.update({k: int(v) for k, v in recorded.items() if k in limits})
+    return limits
+
+
 class _Progress:
     """A one-line progress bar on stderr (no dependency beyond the standard library)."""
 
@@ -135,22 +221,27 @@ def load_signature(model_dir, signature=SIGNATURE_BYTES):
     return path, function
 
 
-def embed_files(function, files, batch_size=32, strict=False, progress=False):
+def embed_files(function, files, batch_size=32, strict=False, progress=False,
+                max_pixels=None):
     """Embed image files with a ``serve_bytes`` signature.
 
     Args:
       function: the ``serve_bytes`` concrete function (see :func:`load_signature`).
       files: list of image paths.
-      batch_size: images per call.
-      strict: raise on the first undecodable file instead of skipping it.
+      batch_size: images per call (at most the export's ``max_batch``).
+      strict: raise on the first undecodable or oversized file instead of skipping it.
       progress: draw a progress bar on stderr.
+      max_pixels: None, or skip (with ``strict``, refuse) a file whose header
+        declares more pixels (height x width) than this, before it is decoded.
 
     Returns:
       ``(embeddings, kept, skipped)``: float32 (len(kept), d), the files embedded (in
-      order), and ``(file, reason)`` pairs for files that could not be read or decoded.
+      order), and ``(file, reason)`` pairs for files that could not be read or decoded
+      or were over ``max_pixels``.
 
     Raises:
-      tensorflow.errors.InvalidArgumentError or OSError: with ``strict``, naming the file.
+      tensorflow.errors.InvalidArgumentError or OSError: with ``strict``, naming the
+        file and the reason in one line.
     """
     import tensorflow as tf
 
@@ -166,12 +257,24 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False):
         for name in batch:
             try:
                 with open(name, "rb") as f:
-                    contents.append(f.read())
-                readable.append(name)
+                    data = f.read()
             except OSError as err:
                 if strict:
                     raise
                 skipped.append((name, str(err)))
+                continue
+            # Unknown formats and unreadable headers are left to the model, whose
+            # message says which it is; only a readable, oversized header stops here.
+            size = image_size(data) if max_pixels is not None else None
+            if size is not None and size[0] * size[1] > max_pixels:
+                reason = (f"declares {size[0]}x{size[1]} pixels (height x width), over the "
+                          f"limit of {max_pixels}; not decoded")
+                if strict:
+                    raise tf.errors.InvalidArgumentError(None, None, f"{name}: {reason}")
+                skipped.append((name, reason))
+                continue
+            contents.append(data)
+            readable.append(name)
         if readable:
             try:
                 chunks.append(run(contents))
@@ -185,9 +288,9 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False):
                         kept.append(name)
                     except tf.errors.InvalidArgumentError as err:
                         reason = _reason(err.message)
-                        if strict:
+                        if strict:  # one line, not the graph's op trace
                             raise tf.errors.InvalidArgumentError(
-                                None, None, f"{name}: {err.message}") from err
+                                None, None, f"{name}: {reason}") from None
                         skipped.append((name, reason))
         bar.update(min(start + batch_size, len(files)))
     bar.close()
@@ -308,7 +411,12 @@ def embed_main(argv=None):
     parser.add_argument("--out", required=True, help="output .npz")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--strict", action="store_true",
-                        help="fail on an undecodable image instead of skipping it")
+                        help="fail on an undecodable or oversized image instead of "
+                             "skipping it")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="skip an image whose header declares more pixels (height x "
+                             "width), before decoding it (default: the export's "
+                             "max_pixels)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -316,9 +424,10 @@ def embed_main(argv=None):
         if not files:
             raise FileNotFoundError(f"no images found in {args.images}")
         model_path, function = load_signature(args.model)
-        embeddings, kept, skipped = embed_files(function, files, args.batch_size,
-                                                strict=args.strict,
-                                                progress=not args.quiet)
+        limits = model_limits(model_path)
+        embeddings, kept, skipped = embed_files(
+            function, files, min(args.batch_size, limits["max_batch"]), strict=args.strict,
+            progress=not args.quiet, max_pixels=args.max_pixels or limits["max_pixels"])
     except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
         print(f"hdml-tf embed: error: {err}", file=sys.stderr)
         return 1
@@ -346,14 +455,20 @@ def search_main(argv=None):
     parser.add_argument("-k", type=int, default=10, help="neighbours per query")
     parser.add_argument("--grid", default=None, help="also save a picture grid here")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse a query whose header declares more pixels (height x "
+                             "width), before decoding it (default: the export's max_pixels)")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("-k must be at least 1")
     try:
         gallery, gallery_paths = load_embeddings(args.gallery)
         queries = list_images(args.query)
-        _, function = load_signature(args.model)
-        embeddings, kept, skipped = embed_files(function, queries, strict=True)
+        model_path, function = load_signature(args.model)
+        limits = model_limits(model_path)
+        embeddings, kept, skipped = embed_files(
+            function, queries, min(32, limits["max_batch"]), strict=True,
+            max_pixels=args.max_pixels or limits["max_pixels"])
         if embeddings.shape[1] != gallery.shape[1]:
             raise ValueError(f"the model gives {embeddings.shape[1]}-d embeddings but the "
                              f"gallery holds {gallery.shape[1]}-d ones")

@@ -155,3 +155,41 @@ def test_strict_embedding_and_cli_errors(model_dir, gallery, tmp_path, capsys):
     assert serving_tools.search_main(["--model", model_dir, "--gallery", wrong_dim,
                                       "--query", files[0]]) == 1
     assert f"{DIM}-d embeddings" in capsys.readouterr().err
+
+
+def test_oversized_and_empty_files_one_line_each(model_dir, gallery, tmp_path, capsys):
+    """The tools refuse an image over the export's max_pixels from its header (one line
+    naming the file, before the model sees it); --strict errors are one line too."""
+    from tests.test_serving_limits import zero_png
+
+    root, files, _ = gallery
+    huge, empty = tmp_path / "huge.png", tmp_path / "empty.jpg"
+    huge.write_bytes(zero_png(20_000, 20_000))
+    empty.write_bytes(b"")
+    out = str(tmp_path / "o.npz")
+    reason = ("declares 20000x20000 pixels (height x width), over the limit of "
+              f"{export.DEFAULT_MAX_PIXELS}; not decoded")
+
+    assert serving_tools.embed_main(["--model", model_dir, "--images", files[0], str(huge),
+                                     "--out", out, "--quiet"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hdml-tf embed: skipped {huge}: {reason}"]
+    assert np.load(out)["skipped"].tolist() == [str(huge)]
+
+    for bad, expected in ((huge, reason), (empty, "empty string at [0]")):
+        assert serving_tools.embed_main(["--model", model_dir, "--images", str(bad),
+                                         "--out", out, "--quiet", "--strict"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"hdml-tf embed: error: {bad}: "), err
+        assert expected in err[0] and "node" not in err[0], err
+
+    assert serving_tools.search_main(["--model", model_dir, "--gallery", out,
+                                      "--query", str(huge)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"hdml-tf search: error: {huge}: {reason}"]
+
+    # --max-pixels below the export's limit: the tool's own check (50 x 60 = 3000 pixels).
+    assert serving_tools.embed_main(["--model", model_dir, "--images", files[0], files[1],
+                                     "--out", out, "--quiet", "--max-pixels", "2000"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped {files[0]}: declares 50x60 pixels" in err and files[1] not in err
