@@ -24,10 +24,12 @@ import keras
 import tensorflow as tf
 
 import hdml_tf.backbones  # noqa: F401  (registers the serialisable backbones for loading)
-from hdml_tf import losses as losses_lib
+from hdml_tf import objectives
 from hdml_tf import synthesis
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+_NORM_NAMES = ("gamma", "beta")
+WEIGHT_DECAY_SCOPES = ("kernels", "authors")
 
 
 # ------------------------------------------------------------------- sub-networks
@@ -192,25 +194,8 @@ class Embedder(keras.Model):
         return cls(**config)
 
 
-# ------------------------------------------------------------------- distribution
-
-
-def _replica_context():
-    """(context, number of replicas, replica index) in a replica or default context."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None:  # cross-replica context: behave as a single replica
-        return None, 1, 0
-    return ctx, ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
-
-
-def _gather(ctx, value):
-    return value if ctx is None or ctx.num_replicas_in_sync == 1 else ctx.all_gather(value, 0)
-
-
-def _global_sum(ctx, value):
-    if ctx is None or ctx.num_replicas_in_sync == 1:
-        return value
-    return ctx.all_reduce(tf.distribute.ReduceOp.SUM, value)
+class NonFiniteTrainingError(RuntimeError):
+    """The metric step was skipped for a whole window: training cannot go on."""
 
 
 # --------------------------------------------------------------------------- HDML
@@ -220,20 +205,44 @@ def _global_sum(ctx, value):
 class HDML(keras.Model):
     """Hardness-Aware Deep Metric Learning around an `Embedder`.
 
+    One forward pass computes every term (``_forward``, a straight line through the
+    parts in :mod:`hdml_tf.objectives`); ``train_step`` takes the three objectives'
+    gradients before applying any, then applies each optimizer to its own variables:
+
+      ====================  ==============  ==============================
+      objective             optimizer       variables
+      ====================  ==============  ==============================
+      J_metric (``metric``)  metric          embedder (backbone F, head H)
+      J_gen (``generator``)  generator       generator G
+      J_cls (``classifier``) classifier      classifier C
+      ====================  ==============  ==============================
+
+    Non-finite values are handled per objective (``docs/method.md``): a non-finite
+    J_syn falls back to J_metric = w J_m for that step; a non-finite J_gen or J_cls (or
+    gradient) skips only that optimizer and restores the BatchNorm statistics its part
+    moved; a non-finite J_m or metric gradient skips the metric step. Each kind is
+    counted (``skipped_steps``); a metric step skipped for ``window`` steps in a row
+    makes :meth:`check_progress` raise :class:`NonFiniteTrainingError`.
+
     Args:
       embedder: the `Embedder` (F and H); ``model.embedder`` is what gets exported.
       num_classes: number of training classes (the softmax classifier C).
       loss: "npair" or "triplet".
       hdml: False gives the paper's baseline: only J_m and the metric optimizer.
-      alpha: λ = exp(-alpha / J_avg) (spec: 90; the paper reports 7 for triplet).
-      beta: w = exp(-beta / J_gen_avg) (spec: 1e4 Cars196, 5e3 CUB, 5e4 SOP).
+      alpha: λ = exp(-alpha / J_avg) (authors' code: 90 for both variants; the paper
+        text reports 7 for triplet).
+      beta: w = exp(-beta / J_gen_avg) (1e4 Cars196, 5e3 CUB and SOP).
       lambda_gen: trade-off between J_recon and J_soft (0.5).
       softmax_factor: s, the scale of J_soft (1e4 in the official code).
       l2_reg: N-pair embedding-norm penalty (3e-3 Cars196, 1.5e-2 CUB).
       margin: triplet margin (1.0).
-      weight_decay: wd on backbone and head kernels, wd * sum(w^2) / 2.
+      weight_decay: wd, adding wd * sum(||v||^2) / 2 to J_m.
+      weight_decay_scope: which embedder variables decay: "kernels" (convolution and
+        dense kernels) or "authors" (every trainable variable of backbone and head but
+        BatchNorm's, biases included, as ``main_npair.py`` does).
       window: W, steps per window of the running statistics (official 64).
-      stat_init: initial J_avg and J_gen_avg (1e6: λ ~ 1 and w ~ 1 at first).
+      j_avg_init, j_gen_avg_init: initial J_avg and J_gen_avg (default ``stat_init``).
+      stat_init: both initial values at once (1e6: λ ~ 1 and w ~ 1 at first).
       record_weighted_jm: record w * J_m in J_avg (official) instead of the raw J_m.
       generator_hidden: hidden units of G (512).
       synchronized_bn: synchronise G's BatchNorm across replicas.
@@ -252,8 +261,11 @@ class HDML(keras.Model):
         l2_reg=3e-3,
         margin=1.0,
         weight_decay=0.0,
+        weight_decay_scope="kernels",
         window=64,
         stat_init=1e6,
+        j_avg_init=None,
+        j_gen_avg_init=None,
         record_weighted_jm=True,
         generator_hidden=512,
         synchronized_bn=False,
@@ -261,12 +273,14 @@ class HDML(keras.Model):
     ):
         kwargs.setdefault("name", "hdml")
         super().__init__(**kwargs)
-        if loss not in ("npair", "triplet"):
-            raise ValueError(f"loss={loss!r}: expected 'npair' or 'triplet'")
+        self.parts = objectives.variant(loss, l2_reg=l2_reg, margin=margin)
         if int(window) < 1:
             raise ValueError(f"window={window!r}: must be a positive number of steps")
         if int(num_classes) < 2:
             raise ValueError(f"num_classes={num_classes!r}: need at least 2 classes")
+        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+            raise ValueError(f"weight_decay_scope={weight_decay_scope!r}: expected one of "
+                             f"{WEIGHT_DECAY_SCOPES}")
         self.embedder = embedder
         self.num_classes = int(num_classes)
         self.loss_type = loss
@@ -278,8 +292,11 @@ class HDML(keras.Model):
         self.l2_reg = float(l2_reg)
         self.margin = float(margin)
         self.weight_decay = float(weight_decay)
+        self.weight_decay_scope = weight_decay_scope
         self.window = int(window)
         self.stat_init = float(stat_init)
+        self.j_avg_init = float(stat_init if j_avg_init is None else j_avg_init)
+        self.j_gen_avg_init = float(stat_init if j_gen_avg_init is None else j_gen_avg_init)
         self.record_weighted_jm = bool(record_weighted_jm)
         self.generator_hidden = int(generator_hidden)
         self.synchronized_bn = bool(synchronized_bn)
@@ -289,24 +306,33 @@ class HDML(keras.Model):
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier",
                                              dtype=self.dtype_policy)
 
-        def stat(name, value, dtype="float32"):
+        def stat(name, value):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value),
-                                   trainable=False, aggregation="mean", dtype=dtype,
+                                   trainable=False, aggregation="mean", dtype="float32",
                                    name=name)
 
         # Running statistics (spec step 11): saved and restored with the model.
-        self.j_avg = stat("j_avg", self.stat_init)
-        self.j_gen_avg = stat("j_gen_avg", self.stat_init)
+        self.j_avg = stat("j_avg", self.j_avg_init)
+        self.j_gen_avg = stat("j_gen_avg", self.j_gen_avg_init)
         self._j_m_sum = stat("j_m_window_sum", 0.0)
         self._j_m_count = stat("j_m_window_count", 0.0)
         self._j_gen_sum = stat("j_gen_window_sum", 0.0)
         self._j_gen_count = stat("j_gen_window_count", 0.0)
+        # Non-finite bookkeeping: steps with any skip or fallback, each kind, the
+        # current run of skipped metric steps and the last finite J_m before it.
         self.nonfinite_steps = stat("nonfinite_steps", 0.0)
+        self.skipped_steps = {name: stat(f"{name}_skipped_steps", 0.0)
+                              for name in ("metric", "generator", "classifier")}
+        self.syn_fallback_steps = stat("syn_fallback_steps", 0.0)
+        self.metric_skip_run = stat("metric_skip_run", 0.0)
+        self.last_finite = {name: stat(f"last_finite_{name}", float("nan"))
+                            for name in ("j_m", "j_metric", "step")}
+        self.steps_taken = stat("steps_taken", 0.0)
 
         names = ["j_m", "weight_decay"]
         if self.hdml:
             names += ["j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls",
-                      "lambda", "w"]
+                      "lambda", "w", "hardened_fraction"]
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------- building
@@ -446,11 +472,14 @@ class HDML(keras.Model):
         return self.embedder(inputs, training=training)
 
     def _unpack(self, data):
-        if not isinstance(data, (list, tuple)) or len(data) < 2:
-            raise ValueError("HDML expects batches (images, labels) with nested tuples; "
-                             f"got {type(data).__name__}")
-        images, labels = data[0], data[1]
-        expected = 2 if self.loss_type == "npair" else 3
+        # train_on_batch(x=batch) and fit on (x, y) datasets both arrive here: Keras
+        # packs the former as (batch, None, None).
+        if (isinstance(data, (list, tuple)) and len(data) >= 2 and data[1] is None
+                and isinstance(data[0], (list, tuple)) and len(data[0]) == 2):
+            data = data[0]
+        expected = self.parts.groups
+        images, labels = (data[0], data[1]) if (
+            isinstance(data, (list, tuple)) and len(data) >= 2) else (None, None)
         if (not isinstance(images, (list, tuple)) or len(images) != expected
                 or not isinstance(labels, (list, tuple)) or len(labels) != expected):
             layout = ("((anchors, positives), (anchor_labels, positive_labels))"
@@ -462,253 +491,375 @@ class HDML(keras.Model):
         labels = [tf.cast(tf.reshape(l, [-1]), tf.int32) for l in labels]
         return list(images), labels
 
+    def decayed_variables(self):
+        """The embedder variables weight decay applies to (``weight_decay_scope``)."""
+        names = [(v, v.name.split("/")[-1].split(":")[0])
+                 for v in self.embedder.trainable_variables]
+        if self.weight_decay_scope == "kernels":
+            return [v for v, name in names if name in _KERNEL_NAMES]
+        # The authors' exclude_batch_norm: everything but the normalisation layers'
+        # scale and offset (gamma, beta), biases included.
+        return [v for v, name in names if name not in _NORM_NAMES]
+
     def _weight_decay(self):
         if not self.weight_decay:
             return tf.constant(0.0)
-        kernels = [v for v in self.embedder.trainable_variables
-                   if v.name.split("/")[-1].split(":")[0] in _KERNEL_NAMES]
         return self.weight_decay * tf.add_n(
-            [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in kernels])
+            [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self.decayed_variables()])
+
+    def schedule(self):
+        """(λ, w) the next step uses, from the running statistics."""
+        return (synthesis.hardness_lambda(self.j_avg, self.alpha),
+                synthesis.metric_weight(self.j_gen_avg, self.beta))
 
     def _forward(self, data, training):
         """One forward pass: every loss term, as this replica's contribution.
 
         Returns (contributions, extras): ``contributions[k]`` summed over replicas is
-        the global value of term k; ``extras`` holds λ and w (HDML on).
+        the global value of term k; ``extras`` holds λ, w and (HDML on, training) the
+        head's BatchNorm statistics as they were after the real pass.
         """
         images, labels = self._unpack(data)
-        ctx, num_replicas, replica_id = _replica_context()
-        inv_r = 1.0 / num_replicas
-        groups = len(images)
-        sizes = [tf.shape(x)[0] for x in images]
+        replicas = objectives.Replicas.current()
+        # [embed] one backbone pass over every image of the tuple.
         y = self.embedder.features(tf.concat(images, axis=0), training=training)
         z = tf.cast(self.embedder.head(y, training=training), tf.float32)
-        z_parts = tf.split(z, sizes, axis=0) if groups else []
-        all_labels = tf.concat(labels, axis=0)
-
-        out = {}
-        # [J_m] the metric loss on the real tuple.
-        if self.loss_type == "npair":
-            z_a, z_p = z_parts
-            z_a_all, z_p_all = _gather(ctx, z_a), _gather(ctx, z_p)
-            labels_all = _gather(ctx, labels[0])
-            j_metric_loss = losses_lib.npair_loss(labels_all, z_a_all, z_p_all, self.l2_reg)
-            j_m_contrib = j_metric_loss * inv_r  # same global value on every replica
-        else:
-            z_a, z_p, z_n = z_parts
-            j_m_contrib = losses_lib.triplet_loss(z_a, z_p, z_n, self.margin)  # a sum
-        wd = self._weight_decay()
-        out["j_m"] = j_m_contrib + wd * inv_r
-        out["weight_decay"] = wd * inv_r
-        extras = {}
+        real = self.parts.real_tuple(tf.split(z, [tf.shape(x)[0] for x in images]),
+                                     labels, replicas)
+        # [J_m] the metric loss on the real tuple, with weight decay.
+        out = {"weight_decay": replicas.share(self._weight_decay())}
+        out["j_m"] = self.parts.metric_loss(real, replicas) + out["weight_decay"]
         if not self.hdml:
             out["j_metric"] = out["j_m"]
-            return out, extras
-
-        # [synthesis] hardness-aware negatives in embedding space (spec step 3).
-        lam = synthesis.hardness_lambda(self.j_avg, self.alpha)
-        w = synthesis.metric_weight(self.j_gen_avg, self.beta)
+            return out, {}
+        extras = {"features": y,
+                  "head_statistics": [tf.identity(v) for v in
+                                      self.embedder.head.non_trainable_variables]}
+        lam, w = self.schedule()
         extras.update(lam=lam, w=w)
-        if self.loss_type == "npair":
-            local_p = tf.shape(z_a)[0]
-            # This replica's anchors against every positive of the global batch.
-            synthetic = tf.concat(
-                [z_a, synthesis.npair_candidates(z_a, z_p, lam, all_positives=z_p_all)],
-                axis=0)
-            synthetic_labels = tf.concat(
-                [labels[0], tf.tile(labels_all, [local_p])], axis=0)
-        else:
-            z_hat_neg = synthesis.hardness_aware_negatives(z_a, z_p, z_n, lam)
-            synthetic = tf.concat([z_a, z_p, z_hat_neg], axis=0)
-            synthetic_labels = all_labels
-
+        # [synthesis] hardness-aware negatives in embedding space.
+        synthetic = self.parts.synthesize(real, lam)
+        out["hardened_fraction"] = replicas.share(synthetic.hardened)
         # [generator] one pass over real and synthetic rows (shared BN statistics).
         num_real = tf.shape(z)[0]
-        y_gen = tf.cast(self.generator(tf.concat([z, synthetic], axis=0), training=training),
-                        tf.float32)
+        y_gen = tf.cast(self.generator(tf.concat([z, synthetic.rows], axis=0),
+                                       training=training), tf.float32)
         y_prime, y_tilde = y_gen[:num_real], y_gen[num_real:]
         # [J_syn] the synthetic tuple re-embedded by the SAME head.
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
-        if self.loss_type == "npair":
-            z_tilde_a, z_tilde_cand = z_tilde[:local_p], z_tilde[local_p:]
-            num_all = tf.shape(z_p_all)[0]
-            logits = tf.einsum("id,ijd->ij", z_tilde_a,
-                               tf.reshape(z_tilde_cand, [local_p, num_all, -1]))
-            targets = tf.range(local_p) + replica_id * local_p
-            j_syn = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=targets, logits=logits))
-            if self.l2_reg:
-                j_syn += losses_lib.npair_l2_term(z_tilde_a, z_tilde_cand, self.l2_reg)
-            j_syn_contrib = j_syn * inv_r
-        else:
-            t_a, t_p, t_n = tf.split(z_tilde, 3, axis=0)
-            j_syn_contrib = losses_lib.triplet_loss(t_a, t_p, t_n, self.margin)
-        out["j_syn"] = j_syn_contrib
-        out["j_metric"] = w * out["j_m"] + (1.0 - w) * j_syn_contrib
-
+        out["j_syn"] = self.parts.synthetic_loss(z_tilde, synthetic, replicas)
+        out["j_metric"] = w * out["j_m"] + (1.0 - w) * out["j_syn"]
         # [J_gen] reconstruction (a sum) plus label preservation of the synthetic rows.
         out["j_recon"] = (1.0 - self.lambda_gen) * tf.reduce_sum(tf.square(y_prime - y))
-        logits_tilde = tf.cast(self.classifier(y_tilde), tf.float32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=synthetic_labels, logits=logits_tilde)
-        if self.loss_type == "npair":
-            # Mean over the P^2 synthetic rows plus mean over the P anchor rows.
-            ce_soft = tf.reduce_mean(ce[local_p:]) + tf.reduce_mean(ce[:local_p])
-        else:
-            ce_soft = tf.reduce_mean(ce)
-        out["j_soft"] = self.softmax_factor * self.lambda_gen * ce_soft * inv_r
+        ce_soft = self.parts.label_ce(self.classifier(y_tilde), synthetic, replicas)
+        out["j_soft"] = self.softmax_factor * self.lambda_gen * ce_soft
         out["j_gen"] = out["j_recon"] + out["j_soft"]
         # [J_cls] the classifier on real features.
         logits_real = tf.cast(self.classifier(y), tf.float32)
-        out["j_cls"] = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=all_labels, logits=logits_real)) * inv_r
+        out["j_cls"] = replicas.share(tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.concat(labels, axis=0), logits=logits_real)))
         return out, extras
+
+    # ------------------------------------------------------------ objectives
+
+    def objectives(self):
+        """name -> (optimizer, variables, loss term): the one map of spec step 10."""
+        result = {"metric": (self.metric_optimizer, self.embedder.trainable_variables,
+                             "j_metric")}
+        if self.hdml:
+            result["generator"] = (self.generator_optimizer,
+                                   self.generator.trainable_variables, "j_gen")
+            result["classifier"] = (self.classifier_optimizer,
+                                    self.classifier.trainable_variables, "j_cls")
+        return result
+
+    def _moving_statistics(self):
+        """name -> the BatchNorm statistics each objective's part moves in a step."""
+        moving = {"metric": list(self.embedder.non_trainable_variables)}
+        if self.hdml:
+            moving["generator"] = list(self.generator.non_trainable_variables)
+            moving["classifier"] = []
+        return moving
+
+    def _gradients(self, data):
+        """(totals, extras, grads, syn_ok): every objective's gradient before any update.
+
+        With HDML on, the metric gradient is assembled from parts so that a non-finite
+        J_syn can be left out by value (a NaN never enters the backward pass of the
+        backbone, and no synchronisation point sits inside a ``tf.cond``): the
+        gradients of w·J_m and of (1 - w)·J_syn with respect to the features y and the
+        head, the J_syn part zeroed when J_syn (summed over replicas) is non-finite,
+        then one backward pass through the backbone, plus the weight decay's own
+        gradient. A non-finite J_syn thus gives the gradient of J_metric = w·J_m.
+        """
+        replicas = objectives.Replicas.current()
+        with tf.GradientTape(persistent=True) as tape:
+            contrib, extras = self._forward(data, training=True)
+            scaled = {name: _scale(opt, contrib[key])
+                      for name, (opt, _, key) in self.objectives().items()}
+            if self.hdml:
+                w = extras["w"]
+                metric = self.metric_optimizer
+                via_y = {"j_m": _scale(metric, w * (contrib["j_m"] - contrib["weight_decay"])),
+                         "j_syn": _scale(metric, (1.0 - w) * contrib["j_syn"])}
+                decay = _scale(metric, w * contrib["weight_decay"])
+        totals = {k: replicas.sum(v) for k, v in contrib.items()}
+        grads = {}
+        for name, (_, variables, _) in self.objectives().items():
+            if name != "metric" or not self.hdml:
+                grads[name] = _dense(tape.gradient(scaled[name], variables), variables)
+        syn_ok = tf.constant(True)
+        if self.hdml:
+            syn_ok = tf.math.is_finite(totals["j_syn"])
+            y, head = extras["features"], self.embedder.head.trainable_variables
+            parts = {k: _dense(tape.gradient(loss, [y] + head), [y] + head)
+                     for k, loss in via_y.items()}
+            parts["j_syn"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in parts["j_syn"]]
+            d_y = parts["j_m"][0] + parts["j_syn"][0]
+            backbone = self.embedder.backbone.trainable_variables
+            total = {id(v): g for v, g in zip(backbone, _dense(
+                tape.gradient(y, backbone, output_gradients=d_y), backbone))}
+            for v, g_m, g_s in zip(head, parts["j_m"][1:], parts["j_syn"][1:]):
+                total[id(v)] = g_m + g_s
+            variables = self.embedder.trainable_variables
+            grads["metric"] = [total[id(v)] + g for v, g in
+                               zip(variables, _dense(tape.gradient(decay, variables),
+                                                     variables))]
+            totals["j_metric"] = tf.where(syn_ok, totals["j_metric"], w * totals["j_m"])
+        del tape
+        return totals, extras, grads, syn_ok
+
+    def _finite_flags(self, totals, grads, syn_ok):
+        """name -> a boolean, the same on every replica: may this optimizer step?"""
+        replicas = objectives.Replicas.current()
+        terms = {"metric": ["j_m"] + (["j_metric"] if self.hdml else []),
+                 "generator": ["j_gen"], "classifier": ["j_cls"]}
+        flags = {}
+        for name, (opt, _, _) in self.objectives().items():
+            checks = [tf.math.is_finite(totals[k]) for k in terms[name]]
+            # A NaN input can give finite losses and NaN gradients (a fused Conv+ReLU
+            # maps NaN to 0 forward, not backward). LossScaleOptimizers check their own
+            # gradients: they must see an overflow to lower the loss scale.
+            if not isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                local = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                       for g in grads[name]])
+                bad = replicas.sum(1.0 - tf.cast(local, tf.float32))
+                checks.append(tf.equal(bad, 0.0))
+            flags[name] = tf.reduce_all(checks)
+        return flags
+
+    def _apply(self, flags, syn_ok, grads, saved, head_after_real):
+        """Apply each optimizer whose flag is set; otherwise put its statistics back.
+
+        With several replicas the optimizers' gradient all-reduce is a synchronisation
+        point, which tf.distribute does not allow inside a replica-context ``tf.cond``;
+        as Keras' LossScaleOptimizer does, the decisions are then taken in cross-replica
+        context (``merge_call``) and the updates run per replica.
+        """
+        objectives_ = self.objectives()
+        moving = self._moving_statistics()
+        head_stats = list(self.embedder.head.non_trainable_variables)
+
+        def apply(name, grads):
+            optimizer, variables, _ = objectives_[name]
+            optimizer.apply(grads, variables)
+
+        def restore(variables, values):
+            for variable, value in zip(variables, values):
+                variable.assign(value)
+
+        def decide(run_each, flags, syn_ok, grads, saved, head_after_real):
+            for name in objectives_:
+                tf.cond(flags[name],
+                        lambda name=name: _true(run_each(apply, name, grads[name])),
+                        lambda name=name: _true(run_each(restore, moving[name],
+                                                         saved[name])))
+            if self.hdml:
+                # The synthetic pass also moved the head's BatchNorm statistics; a
+                # non-finite synthetic tuple must not leave them non-finite.
+                tf.cond(tf.logical_and(flags["metric"], tf.logical_not(syn_ok)),
+                        lambda: _true(run_each(restore, head_stats, head_after_real)),
+                        lambda: tf.constant(True))
+
+        args = (flags, syn_ok, grads, saved, head_after_real)
+        replicas = objectives.Replicas.current()
+        if replicas.count == 1:
+            decide(lambda fn, *a: fn(*a), *args)
+            return
+
+        def cross_replica(distribution, flags, syn_ok, *rest):
+            # The flags are all-reduced, so every replica holds the same value.
+            first = lambda v: distribution.experimental_local_results(v)[0]  # noqa: E731
+            flags = {k: first(v) for k, v in flags.items()}
+
+            def run_each(fn, *a):
+                distribution.extended.call_for_each_replica(fn, args=a)
+
+            decide(run_each, flags, first(syn_ok), *rest)
+
+        replicas.ctx.merge_call(cross_replica, args=args)
+
+    def _count(self, flags, syn_ok, totals):
+        """Update the non-finite counters and the last finite values."""
+        ok = [flags[name] for name in self.objectives()]
+        any_bad = tf.logical_not(tf.logical_and(tf.reduce_all(ok), syn_ok))
+        self.nonfinite_steps.assign_add(tf.cast(any_bad, tf.float32))
+        for name, flag in flags.items():
+            self.skipped_steps[name].assign_add(1.0 - tf.cast(flag, tf.float32))
+        if self.hdml:
+            self.syn_fallback_steps.assign_add(1.0 - tf.cast(syn_ok, tf.float32))
+        metric_ok = flags["metric"]
+        self.metric_skip_run.assign(tf.where(metric_ok, 0.0, self.metric_skip_run + 1.0))
+        for key in ("j_m", "j_metric"):
+            self.last_finite[key].assign(tf.where(metric_ok, totals[key],
+                                                  self.last_finite[key]))
+        self.last_finite["step"].assign(tf.where(metric_ok, self.steps_taken,
+                                                 self.last_finite["step"]))
+        self.steps_taken.assign_add(1.0)
 
     # ------------------------------------------------------------ running stats
 
-    def _record(self, value, sum_var, count_var, avg_var):
-        """Add a finite value to the window; at W values, publish their mean."""
-        finite = tf.math.is_finite(value)
-        new_sum = sum_var + tf.where(finite, value, 0.0)
-        new_count = count_var + tf.cast(finite, tf.float32)
+    def _record(self, value, applied, sum_var, count_var, avg_var):
+        """Add the value of an applied step to the window; at W values, publish the mean."""
+        keep = tf.logical_and(applied, tf.math.is_finite(value))
+        new_sum = sum_var + tf.where(keep, value, 0.0)
+        new_count = count_var + tf.cast(keep, tf.float32)
         full = new_count >= float(self.window)
         avg_var.assign(tf.where(full, new_sum / tf.maximum(new_count, 1.0), avg_var))
         sum_var.assign(tf.where(full, 0.0, new_sum))
         count_var.assign(tf.where(full, 0.0, new_count))
 
-    def _update_statistics(self, totals, extras):
+    def _update_statistics(self, totals, extras, flags):
+        """Spec step 11: only the steps whose update was applied are recorded."""
         if not self.hdml:
             return
         j_m = totals["j_m"] * extras["w"] if self.record_weighted_jm else totals["j_m"]
-        self._record(j_m, self._j_m_sum, self._j_m_count, self.j_avg)
-        self._record(totals["j_gen"], self._j_gen_sum, self._j_gen_count, self.j_gen_avg)
+        self._record(j_m, flags["metric"], self._j_m_sum, self._j_m_count, self.j_avg)
+        self._record(totals["j_gen"], flags["generator"], self._j_gen_sum,
+                     self._j_gen_count, self.j_gen_avg)
 
     def _update_trackers(self, totals, extras):
-        for name, value in totals.items():
-            if name in self._trackers:
-                self._trackers[name].update_state(value)
+        """Epoch means of the finite values (one bad step does not make them NaN)."""
+        values = dict(totals)
         if self.hdml:
-            self._trackers["lambda"].update_state(extras["lam"])
-            self._trackers["w"].update_state(extras["w"])
+            values.update({"lambda": extras["lam"], "w": extras["w"]})
+        for name, tracker in self._trackers.items():
+            if name in values:
+                value = tf.cast(values[name], tf.float32)
+                finite = tf.math.is_finite(value)
+                tracker.update_state(tf.where(finite, value, 0.0),
+                                     sample_weight=tf.cast(finite, tf.float32))
+        return self._logs()
+
+    def _logs(self):
         logs = {name: t.result() for name, t in self._trackers.items()}
         logs["nonfinite_steps"] = tf.identity(self.nonfinite_steps)
+        if self.hdml:
+            logs.update(j_avg=tf.identity(self.j_avg), j_gen_avg=tf.identity(self.j_gen_avg))
+            logs.update({f"{name}_skipped_steps": tf.identity(v)
+                         for name, v in self.skipped_steps.items()})
+            logs["syn_fallback_steps"] = tf.identity(self.syn_fallback_steps)
         return logs
 
     # -------------------------------------------------------------- train/test
 
-    def _objectives(self, contrib):
-        """(optimizer, loss, variables) for each objective, spec step 10."""
-        result = [(self.metric_optimizer, contrib["j_metric"],
-                   self.embedder.trainable_variables)]
-        if self.hdml:
-            result += [
-                (self.generator_optimizer, contrib["j_gen"],
-                 self.generator.trainable_variables),
-                (self.classifier_optimizer, contrib["j_cls"],
-                 self.classifier.trainable_variables),
-            ]
-        return result
-
-    def _apply_if_finite(self, finite, objectives, grads, moving, saved):
-        """Apply every optimizer, or none of them and count the step, by ``finite``.
-
-        A non-finite step must not touch the weights, the optimizer state or the
-        BatchNorm statistics (which the forward pass has already updated: ``moving``
-        is restored from ``saved``). With several replicas the optimizers' gradient
-        all-reduce is a synchronisation point, which tf.distribute does not allow
-        inside a replica-context ``tf.cond``; as Keras' LossScaleOptimizer does, the
-        decision is then taken in cross-replica context (``merge_call``) and the
-        updates run per replica.
-        """
-
-        def apply_all(grads):
-            for (opt, _, variables), g in zip(objectives, grads):
-                opt.apply(g, variables)
-
-        def restore(saved):
-            for variable, value in zip(moving, saved):
-                variable.assign(value)
-
-        ctx, num_replicas, _ = _replica_context()
-        if ctx is None or num_replicas == 1:
-
-            def apply_fn():
-                apply_all(grads)
-                return tf.constant(True)
-
-            def skip_fn():
-                restore(saved)
-                self.nonfinite_steps.assign_add(1.0)
-                return tf.constant(False)
-
-            tf.cond(finite, apply_fn, skip_fn)
-            return
-
-        def cross_replica(distribution, finite, grads, saved):
-            # Every replica holds the same value (the flag is all-reduced).
-            finite = distribution.experimental_local_results(finite)[0]
-
-            def apply_fn():
-                distribution.extended.call_for_each_replica(apply_all, args=(grads,))
-                return tf.constant(True)
-
-            def skip_fn():
-                distribution.extended.call_for_each_replica(restore, args=(saved,))
-                self.nonfinite_steps.assign_add(1.0)
-                return tf.constant(False)
-
-            tf.cond(finite, apply_fn, skip_fn)
-
-        ctx.merge_call(cross_replica, args=(finite, grads, saved))
-
     def train_step(self, data):
-        ctx, _, _ = _replica_context()
         # BatchNorm statistics move during the forward pass; keep their values so a
-        # skipped step can put them back.
-        moving = (self.embedder.non_trainable_variables
-                  + (self.generator.non_trainable_variables if self.hdml else []))
-        saved = [tf.identity(v) for v in moving]
-        with tf.GradientTape(persistent=True) as tape:
-            contrib, extras = self._forward(data, training=True)
-            objectives = self._objectives(contrib)
-            scaled = [opt.scale_loss(loss) if hasattr(opt, "scale_loss") else loss
-                      for opt, loss, _ in objectives]
-        grads = [tape.gradient(loss, variables)
-                 for loss, (_, _, variables) in zip(scaled, objectives)]
-        del tape
-        totals = {k: _global_sum(ctx, v) for k, v in contrib.items()}
-        checks = [tf.math.is_finite(totals[k]) for k in ("j_metric", "j_gen", "j_cls")
-                  if k in totals]
-        # A NaN input can give finite losses and NaN gradients (a fused Conv+ReLU maps
-        # NaN to 0 forward, not backward). LossScaleOptimizers check their own
-        # gradients: they must see an overflow to lower the loss scale.
-        for (opt, _, _), group in zip(objectives, grads):
-            if not isinstance(opt, keras.optimizers.LossScaleOptimizer):
-                checks += [tf.reduce_all(tf.math.is_finite(g)) for g in group if g is not None]
-        bad_here = 1.0 - tf.cast(tf.reduce_all(tf.stack(checks)), tf.float32)
-        finite = tf.equal(_global_sum(ctx, bad_here), 0.0)  # the same on every replica
-
-        self._apply_if_finite(finite, objectives, grads, moving, saved)
-        self._update_statistics(totals, extras)
+        # skipped objective can put back the ones its part moved.
+        saved = {name: [tf.identity(v) for v in variables]
+                 for name, variables in self._moving_statistics().items()}
+        totals, extras, grads, syn_ok = self._gradients(data)
+        flags = self._finite_flags(totals, grads, syn_ok)
+        self._apply(flags, syn_ok, grads, saved, extras.get("head_statistics", []))
+        self._count(flags, syn_ok, totals)
+        self._update_statistics(totals, extras, flags)
         return self._update_trackers(totals, extras)
 
     def test_step(self, data):
-        ctx, _, _ = _replica_context()
+        replicas = objectives.Replicas.current()
         contrib, extras = self._forward(data, training=False)
-        totals = {k: _global_sum(ctx, v) for k, v in contrib.items()}
+        totals = {k: replicas.sum(v) for k, v in contrib.items()}
         return self._update_trackers(totals, extras)
 
-    # ------------------------------------------------------------ running stats API
+    # ---------------------------------------------------- inspection (public API)
+
+    def _keep_statistics(self, fn):
+        """Run ``fn`` in training mode and put every BatchNorm statistic back after."""
+        variables = [v for v in self.variables if not v.trainable]
+        saved = [tf.identity(v) for v in variables]
+        try:
+            return fn()
+        finally:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+
+    def loss_terms(self, batch, training=True):
+        """Every loss term of ``batch`` as Python floats, without taking a step.
+
+        Computed as a training step would (batch statistics when ``training``, the
+        current λ and w) but no weight, optimizer state, running statistic or
+        BatchNorm statistic changes. Keys: ``j_m`` (J_m with weight decay),
+        ``weight_decay``, and with HDML ``j_syn``, ``j_metric``, ``j_recon``,
+        ``j_soft``, ``j_gen``, ``j_cls``, ``hardened_fraction``, ``lambda``, ``w``.
+        """
+        self.build_from_data(batch)
+
+        def run():
+            contrib, extras = self._forward(batch, training=training)
+            values = {k: float(v) for k, v in contrib.items()}
+            if self.hdml:
+                values.update({"lambda": float(extras["lam"]), "w": float(extras["w"])})
+            return values
+
+        return self._keep_statistics(run)
+
+    def objective_gradients(self, batch):
+        """The three objectives' gradients at the current weights, without a step.
+
+        Returns a dict ``{"metric" | "generator" | "classifier": [(gradient,
+        variable), ...]}`` (unscaled; the J_syn fallback applies as in a step). No
+        weight, optimizer state or statistic changes.
+        """
+        self.build_from_data(batch)
+
+        def run():
+            _, _, grads, _ = self._gradients(batch)
+            return {name: list(zip(grads[name], variables))
+                    for name, (_, variables, _) in self.objectives().items()}
+
+        return self._keep_statistics(run)
+
+    def check_progress(self):
+        """Raise `NonFiniteTrainingError` once the metric step was skipped for a window.
+
+        Called by ``hdml-tf train`` after each step (or group of steps); with
+        ``fit``, add `NonFiniteGuard` to the callbacks.
+        """
+        run = int(self.metric_skip_run.numpy())
+        if run < self.window:
+            return
+        last = {k: float(v.numpy()) for k, v in self.last_finite.items()}
+        raise NonFiniteTrainingError(
+            f"the metric step (J_m / J_metric or its gradient) was non-finite for {run} "
+            f"steps in a row, up to step {int(self.steps_taken.numpy())}; last finite "
+            f"values at step {last['step']:.0f}: J_m={last['j_m']:.6g}, "
+            f"J_metric={last['j_metric']:.6g}")
 
     def statistics(self):
-        """Current running statistics as Python floats (for logs and tests)."""
-        return {
+        """Current running statistics and counters as Python numbers (logs and tests)."""
+        lam, w = self.schedule()
+        stats = {
             "j_avg": float(self.j_avg.numpy()),
             "j_gen_avg": float(self.j_gen_avg.numpy()),
-            "lambda": float(synthesis.hardness_lambda(self.j_avg, self.alpha)),
-            "w": float(synthesis.metric_weight(self.j_gen_avg, self.beta)),
+            "lambda": float(lam),
+            "w": float(w),
             "nonfinite_steps": int(self.nonfinite_steps.numpy()),
+            "syn_fallback_steps": int(self.syn_fallback_steps.numpy()),
         }
+        stats.update({f"{k}_skipped_steps": int(v.numpy())
+                      for k, v in self.skipped_steps.items()})
+        return stats
 
     def get_config(self):
         config = super().get_config()
@@ -724,8 +875,11 @@ class HDML(keras.Model):
             l2_reg=self.l2_reg,
             margin=self.margin,
             weight_decay=self.weight_decay,
+            weight_decay_scope=self.weight_decay_scope,
             window=self.window,
             stat_init=self.stat_init,
+            j_avg_init=self.j_avg_init,
+            j_gen_avg_init=self.j_gen_avg_init,
             record_weighted_jm=self.record_weighted_jm,
             generator_hidden=self.generator_hidden,
             synchronized_bn=self.synchronized_bn,
@@ -745,3 +899,24 @@ class HDML(keras.Model):
     def build_from_config(self, config):
         if config.get("input_shape"):
             self.build(tuple(config["input_shape"]))
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops ``fit`` with `NonFiniteTrainingError` when HDML's metric step stalls."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.model.check_progress()
+
+
+def _scale(optimizer, loss):
+    return optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+
+
+def _dense(grads, variables):
+    """Zeros for variables a loss does not reach (tf.cond needs tensors)."""
+    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)]
+
+
+def _true(_):
+    return tf.constant(True)

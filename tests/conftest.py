@@ -54,3 +54,19 @@ def _seed():
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """One MirroredStrategy over the 2 logical CPUs for the whole session.
+
+    Strategies created one after another in a process number their collective
+    instances from the same start, so a second strategy's all-gather can meet the
+    first one's all-reduce under the same key ("Collective instance N expected type
+    ..."); sharing one strategy avoids that.
+    """
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("CPU")
+    assert len(devices) >= 2, "tests/conftest.py configures 2 logical CPUs"
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])

@@ -247,7 +247,9 @@ def test_fit_decreases_metric_loss(loss, hdml):
     expected = {"j_m", "weight_decay", "nonfinite_steps"}
     if hdml:
         expected |= {"j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls",
-                     "lambda", "w"}
+                     "lambda", "w", "hardened_fraction", "j_avg", "j_gen_avg",
+                     "metric_skipped_steps", "generator_skipped_steps",
+                     "classifier_skipped_steps", "syn_fallback_steps"}
     assert set(history.history) == expected
     j_m = history.history["j_m"]
     assert j_m[-1] < j_m[0], j_m
