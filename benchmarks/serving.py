@@ -3,6 +3,7 @@
 Run:  python benchmarks/serving.py                         (GoogLeNet, 227 px, random weights)
       python benchmarks/serving.py --smoke                 (tiny sizes, seconds)
       python benchmarks/serving.py --checkpoint runs/cub   (a trained workdir or .keras)
+      python benchmarks/serving.py --refusals [--smoke]    (the serving limits, below)
 
 What is timed, on the same batches of float32 RGB images (0-255, crop size):
   * keras predict: ``embedder.predict(normalize(batch), batch_size=len(batch))``, one
@@ -20,12 +21,22 @@ absolute difference) so that a fast but wrong path cannot win.
 
 The machine is shared (2 cores), so absolute numbers are noisy; the ratio is the
 figure of merit (target: the SavedModel is not slower than Keras).
+
+``--refusals`` instead times what ``serve_bytes`` does with inputs over its limits
+(see docs/serving.md, "Limits"): huge declared sizes (PNGs of zero rows, a small JPEG
+whose frame header claims 60,000 x 60,000; made by the helpers of
+tests/test_serving_limits.py), an unreadable header and a batch over ``max_batch``,
+each sent beside a normal image, next to an accepted request of one normal image. Each
+runs once untimed, then ``--repeats`` times; the table gives the median and the
+largest time and, for the whole set of refusals, the growth of the process's peak
+resident memory (``ru_maxrss``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -65,6 +76,10 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--smoke", action="store_true",
                         help="small backbone input and batches: a seconds-long check")
+    parser.add_argument("--refusals", action="store_true",
+                        help="time refusals of inputs over the serving limits instead")
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="timed calls per row of --refusals")
     args = parser.parse_args(argv)
     if args.smoke:
         args.resize, args.crop, args.batch_size, args.batches = 80, 64, 4, 2
@@ -101,6 +116,9 @@ def main(argv=None):
         widths = ((pad, args.resize - args.crop - pad),) * 2 + ((0, 0),)
         encoded = [[tf.io.encode_jpeg(tf.cast(np.pad(img, widths, mode="edge"), tf.uint8),
                                       quality=95).numpy() for img in b] for b in batches]
+
+        if args.refusals:
+            return refusals(bytes_fn, encoded[0][0], args.repeats, path)
 
         def keras_predict(batch):
             return keras_embedder.predict(preprocess.normalize(batch, mode),
@@ -140,6 +158,57 @@ def main(argv=None):
         shown = "n/a (lossy JPEG)" if diff is None else f"{diff:.1e}"
         print(f"| {name} | {seconds:.2f} | {n / seconds:.1f} | {keras_s / seconds:.2f} | "
               f"{shown} |")
+    return 0
+
+
+def refusals(bytes_fn, normal, repeats, path):
+    """Print the refusal-time table (see the module docstring); returns 0."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from hdml_tf import export
+    from tests.test_serving_limits import jpeg_declaring, zero_png
+
+    max_batch = export.DEFAULT_MAX_BATCH
+    png = zero_png(20_000, 20_000)
+    cases = [
+        ("accepted: 1 normal JPEG", [normal], True),
+        (f"PNG 20,000 x 20,000 ({len(png) // 1000} KB)", [normal, png], False),
+        ("PNG 40,000 x 40,000", [normal, zero_png(40_000, 40_000)], False),
+        ("JPEG declaring 60,000 x 60,000", [normal, jpeg_declaring(60_000, 60_000)], False),
+        ("unreadable header (truncated PNG)", [normal, png[:20]], False),
+        (f"{max_batch + 1} normal JPEGs (max_batch {max_batch})", [normal] * (max_batch + 1),
+         False),
+    ]
+    rows, peak_growth = [], 0.0
+    for name, contents, accepted in cases:
+        tensor = tf.constant(contents)
+
+        def call():
+            try:
+                bytes_fn(image_bytes=tensor)
+                return True
+            except tf.errors.InvalidArgumentError:
+                return False
+
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        outcome = call()  # untimed first call (its memory is counted)
+        assert outcome == accepted, f"{name}: expected accepted={accepted}"
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        if not accepted:
+            peak_growth = max(peak_growth, grown)
+        rows.append((name, "served" if accepted else "refused", np.median(times) * 1e3,
+                     max(times) * 1e3, grown))
+    print(f"model: {path}; TF {tf.__version__}, {os.cpu_count()} CPUs visible, "
+          f"{repeats} timed calls per row")
+    print()
+    print("| request | outcome | median ms | max ms | peak RSS growth MB |")
+    print("|---|---|---:|---:|---:|")
+    for name, outcome, median, worst, grown in rows:
+        print(f"| {name} | {outcome} | {median:.1f} | {worst:.1f} | {grown:.0f} |")
     return 0
 
 
