@@ -469,6 +469,8 @@ def load_fixture(loss, directory=None):
         J_m + J_syn; ``J_recon``; ``J_soft``; ``J_gen`` = J_recon + J_soft;
         ``cross_entropy`` (softmax classifier on the pooled features); ``lambda`` =
         exp(-alpha/Javg) and ``w`` = exp(-beta/Jgen) as the graph computes them.
+        (Triplet J_syn is exactly 0 at step 1: every synthetic triplet meets the
+        margin after one update.)
     ``grad0/<objective>/<var>/{norm,sum,idx,values}``: the gradient of <objective>
         (J_metric, J_gen, cross_entropy) at the INITIAL weights, w.r.t. each variable
         its optimizer updates (J_metric: backbone/* and the trainable head/*;
@@ -476,6 +478,9 @@ def load_fixture(loss, directory=None):
         ``sum`` float64 scalars over the whole gradient; ``idx`` int32 flat C-order
         indices (all of them when the variable has <= 2048 elements); ``values``
         float32 gradient values at idx. Layout = the neutral layout (HWIO, (in, out)).
+        (``norm`` / ``sum`` were computed by numpy 1.26 in the tool's venv: compare
+        them with a relative tolerance; another numpy/BLAS may differ in the last
+        bits. ``values`` are exact copies of the float32 elements.)
     ``weights/<var>/{norm,sum,idx,values}``: every weight after K steps (trainable and
         BN moving statistics), same compressed form (small ones whole).
     ``bn/<var>``: float32 ``(K, n)``, the BN moving statistics after each step, for
