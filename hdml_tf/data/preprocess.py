@@ -83,6 +83,7 @@ def _jpeg_size(padded, length, is_jpeg):
              tf.logical_not(is_jpeg))
 
     def body(i, pos, size, done):
+        shapes = (pos.shape, size.shape, done.shape)
         seg = _bytes_at(padded, tf.minimum(pos, length), 9)
         kind, seg_len = seg[:, 1], seg[:, 2] * 256 + seg[:, 3]
         valid = tf.equal(seg[:, 0], 0xFF) & (pos + 4 <= length)
@@ -100,7 +101,10 @@ def _jpeg_size(padded, length, is_jpeg):
         step = tf.where(fill, tf.constant(1, tf.int64),
                         tf.where(standalone, tf.constant(2, tf.int64), 2 + seg_len))
         new_done = done | sof | failed
-        return i + 1, tf.where(new_done, pos, pos + step), size, new_done
+        out = (tf.where(new_done, pos, pos + step), size, new_done)
+        for new, shape in zip(out, shapes):
+            new.set_shape(shape)  # a static batch size stays static (tf.data maps)
+        return (i + 1,) + out
 
     _, _, size, _ = tf.while_loop(
         lambda i, pos, size, done: (i < _JPEG_MAX_SEGMENTS) & tf.logical_not(tf.reduce_all(done)),
