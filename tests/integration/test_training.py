@@ -101,15 +101,11 @@ def _final_weights(workdir):
     return [w.numpy() for w in model.weights]
 
 
-@pytest.mark.slow
-def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
-    """A real `hdml-tf train` process is killed with SIGKILL after its first
-    checkpoint; the same command resumes from the last checkpoint and ends with the
-    same weights, optimizer-driven, as a run that was never interrupted."""
-    config = write_config(tmp_path, train={"steps": 60, "steps_per_epoch": 10})
+def _run_killed_and_resumed(tmp_path, config, kill_after_step):
+    """The same `hdml-tf train` command run uninterrupted, and run, killed with SIGKILL
+    once a checkpoint at or past ``kill_after_step`` exists, then run again."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "hdml_tf.cli", "train", "--config", config]
-
     reference = tmp_path / "reference"
     subprocess.run(command + ["--workdir", str(reference)], env=env, check=True,
                    capture_output=True, timeout=600)
@@ -118,13 +114,18 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     process = subprocess.Popen(command + ["--workdir", str(workdir)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = workdir / "checkpoints"
+
+    def latest_step():
+        # CheckpointManager writes its state file after the checkpoint itself.
+        latest = tf.train.latest_checkpoint(str(checkpoints))
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+
     deadline = time.time() + 300
     try:
         while time.time() < deadline and process.poll() is None:
-            # CheckpointManager writes its state file after the checkpoint itself.
-            if tf.train.latest_checkpoint(str(checkpoints)) is not None:
+            if latest_step() >= kill_after_step:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert process.poll() is None, "training ended before it could be killed"
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -132,15 +133,45 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
-    killed_at = tf.train.latest_checkpoint(str(checkpoints))
-    assert killed_at is not None and not killed_at.endswith("ckpt-60")
-
+    killed_at = latest_step()
     resumed = subprocess.run(command + ["--workdir", str(workdir)], env=env, check=True,
                              capture_output=True, text=True, timeout=600)
     assert "resumed from" in resumed.stdout
-    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-60")
-    for a, b in zip(_final_weights(reference), _final_weights(workdir)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    return reference, workdir, killed_at
+
+
+def _assert_same_run(reference, workdir, logs):
+    for a, b in zip(_final_weights(reference), _final_weights(workdir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in logs:
+        assert (reference / name).read_text() == (workdir / name).read_text(), name
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
+    """Killed with SIGKILL after its first checkpoint, the same command resumes and
+    ends bit-identical to a run that was never interrupted (weights, optimizer-driven,
+    and the per-epoch and schedule logs)."""
+    config = write_config(tmp_path, train={"steps": 60, "steps_per_epoch": 10})
+    reference, workdir, killed_at = _run_killed_and_resumed(tmp_path, config, 10)
+    assert 10 <= killed_at < 60
+    assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-60")
+    _assert_same_run(reference, workdir, ["train_log.csv", "schedule_log.csv"])
+
+
+@pytest.mark.slow
+def test_kill_9_after_an_evaluation_resumes_the_evaluation_state(tmp_path):
+    """With periodic evaluation and best-weight selection on a validation split, a
+    run killed after an evaluation resumes its best score, best weights and step
+    counter: final weights and eval_log.csv equal the uninterrupted run's."""
+    config = write_config(tmp_path, data={"val_fraction": 0.4, "batch_size": 6},
+                          train={"steps": 60, "steps_per_epoch": 10, "eval_every": 20,
+                                 "monitor": "recall@1"})
+    reference, workdir, killed_at = _run_killed_and_resumed(tmp_path, config, 30)
+    assert 30 <= killed_at < 60
+    rows = (reference / "eval_log.csv").read_text().splitlines()
+    assert [r.split(",")[1] for r in rows[1:]] == ["20", "40", "60"]
+    _assert_same_run(reference, workdir, ["eval_log.csv", "train_log.csv"])
 
 
 # ------------------------------------------------------ MirroredStrategy == 1 device
