@@ -32,7 +32,7 @@ COMMANDS = {
     "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
     "bench": ("hdml_tf.bench", "bench_main", "time a preset's step and pipeline here"),
     "weights": ("hdml_tf.cli", "_weights_main",
-                "weights import|fetch: convert / download GoogLeNet weights"),
+                "weights fetch|check|import: the GoogLeNet weights"),
 }
 
 

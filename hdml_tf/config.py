@@ -43,14 +43,26 @@ class DataConfig:
     val_fraction: float = 0.0
     eval_batch_size: int = 128
     max_eval_images: int = 0  # 0: all; a smaller number subsamples the evaluated split
+    # "queue": classes drawn from a shuffled queue, negatives of any other class;
+    # "authors": the authors' data_provider (N-pair: P classes drawn without
+    # replacement for each batch independently; triplet: 2T distinct classes a batch,
+    # so no negative shares a class with any anchor of the batch).
+    sampler: str = "queue"
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Backbone, embedding and the HDML objective (see HDML_SPEC.md)."""
+    """Backbone, embedding and the HDML objective (see docs/method.md).
+
+    ``lrn`` (inception_v1 only): "caffe" (BVLC's LRN) or "authors" (the HDML authors'
+    TF1 LRN, what produced the paper's numbers). ``weight_decay_scope``: "kernels" or
+    "authors" (every backbone and head variable but BatchNorm's, biases included).
+    ``j_avg_init`` / ``j_gen_avg_init``: the running statistics' starting values.
+    """
 
     backbone: str = "inception_v1"
     weights: typing.Optional[str] = None
+    lrn: str = "caffe"
     embedding_dim: int = 128
     loss: str = "npair"
     hdml: bool = True
@@ -61,20 +73,27 @@ class ModelConfig:
     l2_reg: float = 3e-3
     margin: float = 1.0
     weight_decay: float = 5e-3
+    weight_decay_scope: str = "kernels"
     window: int = 64
+    j_avg_init: float = 1e6
+    j_gen_avg_init: float = 1e6
     record_weighted_jm: bool = True
     generator_hidden: int = 512
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    """Three Adam optimizers; the metric learning rate is halved at ``lr_decay_steps``."""
+    """Three Adam optimizers; the metric learning rate is halved at ``lr_decay_steps``.
+
+    ``adam_epsilon``: Keras' default 1e-7, or the authors' (TF1) 1e-8.
+    """
 
     lr_metric: float = 7e-5
     lr_gen: float = 1e-2
     lr_cls: float = 1e-3
     lr_decay_steps: typing.Tuple[int, ...] = ()
     lr_decay_factor: float = 0.5
+    adam_epsilon: float = 1e-7
 
 
 @dataclasses.dataclass
@@ -83,10 +102,16 @@ class TrainConfig:
 
     steps: int = 8000
     steps_per_epoch: int = 100  # progress/log/checkpoint interval
+    log_every: int = 10  # steps between rows of schedule_log.csv (λ, w, J_avg, ...)
     eval_every: int = 0  # steps; 0: only at the end
     eval_split: str = "val"  # "val" (needs data.val_fraction > 0) or "test"
     select_on_test: bool = False  # the authors' flaw: opt-in only
     monitor: str = "recall@1"
+    # The authors' protocol, reported beside the final checkpoint's numbers and
+    # labelled as selected on the test set: evaluate on test every 500 steps (every 64
+    # from step 5000 on) and keep the best NMI. It changes nothing in training.
+    authors_selection: bool = False
+    kmeans_restarts: int = 1  # k-means runs for NMI/F1 (the authors: scikit-learn, 10)
     ks: typing.Tuple[int, ...] = (1, 2, 4, 8)
     keep_checkpoints: int = 3
     seed: int = 0
@@ -305,6 +330,7 @@ def validate(config):
     for key, value in (("data.crop", d.crop), ("data.resize", d.resize),
                        ("model.embedding_dim", m.embedding_dim), ("model.window", m.window),
                        ("train.steps", t.steps), ("train.steps_per_epoch", t.steps_per_epoch),
+                       ("train.log_every", t.log_every),
                        ("data.eval_batch_size", d.eval_batch_size)):
         if value < 1:
             raise ConfigError(f"{key}: must be positive, got {value}")
@@ -325,6 +351,21 @@ def validate(config):
         raise ConfigError("train.eval_split: selecting checkpoints on the test split "
                           "needs train.select_on_test=true (the authors' code did this; "
                           "it inflates results)")
+    for key, value, allowed in (("data.sampler", d.sampler, ("queue", "authors")),
+                                ("model.lrn", m.lrn, ("caffe", "authors")),
+                                ("model.weight_decay_scope", m.weight_decay_scope,
+                                 ("kernels", "authors"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    if m.lrn != "caffe" and m.backbone.lower() != "inception_v1":
+        raise ConfigError(f"model.lrn: only inception_v1 has LRN layers; "
+                          f"model.backbone is {m.backbone!r}")
+    for key, value in (("model.j_avg_init", m.j_avg_init),
+                       ("model.j_gen_avg_init", m.j_gen_avg_init),
+                       ("optim.adam_epsilon", o.adam_epsilon),
+                       ("train.kmeans_restarts", t.kmeans_restarts)):
+        if not value > 0:
+            raise ConfigError(f"{key}: must be positive, got {value}")
     if any(s < 1 for s in o.lr_decay_steps):
         raise ConfigError(f"optim.lr_decay_steps: steps must be positive, "
                           f"got {o.lr_decay_steps}")

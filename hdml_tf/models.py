@@ -1,6 +1,6 @@
 """The HDML model: embedder (backbone + head), generator, classifier and train_step.
 
-Names follow the paper and ``HDML_SPEC.md``: y (backbone features), z (embeddings),
+Names follow the paper and ``docs/method.md``: y (backbone features), z (embeddings),
 ``y_prime`` (reconstructions y' of the real rows), ``y_tilde`` / ``z_tilde`` (the
 synthetic tuple mapped back to feature space and re-embedded), ``j_avg`` /
 ``j_gen_avg`` (the running statistics that drive λ and w).
@@ -328,6 +328,7 @@ class HDML(keras.Model):
         self.last_finite = {name: stat(f"last_finite_{name}", float("nan"))
                             for name in ("j_m", "j_metric", "step")}
         self.steps_taken = stat("steps_taken", 0.0)
+        self.last_hardened_fraction = stat("last_hardened_fraction", 0.0)
 
         names = ["j_m", "weight_decay"]
         if self.hdml:
@@ -773,6 +774,8 @@ class HDML(keras.Model):
         flags = self._finite_flags(totals, grads, syn_ok)
         self._apply(flags, syn_ok, grads, saved, extras.get("head_statistics", []))
         self._count(flags, syn_ok, totals)
+        if self.hdml:
+            self.last_hardened_fraction.assign(totals["hardened_fraction"])
         self._update_statistics(totals, extras, flags)
         return self._update_trackers(totals, extras)
 
@@ -856,6 +859,7 @@ class HDML(keras.Model):
             "w": float(w),
             "nonfinite_steps": int(self.nonfinite_steps.numpy()),
             "syn_fallback_steps": int(self.syn_fallback_steps.numpy()),
+            "hardened_fraction": float(self.last_hardened_fraction.numpy()),
         }
         stats.update({f"{k}_skipped_steps": int(v.numpy())
                       for k, v in self.skipped_steps.items()})

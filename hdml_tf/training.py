@@ -119,7 +119,8 @@ def training_dataset(config, train_split, preprocessing, start_batch=0):
 
     d, loss = config.data, config.model.loss
     common = dict(seed=config.train.seed, resize=d.resize, crop=d.crop, flip=d.flip,
-                  preprocessing=preprocessing, cache=d.cache, start_batch=start_batch)
+                  preprocessing=preprocessing, cache=d.cache, start_batch=start_batch,
+                  sampler=d.sampler)
     if loss == "npair":
         return sampling.npair_dataset(train_split, d.batch_size // 2, **common)
     return sampling.triplet_dataset(train_split, d.batch_size // 3, **common)
@@ -163,13 +164,16 @@ def build_model(config, num_classes):
     if t.mixed_precision:
         keras.config.set_dtype_policy("mixed_float16")
     try:
+        backbone_kwargs = {"lrn": m.lrn} if m.backbone.lower() == "inception_v1" else {}
         backbone = build_backbone(m.backbone, weights=m.weights,
-                                  input_shape=(d.crop, d.crop, 3))
+                                  input_shape=(d.crop, d.crop, 3), **backbone_kwargs)
         embedder = Embedder(backbone, embedding_dim=m.embedding_dim, synchronized_bn=sync_bn)
         model = HDML(embedder, num_classes=num_classes, loss=m.loss, hdml=m.hdml,
                      alpha=m.alpha, beta=m.beta, lambda_gen=m.lambda_gen,
                      softmax_factor=m.softmax_factor, l2_reg=m.l2_reg, margin=m.margin,
-                     weight_decay=m.weight_decay, window=m.window,
+                     weight_decay=m.weight_decay, weight_decay_scope=m.weight_decay_scope,
+                     window=m.window, j_avg_init=m.j_avg_init,
+                     j_gen_avg_init=m.j_gen_avg_init,
                      record_weighted_jm=m.record_weighted_jm,
                      generator_hidden=m.generator_hidden, synchronized_bn=sync_bn)
     finally:
@@ -180,8 +184,8 @@ def build_model(config, num_classes):
             list(o.lr_decay_steps), values)
     else:
         lr_metric = o.lr_metric
-    optimizers = [keras.optimizers.Adam(lr_metric), keras.optimizers.Adam(o.lr_gen),
-                  keras.optimizers.Adam(o.lr_cls)]
+    optimizers = [keras.optimizers.Adam(lr, epsilon=o.adam_epsilon)
+                  for lr in (lr_metric, o.lr_gen, o.lr_cls)]
     if t.mixed_precision:
         optimizers = [keras.optimizers.LossScaleOptimizer(opt) for opt in optimizers]
     model.compile(metric_optimizer=optimizers[0], generator_optimizer=optimizers[1],
@@ -257,16 +261,137 @@ def restore_model(workdir):
 # ----------------------------------------------------------------------- train
 
 
+def _truncate_csv(path, keep):
+    """Drop the rows of a CSV log that ``keep(row)`` rejects (resume: rows written
+    after the checkpoint the run goes on from)."""
+    import csv
+
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        fields = rows[0].keys() if rows else None
+    if fields is None:
+        return
+    kept = [row for row in rows if keep(row)]
+    if len(kept) == len(rows):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+class EvaluationState:
+    """An `EvaluationCallback`'s state saved beside each checkpoint.
+
+    ``checkpoints/<name>-<step>.json`` holds the callback's state at checkpoint step
+    <step> (best score and step, step counter, evaluations so far), and
+    ``checkpoints/<name>-best-<best_step>.npz`` the best weights it refers to. Both are
+    written before the checkpoint itself, so every checkpoint has its state.
+    """
+
+    def __init__(self, callback, name, directory):
+        self.callback, self.name, self.directory = callback, name, directory
+
+    def _state_path(self, step):
+        return os.path.join(self.directory, f"{self.name}-{step}.json")
+
+    def _best_path(self, best_step):
+        return os.path.join(self.directory, f"{self.name}-best-{best_step}.npz")
+
+    def save(self, step):
+        os.makedirs(self.directory, exist_ok=True)
+        state = self.callback.get_state()
+        best_step = state["best_step"]
+        if best_step is not None and not os.path.exists(self._best_path(best_step)):
+            tmp = self._best_path(best_step) + ".tmp.npz"
+            np.savez(tmp, *self.callback.best_weights)
+            os.replace(tmp, self._best_path(best_step))
+        _write_json(self._state_path(step), state)
+
+    def prune(self, keep_steps):
+        """Remove states of checkpoints that are gone, and best weights none refers to."""
+        referenced = set()
+        for entry in os.listdir(self.directory):
+            if entry.startswith(f"{self.name}-") and entry.endswith(".json"):
+                step = entry[len(self.name) + 1:-len(".json")]
+                if step.isdigit() and int(step) not in keep_steps:
+                    os.remove(os.path.join(self.directory, entry))
+                elif step.isdigit():
+                    with open(os.path.join(self.directory, entry)) as f:
+                        referenced.add(json.load(f)["best_step"])
+        for entry in os.listdir(self.directory):
+            prefix = f"{self.name}-best-"
+            if entry.startswith(prefix) and entry.endswith(".npz"):
+                step = entry[len(prefix):-len(".npz")]
+                if step.isdigit() and int(step) not in referenced:
+                    os.remove(os.path.join(self.directory, entry))
+
+    def restore(self, step):
+        """Bring the callback back to checkpoint ``step`` (fresh if none was saved)."""
+        path = self._state_path(step)
+        if not os.path.exists(path):
+            self.callback.start_at(step)
+            return False
+        with open(path) as f:
+            state = json.load(f)
+        best = None
+        if state["best_step"] is not None:
+            with np.load(self._best_path(state["best_step"])) as arrays:
+                best = [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
+        self.callback.set_state(state, best)
+        return True
+
+
 class _Checkpointer(keras.callbacks.Callback):
-    def __init__(self, manager, checkpoint, workdir, steps_per_epoch):
+    """At each epoch end: evaluation states, then the checkpoint, then model.keras."""
+
+    def __init__(self, manager, checkpoint, workdir, steps_per_epoch, states=()):
         super().__init__()
         self.manager, self.checkpoint = manager, checkpoint
         self.workdir, self.steps_per_epoch = workdir, steps_per_epoch
+        self.states = list(states)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.checkpoint.step.assign((epoch + 1) * self.steps_per_epoch)
-        self.manager.save(checkpoint_number=int(self.checkpoint.step.numpy()))
+        step = (epoch + 1) * self.steps_per_epoch
+        self.checkpoint.step.assign(step)
+        for state in self.states:
+            state.save(step)
+        self.manager.save(checkpoint_number=step)
+        kept = {int(path.rsplit("-", 1)[1]) for path in self.manager.checkpoints}
+        for state in self.states:
+            state.prune(kept)
         _atomic_save(self.model, os.path.join(self.workdir, "model.keras"))
+
+
+class _ScheduleLog(keras.callbacks.Callback):
+    """``schedule_log.csv``: every ``every`` steps, the λ and w the next step uses,
+    J_avg, J_gen_avg, and the share of candidate negatives the last step's synthesis
+    moved (d- > d+): HDML's hardness schedule as it happens."""
+
+    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction")
+
+    def __init__(self, path, every, start_step):
+        super().__init__()
+        self.path, self.every, self.step = path, int(every), int(start_step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every or not self.model.hdml:
+            return
+        import csv
+
+        stats = self.model.statistics()
+        row = {"step": self.step, **{k: stats[k] for k in self.FIELDS[1:]}}
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
 
 
 def _write_json(path, payload):
@@ -364,25 +489,9 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
         # Every replica holds the same (globally reduced) values: take the first.
         return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
 
-    callbacks = [_Checkpointer(manager, checkpoint, scratch, steps_per_epoch)]
-    if chief:
-        callbacks = [
-            keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
-            keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
-                                        write_graph=False),
-        ] + callbacks
-    eval_split = None
-    if t.eval_every and chief:
-        from hdml_tf.evaluation.callbacks import EvaluationCallback
-
-        eval_split = t.eval_split
-        callbacks.insert(0, EvaluationCallback(
-            evaluation_dataset(config, splits[eval_split], preprocessing),
-            split_name=eval_split, ks=t.ks, every_n_steps=t.eval_every,
-            monitor=t.monitor, restore_best_weights=True,
-            allow_test_selection=t.select_on_test,
-            log_dir=os.path.join(workdir, "tensorboard", "eval"),
-            csv_path=os.path.join(workdir, "eval_log.csv"), verbose=t.verbose))
+    callbacks, states = _callbacks(config, workdir, splits, preprocessing, chief,
+                                   start_step)
+    callbacks.append(_Checkpointer(manager, checkpoint, scratch, steps_per_epoch, states))
     callback_list = keras.callbacks.CallbackList(
         callbacks, add_history=True, add_progbar=t.verbose > 0, model=model,
         verbose=t.verbose, epochs=epochs, steps=steps_per_epoch)
@@ -399,6 +508,7 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
         for step in range(steps_here):
             callback_list.on_train_batch_begin(step)
             logs = {k: float(v) for k, v in distributed_step(iterator).items()}
+            model.check_progress()  # a stalled metric step ends the run before a save
             callback_list.on_train_batch_end(step, logs)
         callback_list.on_epoch_end(epoch, dict(logs))
         if model.stop_training:
@@ -415,20 +525,97 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
         shutil.rmtree(scratch, ignore_errors=True)  # the chief holds the run
         return (results, model) if return_model else results
     test_metrics = evaluate_model(model, config, splits["test"])
-    results["test"] = test_metrics
+    results["test"] = test_metrics  # the headline: the final checkpoint
     results["paper"] = dict(config.paper)
+    tables = {config.name: test_metrics}
+    for state in states:
+        if state.name == "authors_eval":
+            selected = _authors_selected(state.callback)
+            results["authors_selected"] = selected
+            if selected:
+                tables["authors' protocol"] = selected["metrics"]
     _write_json(os.path.join(workdir, "metrics.json"), results)
-    log(summary_table({config.name: test_metrics}, paper=config.paper))
+    log(summary_table(tables, paper=config.paper))
+    if "authors_selected" in results:
+        log(_authors_note(results["authors_selected"]))
     if t.export:
         results["export"] = export_workdir(workdir, config, log=log)
     return (results, model) if return_model else results
+
+
+def _callbacks(config, workdir, splits, preprocessing, chief, start_step):
+    """Logs, evaluations (with their checkpointed state) and the schedule log.
+
+    A resumed run first drops log rows written after the checkpoint it resumes from,
+    so its logs end as an uninterrupted run's would.
+    """
+    from hdml_tf.evaluation.callbacks import EvaluationCallback, authors_schedule
+
+    t = config.train
+    if not chief:
+        return [], []
+    initial_epoch = start_step // t.steps_per_epoch
+    _truncate_csv(os.path.join(workdir, "train_log.csv"),
+                  lambda row: int(row["epoch"]) < initial_epoch)
+    _truncate_csv(os.path.join(workdir, "schedule_log.csv"),
+                  lambda row: int(row["step"]) <= start_step)
+    callbacks = [
+        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
+        _ScheduleLog(os.path.join(workdir, "schedule_log.csv"), t.log_every, start_step),
+    ]
+    evaluations = []
+    if t.eval_every:
+        evaluations.append(("eval", t.eval_split, dict(
+            every_n_steps=t.eval_every, monitor=t.monitor, restore_best_weights=True,
+            allow_test_selection=t.select_on_test)))
+    if t.authors_selection:
+        # Their protocol, reported beside the final numbers: it never changes the
+        # weights the run ends with.
+        evaluations.append(("authors_eval", "test", dict(
+            schedule=authors_schedule, monitor="nmi", restore_best_weights=False,
+            allow_test_selection=True, seed=1)))
+    states = []
+    for name, split, kwargs in evaluations:
+        csv_path = os.path.join(workdir, f"{name}_log.csv")
+        _truncate_csv(csv_path, lambda row: int(row["step"]) <= start_step)
+        callback = EvaluationCallback(
+            evaluation_dataset(config, splits[split], preprocessing), split_name=split,
+            ks=t.ks, log_dir=os.path.join(workdir, "tensorboard", name), csv_path=csv_path,
+            verbose=t.verbose, kmeans_nredo=t.kmeans_restarts, **kwargs)
+        state = EvaluationState(callback, name, os.path.join(workdir, "checkpoints"))
+        if start_step:
+            state.restore(start_step)
+        callbacks.insert(0, callback)
+        states.append(state)
+    return callbacks, states
+
+
+def _authors_selected(callback):
+    """The authors' number: the evaluation with the best test NMI, and its step."""
+    if callback.best_step is None:
+        return None
+    best = next(e for e in callback.evaluations if e["step"] == callback.best_step)
+    metrics = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
+    return {"selected_on": "test", "criterion": "best test NMI over the authors' "
+            "evaluation steps (every 500, every 64 from step 5000)",
+            "step": callback.best_step, "metrics": metrics}
+
+
+def _authors_note(selected):
+    if not selected:
+        return "authors' protocol: no evaluation step was reached (first at step 500)"
+    return (f"authors' protocol: step {selected['step']}, chosen for its test NMI "
+            "(selected on the test set, as their code did; the first column is the "
+            "final checkpoint, the number to compare)")
 
 
 def evaluate_model(model, config, split):
     from hdml_tf.evaluation import evaluate
 
     data = evaluation_dataset(config, split, model.embedder.preprocessing)
-    return evaluate(model.embedder, data, ks=config.train.ks, metrics=EVAL_METRICS)
+    return evaluate(model.embedder, data, ks=config.train.ks, metrics=EVAL_METRICS,
+                    kmeans_nredo=config.train.kmeans_restarts)
 
 
 def export_workdir(workdir, config, log=print):
@@ -466,6 +653,8 @@ def summary_table(results, paper=None, keys=None):
 
 
 def train_main(argv):
+    from hdml_tf.models import NonFiniteTrainingError
+
     parser = argparse.ArgumentParser(
         prog="hdml-tf train",
         description="Train HDML (or its baseline with --set model.hdml=false).")
@@ -497,4 +686,8 @@ def train_main(argv):
     except FileNotFoundError as error:
         print(f"hdml-tf train: {error}", file=sys.stderr)
         return 2
+    except NonFiniteTrainingError as error:
+        print(f"hdml-tf train: stopped: {error}; the last good checkpoint is kept in "
+              f"{args.workdir}/checkpoints", file=sys.stderr)
+        return 1
     return 0

@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 _KERAS_WEIGHT_EXTENSIONS = (".weights.h5", ".keras", ".h5", ".hdf5")
-_CAFFE_EXTENSIONS = (".mat", ".npz", ".npy")
+# The Caffe-weight files hdml_tf.backbones.weights reads (one list, defined there).
+from hdml_tf.backbones.weights import SUPPORTED_EXTENSIONS as _CAFFE_EXTENSIONS  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

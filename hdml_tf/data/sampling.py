@@ -209,6 +209,67 @@ class TripletSampler:
             yield np.array(a, np.int64), np.array(p, np.int64), np.array(n, np.int64)
 
 
+class AuthorsSampler:
+    """The HDML authors' batches (``datasets/data_provider.py``), drawn afresh per batch.
+
+    N-pair (``groups=2``): P classes drawn without replacement, then two distinct
+    images of each (``NPairLossScheme``). Triplet (``groups=3``): 2T distinct classes;
+    triplet t takes two images of class t and one of class T + t, so no negative shares
+    a class with any anchor of the batch (``TripletLossScheme``). Batches are drawn
+    independently of each other: batch b uses a generator seeded with (seed, b), so it
+    is a pure function of seed and batch number (their code used the global numpy and
+    ``random`` states).
+
+    Args:
+        labels: int array (N,) of class labels.
+        per_batch: P (N-pair) or T (triplet).
+        groups: 2 (N-pair) or 3 (triplet).
+        seed, class_names, exclude: as ``NPairSampler``.
+
+    Yields:
+        int64 arrays, one per group: anchors, positives[, negatives].
+    """
+
+    def __init__(self, labels, per_batch: int, groups: int = 2, seed: int = 0,
+                 class_names=None, exclude=None):
+        self.labels = np.asarray(labels)
+        self.per_batch, self.groups, self.seed = int(per_batch), int(groups), seed
+        self.exclude = exclude
+        pools = _ClassPools(self.labels, np.random.default_rng(seed), class_names, 2, exclude)
+        self.classes = pools.classes
+        self._members = {int(c): np.flatnonzero(self.labels == c) for c in self.classes}
+        need = self.per_batch * (groups - 1)
+        if self.per_batch < 1 or need > len(self.classes):
+            raise ValueError(f"{self.per_batch} {'pairs' if groups == 2 else 'triplets'} a "
+                             f"batch need {need} classes with >= 2 images; there are "
+                             f"{len(self.classes)}")
+
+    def _usable(self, c):
+        members = self._members[c]
+        if self.exclude:
+            members = np.array([i for i in members if int(i) not in self.exclude], np.int64)
+        return members
+
+    def batch(self, index: int):
+        """Batch ``index`` of the stream."""
+        rng = np.random.default_rng((int(self.seed), int(index)))
+        classes = [int(c) for c in self.classes if len(self._usable(int(c))) >= 2]
+        chosen = rng.choice(classes, self.per_batch * (self.groups - 1), replace=False)
+        pairs = np.array([rng.choice(self._usable(int(c)), 2, replace=False)
+                          for c in chosen[:self.per_batch]], np.int64)
+        out = [pairs[:, 0], pairs[:, 1]]
+        if self.groups == 3:
+            out.append(np.array([rng.choice(self._usable(int(c)))
+                                 for c in chosen[self.per_batch:]], np.int64))
+        return tuple(out)
+
+    def __iter__(self) -> Iterator:
+        index = 0
+        while True:
+            yield self.batch(index)
+            index += 1
+
+
 class MPerClassSampler:
     """Infinite batches of K classes x m images, grouped by class.
 
@@ -482,6 +543,17 @@ def _split(n_groups):
     return structure
 
 
+def _tuple_sampler(kind, data, per_batch, groups, seed):
+    """The sampler named by ``kind`` ("queue" or "authors") for N-pair / triplet."""
+    common = dict(seed=seed, class_names=data.class_names, exclude=set())
+    if kind == "authors":
+        return AuthorsSampler(data.labels, per_batch, groups, **common)
+    if kind != "queue":
+        raise ValueError(f"sampler={kind!r}: expected 'queue' or 'authors'")
+    cls = NPairSampler if groups == 2 else TripletSampler
+    return cls(data.labels, per_batch, **common)
+
+
 def npair_dataset(
     data: ImageDataset,
     num_pairs: int,
@@ -497,6 +569,7 @@ def npair_dataset(
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
     start_batch: int = 0,
+    sampler: str = "queue",
 ) -> tf.data.Dataset:
     """Infinite, seeded N-pair batches for HDML.
 
@@ -524,14 +597,15 @@ def npair_dataset(
         start_batch: begin at this batch of the seeded stream (resuming training):
             the result equals the stream from batch 0 with ``start_batch`` batches
             skipped, without decoding them.
+        sampler: "queue" (classes from a shuffled queue, `NPairSampler` /
+            `TripletSampler`) or "authors" (`AuthorsSampler`, the authors' code).
 
     Returns:
         tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
         float32 (P, crop, crop, 3) and int32 (P,).
     """
     strict = _strictness(strict, skip_corrupt)
-    sampler = NPairSampler(data.labels, num_pairs, seed=seed, class_names=data.class_names,
-                           exclude=set())
+    sampler = _tuple_sampler(sampler, data, num_pairs, 2, seed)
     return _training_pipeline(
         data, sampler, 2 * num_pairs, _split(2), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,
@@ -554,6 +628,7 @@ def triplet_dataset(
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
     start_batch: int = 0,
+    sampler: str = "queue",
 ) -> tf.data.Dataset:
     """Infinite, seeded triplet batches (official HDML triplet: T = 40, 120 images).
 
@@ -564,8 +639,7 @@ def triplet_dataset(
         positive_labels, negative_labels))``: float32 (T, crop, crop, 3), int32 (T,).
     """
     strict = _strictness(strict, skip_corrupt)
-    sampler = TripletSampler(data.labels, num_triplets, seed=seed, class_names=data.class_names,
-                             exclude=set())
+    sampler = _tuple_sampler(sampler, data, num_triplets, 3, seed)
     return _training_pipeline(
         data, sampler, 3 * num_triplets, _split(3), resize=resize, crop=crop, flip=flip,
         preprocessing=preprocessing, seed=seed, cache=cache, strict=strict,

@@ -30,6 +30,16 @@ def _names_test(split_name: str) -> bool:
     return re.search(r"(^|[^a-z])test([^a-z]|$)", split_name.lower()) is not None
 
 
+def authors_schedule(step: int) -> bool:
+    """The authors' evaluation steps: every 500 steps, every 64 from step 5000 on.
+
+    ``main_npair.py`` evaluates when ``step % bp_epoch == 0`` with ``bp_epoch`` 500
+    (``init_batch_per_epoch``), switched to 64 (``batch_per_epoch``) after the
+    evaluation at step 5000: 500, 1000, ..., 5000, 5056, 5120, ...
+    """
+    return step % 500 == 0 if step <= 5000 else step % 64 == 0
+
+
 class EvaluationCallback(keras.callbacks.Callback):
     """Evaluates retrieval / clustering metrics every N epochs or steps.
 
@@ -48,6 +58,9 @@ class EvaluationCallback(keras.callbacks.Callback):
             of on_train_batch_end, i.e. executions when steps_per_execution > 1). The
             latest values are also written into each epoch's logs, so History has them
             once per epoch.
+        schedule: instead of ``every_n_steps``, a function of the step count that says
+            whether to evaluate after that step (e.g. the authors' every 500 steps,
+            every 64 from step 5000 on: :func:`authors_schedule`).
         monitor: metric that selects the best weights, without prefix (e.g. "recall@1",
             "map@r"), or None to only log.
         mode: "max" or "min" for `monitor`. A later evaluation replaces the best only if
@@ -80,6 +93,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         metrics: Iterable[str] = ALL_METRICS,
         every_n_epochs: int = 1,
         every_n_steps: int | None = None,
+        schedule=None,
         monitor: str | None = "recall@1",
         mode: str = "max",
         restore_best_weights: bool = True,
@@ -114,6 +128,10 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.metrics = tuple(metrics)
         self.every_n_epochs = int(every_n_epochs)
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
+        if schedule is None and self.every_n_steps:
+            n = self.every_n_steps
+            schedule = lambda step: step % n == 0  # noqa: E731
+        self.schedule = schedule
         self.monitor = monitor
         self.mode = mode
         self.restore_best_weights = restore_best_weights
@@ -132,6 +150,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self._step = 0
         self._epoch = 0
         self._writer = None
+        self._restored = False
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -206,9 +225,39 @@ class EvaluationCallback(keras.callbacks.Callback):
                 w.writeheader()
             w.writerow(row)
 
+    # -- state, for checkpoints -----------------------------------------------------
+
+    def get_state(self) -> dict:
+        """What a resumed run needs to go on as if never stopped (JSON-serialisable).
+
+        The best weights are not in it (``best_weights`` holds them); ``best_step``
+        says which step they come from.
+        """
+        return {"best": self.best, "best_epoch": self.best_epoch,
+                "best_step": self.best_step, "step": self._step, "epoch": self._epoch,
+                "latest": dict(self._latest), "evaluations": list(self.evaluations)}
+
+    def set_state(self, state: dict, best_weights=None):
+        """Restore `get_state`'s output (and the best weights) before training resumes."""
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_step, self._step = state["best_step"], int(state["step"])
+        self._epoch = int(state.get("epoch", 0))
+        self._latest = dict(state.get("latest", {}))
+        self.evaluations = list(state.get("evaluations", []))
+        self.best_weights = None if best_weights is None else list(best_weights)
+        self._restored = True
+
+    def start_at(self, step: int):
+        """Count steps from ``step`` (a resumed run without saved state)."""
+        self._step = int(step)
+        self._restored = True
+
     # -- Keras hooks -----------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
+        if self._restored:  # resumed: keep the state set_state() brought back
+            self._restored = False
+            return
         self.best = None
         self.best_weights = None
         self.best_epoch = self.best_step = None
@@ -219,12 +268,12 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
-        if self.every_n_steps and self._step % self.every_n_steps == 0:
+        if self.schedule is not None and self.schedule(self._step):
             self._run()
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch = epoch
-        if not self.every_n_steps and (epoch + 1) % self.every_n_epochs == 0:
+        if self.schedule is None and (epoch + 1) % self.every_n_epochs == 0:
             self._run()
         if logs is not None:
             # Latest values (possibly from an earlier epoch or step) so that every
