@@ -1,0 +1,63 @@
+"""Saved artefacts load the ordinary Keras way after only ``import hdml_tf``.
+
+Keras finds a custom class by its registered name (``"hdml_tf>HDML"``); the name exists
+only once the class's module has run its ``register_keras_serializable`` decorator. The
+package imports its submodules lazily, so each artefact is loaded in a fresh process
+that imports nothing of hdml_tf but the package itself.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from hdml_tf.backbones.small_cnn import SmallCNN
+from hdml_tf.models import HDML, Embedder
+from tests.test_export import REPO, SUBPROCESS_ENV
+
+SHAPE = (2, 32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """What a run and the README write: a run's ``model.keras`` and a saved embedder."""
+    keras.utils.set_random_seed(3)
+    root = tmp_path_factory.mktemp("registration")
+    embedder = Embedder(SmallCNN(widths=(4, 8, 8), feature_dim=16), embedding_dim=8)
+    model = HDML(embedder, num_classes=3)
+    model.build((None,) + SHAPE[1:])
+    images = np.random.default_rng(0).uniform(-1, 1, SHAPE).astype(np.float32)
+    np.save(root / "images.npy", images)
+    paths = {"model": str(root / "model.keras"), "embedder": str(root / "e.keras")}
+    model.save(paths["model"])
+    model.embedder.save(paths["embedder"])
+    expected = {"model": np.asarray(model(images)),
+                "embedder": np.asarray(model.embedder(images))}
+    return paths, str(root / "images.npy"), expected
+
+
+@pytest.mark.parametrize("artefact", ["model", "embedder"])
+def test_load_model_after_only_import_hdml_tf(saved, artefact):
+    paths, images_path, expected = saved
+    code = f"""
+        import json, sys
+        import numpy as np
+        import hdml_tf, keras
+        model = keras.models.load_model({paths[artefact]!r})
+        out = np.asarray(model(np.load({images_path!r})))
+        print("RESULT", json.dumps({{"class": type(model).__name__,
+                                    "out": out.tolist()}}))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    outcome = json.loads(line[len("RESULT "):])
+    assert outcome["class"] == {"model": "HDML", "embedder": "Embedder"}[artefact]
+    np.testing.assert_array_equal(np.asarray(outcome["out"], np.float32),
+                                  expected[artefact])
