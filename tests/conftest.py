@@ -70,3 +70,25 @@ def two_replicas():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) >= 2, "tests/conftest.py configures 2 logical CPUs"
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def randomise_batchnorm(model, seed=0):
+    """Random moving statistics in every BatchNormalization layer of ``model``.
+
+    Freshly built layers hold mean 0 and variance 1, which a save/restore that loses
+    them reproduces by accident; random values make a lost statistic visible. Returns
+    the variables assigned (at least one: a fixture without BatchNorm is a mistake).
+    """
+    import keras
+
+    rng = np.random.default_rng(seed)
+    assigned = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for variable, (low, high) in ((layer.moving_mean, (-3.0, 3.0)),
+                                          (layer.moving_variance, (0.5, 4.0))):
+                variable.assign(rng.uniform(low, high, variable.shape)
+                                .astype(variable.dtype))
+                assigned.append(variable)
+    assert assigned, f"{model.name} has no BatchNormalization layer"
+    return assigned
