@@ -2,10 +2,22 @@
 
 Submodules are imported lazily so that light tools (``hdml-tf embed``/``search``, which
 need only a SavedModel) do not pay for, or depend on, the training code.
+
+Saved models still load the ordinary Keras way after only ``import hdml_tf``:
+``keras.models.load_model`` finds a custom class by its registered name
+(``"hdml_tf>HDML"``), which exists only once the defining module has run its
+``register_keras_serializable`` decorator, and Keras imports a recorded module itself
+only for its own packages. So, as soon as Keras is imported, every name in
+``_SERIALIZABLE`` is registered to a stand-in whose ``from_config`` imports the real
+module (which then registers the real class over the stand-in) and builds the object
+with it. Neither Keras nor any submodule is imported here until someone asks.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 # HDML's train_step uses tf.GradientTape; pin the TensorFlow backend before Keras loads.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -25,6 +37,18 @@ _LAZY = {
     "evaluation": "hdml_tf.evaluation",
 }
 
+# Every class registered as "hdml_tf>Name" -> the module that defines it
+# (tests/test_registration.py checks this against the decorators).
+_SERIALIZABLE = {
+    **dict.fromkeys(["HDML", "Embedder", "EmbeddingHead", "Generator"], "hdml_tf.models"),
+    **dict.fromkeys(["InceptionV1", "InceptionModule", "CaffeConv2D", "CaffeMaxPooling2D",
+                     "LocalResponseNormalization"], "hdml_tf.backbones.inception_v1"),
+    "SmallCNN": "hdml_tf.backbones.small_cnn",
+    **dict.fromkeys(["NPairLoss", "NpairsLoss", "TripletLoss", "TripletSemiHardLoss",
+                     "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss"],
+                    "hdml_tf.losses"),
+}
+
 
 def __getattr__(name):
     if name in _LAZY:
@@ -37,3 +61,60 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(list(globals()) + list(_LAZY))
+
+
+# ------------------------------------------------------- Keras registration
+
+
+def _register_stand_ins():
+    import keras
+
+    def stand_in(class_name, module_name):
+        def from_config(cls, config):
+            real = getattr(importlib.import_module(module_name), class_name)
+            return real.from_config(config)
+
+        def get_config(self):  # never instantiated; the decorator requires it
+            raise NotImplementedError
+
+        return type(class_name, (), {"from_config": classmethod(from_config),
+                                     "get_config": get_config,
+                                     "__module__": module_name})
+
+    for class_name, module_name in _SERIALIZABLE.items():
+        if keras.saving.get_registered_object(f"hdml_tf>{class_name}") is None:
+            keras.saving.register_keras_serializable("hdml_tf")(
+                stand_in(class_name, module_name))
+
+
+class _AfterKerasImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs ``_register_stand_ins`` right after ``keras`` finishes importing.
+
+    Python has no post-import hook; this finder answers only for "keras", finds the
+    real spec without itself, and wraps that spec's loader.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        # Keras sees its own loader (importlib.resources and the like ask it).
+        module.__loader__ = module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        _register_stand_ins()
+
+
+if "keras" in sys.modules:
+    _register_stand_ins()
+elif not any(isinstance(f, _AfterKerasImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _AfterKerasImport())

@@ -6,7 +6,9 @@ package imports its submodules lazily, so each artefact is loaded in a fresh pro
 that imports nothing of hdml_tf but the package itself.
 """
 
+import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 import textwrap
@@ -61,3 +63,17 @@ def test_load_model_after_only_import_hdml_tf(saved, artefact):
     assert outcome["class"] == {"model": "HDML", "embedder": "Embedder"}[artefact]
     np.testing.assert_array_equal(np.asarray(outcome["out"], np.float32),
                                   expected[artefact])
+
+
+def test_every_registered_class_has_a_stand_in():
+    """``hdml_tf._SERIALIZABLE`` names every class a decorator registers, and its module."""
+    import hdml_tf
+
+    for info in pkgutil.walk_packages(hdml_tf.__path__, "hdml_tf."):
+        importlib.import_module(info.name)
+    registered = {name.split(">", 1)[1]: cls
+                  for name, cls in keras.saving.get_custom_objects().items()
+                  if name.startswith("hdml_tf>")}
+    assert sorted(registered) == sorted(hdml_tf._SERIALIZABLE)
+    for name, module_name in hdml_tf._SERIALIZABLE.items():
+        assert getattr(importlib.import_module(module_name), name) is registered[name]
