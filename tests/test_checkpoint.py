@@ -1,0 +1,131 @@
+"""hdml_tf.training.make_checkpoint and restore_model on their own.
+
+The model is what ``hdml-tf train`` builds (``build_model``) with the ``small_cnn``
+backbone: BatchNorm statistics inside a nested Keras model, which Keras 3 objects hide
+from tf.train.Checkpoint's object-graph tracking. Every BatchNorm statistic is
+randomised before saving, so one that a save or a restore misses cannot come back
+equal by chance (fresh layers hold mean 0, variance 1).
+
+A resume or an export restores in a new process. Optimizer variables are keyed by
+their path, which starts with the optimizer's name, numbered per process (``adam``,
+``adam_1``, ...), so before building the restoring model the tests reset Keras's name
+counters (``keras.backend.clear_session``) as a new process starts with them reset.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hdml_tf import config as config_lib
+from hdml_tf import training
+from tests.conftest import randomise_batchnorm
+
+NUM_CLASSES = 5
+CONFIG = {
+    "name": "checkpoint_test",
+    "data": {"name": "digits", "resize": 12, "crop": 10, "batch_size": 4},
+    "model": {"backbone": "small_cnn", "embedding_dim": 8, "window": 2},
+}
+
+
+def _config():
+    return config_lib.from_dict(json.loads(json.dumps(CONFIG)))
+
+
+def _variables(model):
+    return (model.variables + model.metric_optimizer.variables
+            + model.generator_optimizer.variables + model.classifier_optimizer.variables)
+
+
+def _trained_model(seed=1):
+    """build_model's model after one training step, with random BatchNorm statistics."""
+    keras.backend.clear_session()
+    model = training.build_model(_config(), NUM_CLASSES)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(4, dtype=np.int32) % NUM_CLASSES
+    x = tuple(rng.uniform(-1, 1, (4, 10, 10, 3)).astype(np.float32) for _ in range(2))
+    model.train_on_batch(x, (labels, labels))  # optimizer slots and statistics move
+    statistics = randomise_batchnorm(model, seed=seed)
+    assert any("small_cnn" in v.path for v in statistics)  # the nested backbone's
+    return model
+
+
+def _assert_same_state(restored, model):
+    ours, theirs = _variables(model), _variables(restored)
+    assert len(theirs) == len(ours)
+    # In the same order; the paths may differ (a model reloaded from model.keras has
+    # "hdml/embedder/..." where build_model's has "embedder/...").
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=f"{a.path} {b.path}")
+
+
+def _images():
+    return np.random.default_rng(0).uniform(-1, 1, (3, 10, 10, 3)).astype(np.float32)
+
+
+def test_make_checkpoint_restores_into_a_fresh_model(tmp_path):
+    """A resumed run builds a new model and restores into it: every variable, the
+    nested backbone's BatchNorm statistics and all three optimizers' slots included."""
+    model = _trained_model()
+    path = training.make_checkpoint(model).save(str(tmp_path / "ckpt"))
+    keras.backend.clear_session()  # a new process
+    fresh = training.build_model(_config(), NUM_CLASSES)
+    assert not np.array_equal(fresh.embedder.backbone.non_trainable_variables[0].numpy(),
+                              model.embedder.backbone.non_trainable_variables[0].numpy())
+    training.make_checkpoint(fresh).restore(path).assert_consumed()
+    _assert_same_state(fresh, model)
+    np.testing.assert_array_equal(fresh.embedder(_images()).numpy(),
+                                  model.embedder(_images()).numpy())
+
+
+def test_make_checkpoint_keys_every_variable_by_its_path():
+    model = _trained_model()
+    checkpoint = training.make_checkpoint(model)
+    keys = set(checkpoint.model)
+    assert keys == {v.path.replace("/", ".") for v in model.variables}
+    assert {k for k in keys if "moving_" in k and k.startswith("small_cnn.")}
+    assert int(checkpoint.step.numpy()) == 0
+
+
+def test_restore_model_prefers_model_keras(tmp_path):
+    model = _trained_model()
+    model.save(str(tmp_path / "model.keras"))
+    restored = training.restore_model(str(tmp_path))
+    _assert_same_state(restored, model)
+    np.testing.assert_array_equal(restored.embedder(_images()).numpy(),
+                                  model.embedder(_images()).numpy())
+
+
+def test_restore_model_from_config_and_the_latest_checkpoint(tmp_path):
+    """No model.keras (a run killed before its end): the config.json that train
+    writes plus the newest checkpoint in checkpoints/."""
+    model = _trained_model(seed=1)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"config": _config().to_dict(), "num_classes": NUM_CLASSES}, f)
+    checkpoint = training.make_checkpoint(model)
+    manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "checkpoints"), 3)
+    manager.save(checkpoint_number=2)
+    randomise_batchnorm(model, seed=2)  # the newer checkpoint holds other statistics
+    model.embedder.head.fc.kernel.assign(model.embedder.head.fc.kernel * 2.0)
+    manager.save(checkpoint_number=4)
+    keras.backend.clear_session()  # a new process
+    restored = training.restore_model(str(tmp_path))
+    _assert_same_state(restored, model)
+    np.testing.assert_array_equal(restored.embedder(_images()).numpy(),
+                                  model.embedder(_images()).numpy())
+
+
+def test_restore_model_errors_name_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no model.keras and no config.json"):
+        training.restore_model(str(tmp_path))
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"config": _config().to_dict(), "num_classes": NUM_CLASSES}, f)
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        training.restore_model(str(tmp_path))
+    os.makedirs(tmp_path / "checkpoints")
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+        training.restore_model(str(tmp_path))
