@@ -15,10 +15,75 @@ Sub-commands are dispatched lazily to the module that implements them, so light 
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
+
+TensorFlow's start-up lines (the absl "before absl::InitializeLog()" notice, oneDNN,
+"Could not find cuda drivers", the CPU feature guard) are kept off a command's output;
+``hdml-tf --verbose <command>`` or ``HDML_TF_VERBOSE=1`` shows them.
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import os
+import re
 import sys
+import tempfile
+
+# TensorFlow logs these while its shared libraries load, through absl before TF's own
+# logging reads TF_CPP_MIN_LOG_LEVEL, so only filtering them out of stderr removes them.
+_STARTUP_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] "  # absl INFO / WARNING records
+    r"|To enable the following instructions: .* rebuild TensorFlow")
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``tensorflow`` with stderr (fd 2) captured, then writes back all but noise.
+
+    Whichever module first imports TensorFlow (at its top or inside a function), this
+    finder answers for "tensorflow" only, once, and wraps the real loader. Errors and
+    anything else TensorFlow prints while loading are written back.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is None or spec.loader is None:
+            return spec
+        self._loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self._loader
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile("w+b") as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                self._loader.exec_module(module)
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                text = captured.read().decode("utf-8", "replace")
+                kept = [l for l in text.splitlines(True) if not _STARTUP_NOISE.match(l)]
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def _quiet_tensorflow_startup():
+    """Hide TensorFlow's start-up logs unless the user asked for them."""
+    # 2 hides TF's own INFO and WARNING records and keeps its errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 # name -> (module, function, one-line help). The function takes argv (list of str)
 # and returns an exit code.
@@ -57,7 +122,7 @@ def _weights_main(argv):
 
 
 def _usage():
-    lines = ["usage: hdml-tf <command> [options]", "", "commands:"]
+    lines = ["usage: hdml-tf [--verbose] <command> [options]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`hdml-tf <command> --help` for a command's options."]
     return "\n".join(lines)
@@ -65,6 +130,11 @@ def _usage():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = os.environ.get("HDML_TF_VERBOSE", "") not in ("", "0")
+    if argv and argv[0] == "--verbose":
+        verbose, argv = True, argv[1:]
+    if not verbose:
+        _quiet_tensorflow_startup()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -1,0 +1,63 @@
+"""The ``hdml-tf`` command line: what a user sees first."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hdml_tf.cli import _STARTUP_NOISE
+from tests.test_export import REPO
+
+# One fragment of each TensorFlow start-up line (TF 2.21, CPU-only machine).
+STARTUP_LINES = ("All log messages before absl::InitializeLog()",
+                 "oneDNN custom operations are on", "Could not find cuda drivers",
+                 "cpu_feature_guard", "To enable the following instructions")
+
+
+def run_cli(*args, **env):
+    # The user's environment: none of the test run's TensorFlow settings.
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "HDML_TF_VERBOSE")}
+    result = subprocess.run([sys.executable, "-m", "hdml_tf.cli", *args],
+                            capture_output=True, text=True, cwd=REPO,
+                            env=dict(base, **env), timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("args", [("presets",), ("embed", "--help")])
+def test_commands_print_no_tensorflow_startup_logs(args):
+    """``embed`` imports TensorFlow at once; ``presets`` must not print them either."""
+    result = run_cli(*args)
+    assert result.stdout.strip()
+    found = [line for line in STARTUP_LINES if line in result.stderr]
+    assert not found, result.stderr
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_verbose_brings_the_startup_logs_back(how):
+    args = ("--verbose", "embed", "--help") if how == "flag" else ("embed", "--help")
+    result = run_cli(*args, **({"HDML_TF_VERBOSE": "1"} if how == "env" else {}))
+    assert "--model" in result.stdout
+    assert any(line in result.stderr for line in STARTUP_LINES), result.stderr
+
+
+def test_only_startup_noise_is_filtered():
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written "
+        "to STDERR\n",
+        "I0000 00:00:1796044959.713298    6210 port.cc:153] oneDNN custom operations "
+        "are on.\n",
+        "W0000 00:00:1796044959.713774    6210 cudart_stub.cc:31] Could not find cuda\n",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.\n",
+    ]
+    kept = [
+        "E0000 00:00:1796044959.713774    6210 cuda_dnn.cc:8579] Unable to register\n",
+        "F0000 00:00:1796044959.713774    6210 some.cc:1] Check failed\n",
+        "Traceback (most recent call last):\n",
+        "ImportError: libcudart.so.12: cannot open shared object file\n",
+    ]
+    assert all(_STARTUP_NOISE.match(line) for line in noise)
+    assert not any(_STARTUP_NOISE.match(line) for line in kept)
