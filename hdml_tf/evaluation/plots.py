@@ -294,8 +294,8 @@ def plot_training_curves(
             is the x axis for its metrics.
         schedule_log: optional source of the schedule columns ("lambda", "w",
             "hardened_fraction", "j_avg", "j_gen_avg"), e.g. a per-step log; by default
-            they are read from `history` when present. Without them there is no schedule
-            panel.
+            the `schedule_log.csv` beside a CSV `history` (a training workdir's), else
+            `history` itself. Without them there is no schedule panel.
         title: figure title.
 
     Returns:
@@ -303,6 +303,10 @@ def plot_training_curves(
     """
     h = read_history(history)
     e = read_history(eval_log) if eval_log is not None else {}
+    if schedule_log is None and isinstance(history, (str, os.PathLike)):
+        # A training workdir keeps the per-step schedule beside the per-epoch log.
+        beside = os.path.join(os.path.dirname(os.fspath(history)), "schedule_log.csv")
+        schedule_log = beside if os.path.exists(beside) else None
     s = read_history(schedule_log) if schedule_log is not None else h
 
     def axis(src):
@@ -389,6 +393,10 @@ def plot_training_curves(
                 target.plot(xs(s, key)[ok], vals[ok], marker=".", ms=3,
                             color=colours[3 + i], label=key)
                 target.set_ylabel(key, color=colours[3 + i])
+                # The running means start at their (large) initial value before the
+                # window fills, then fall by orders of magnitude: log scale.
+                if np.all(vals[ok] > 0):
+                    target.set_yscale("log")
             lines = ax.get_lines() + (twin.get_lines() if twin is not None else [])
             ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
             ax.set_title("J_avg, J_gen_avg (drive λ and w)")

@@ -178,3 +178,22 @@ def test_training_curves_without_schedule_columns_or_values(tmp_path, monkeypatc
     assert panels["hardness schedule"] == (["λ (synthesis)"], "step")
     assert panels["J_avg, J_gen_avg (drive λ and w)"] == (["j_gen_avg"], "step")
     assert panels["j_m"] == (["j_m"], "epoch")
+
+
+def test_training_curves_read_the_schedule_log_beside_a_workdir_log(tmp_path, monkeypatch):
+    """A training workdir writes train_log.csv per epoch and schedule_log.csv per
+    `train.log_every` steps; given the former, the schedule comes from the latter, and
+    J_avg (which starts at its large initial value) is drawn on a log scale."""
+    made = _recording_figures(monkeypatch)
+    with open(tmp_path / "train_log.csv", "w", newline="") as f:
+        f.write("epoch,j_m,lambda,val_j_m\n0,3.0,0.8,NA\n1,2.0,0.6,NA\n")
+    with open(tmp_path / "schedule_log.csv", "w", newline="") as f:
+        f.write("step,lambda,w,j_avg,j_gen_avg,hardened_fraction\n"
+                "10,1.0,1.0,1000000.0,1000000.0,0.5\n20,0.7,0.95,2.0,9000.0,0.8\n")
+    plots.plot_training_curves(str(tmp_path / "train_log.csv"), str(tmp_path / "c.png"))
+    panels = _panels(made[-1])
+    assert panels["j_m"] == (["j_m"], "epoch")
+    assert panels["hardness schedule"][1] == "step"
+    assert len(panels["hardness schedule"][0]) == 3
+    stats_ax = next(ax for ax in made[-1].axes if ax.get_title().startswith("J_avg"))
+    assert stats_ax.get_yscale() == "log"
