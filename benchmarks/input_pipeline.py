@@ -18,6 +18,14 @@ here instead of the spec's 227) keeps the run short; the ratio is what matters.
 
 The generated folder mimics CUB: JPEGs of about 500x375 pixels (override with
 ``--source-size``), so decoding costs what it costs on the real data.
+
+``--compare-cache`` measures instead the decoded cache (``cache=True``,
+hdml_tf/data/decoded_cache.py) against JPEG decoding: the same N-pair pipeline at the
+spec's sizes (batch 128, 256 -> 227) on a generated tree of a few hundred ~500x400
+JPEGs at quality 90, the two pipelines' repeats interleaved, medians shown with the
+load average, and both rates divided by a stated GPU step rate (``--gpu-rate``):
+
+    python benchmarks/input_pipeline.py --compare-cache
 """
 
 from __future__ import annotations
@@ -114,8 +122,75 @@ def time_fit(model, dataset, steps: int) -> float:
     return timer.elapsed
 
 
+# The GPU rate the pipeline must keep up with, until `hdml-tf bench` reports one from a
+# user's GPU: Inception-V1 (GoogLeNet) forward + backward at batch 16, 224 px takes
+# 39.14 ms on a Pascal Titan X with cuDNN 5.1 (jcjohnson/cnn-benchmarks, Torch), i.e.
+# 409 images/s. A T4 has ~0.7x that card's float32 FLOPs but tensor cores under
+# mixed_float16, so 409 images/s is taken as the assumed T4 rate; HDML's step costs
+# ~5% more than that bare backbone (benchmarks/train_step.py).
+ASSUMED_GPU_RATE = 409.0
+
+
+def compare_cache(args) -> int:
+    """Decoded cache vs JPEG decoding at the spec's sizes: one table with the ratio."""
+    import statistics
+
+    import tensorflow as tf
+
+    from hdml_tf.bench import pipeline_rates, write_jpeg_folder
+
+    w, h = (int(v) for v in args.source_size.lower().split("x"))
+    with tempfile.TemporaryDirectory(prefix="hdml_bench_") as tmp:
+        t0 = time.perf_counter()
+        root = write_jpeg_folder(tmp, args.num_classes, args.images_per_class, (w, h),
+                                 quality=90)
+        n = args.num_classes * args.images_per_class
+        print(f"generated {n} JPEGs of {w}x{h} (quality 90) in "
+              f"{time.perf_counter() - t0:.1f}s")
+        print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
+              f"load average {os.getloadavg()[0]:.1f} at start, TF {tf.__version__}")
+        print(f"pipeline: N-pair batch {2 * args.pairs}, resize {args.resize} -> crop "
+              f"{args.crop}, caffe normalisation; {args.repeats} interleaved repeats of "
+              f"{args.pipeline_batches} batches after 1 warm-up batch")
+        runs, loads = [], []
+        for _ in range(args.rounds):  # fresh pipelines each round: rebuild cost seen too
+            runs.append(pipeline_rates(root, pairs=args.pairs, resize=args.resize,
+                                       crop=args.crop, batches=args.pipeline_batches,
+                                       repeats=args.repeats))
+            loads.append(os.getloadavg()[0])
+    jpeg = statistics.median(r["jpeg"] for r in runs)
+    cached = statistics.median(r["cached"] for r in runs)
+    build = statistics.median(r["cache_build_s"] for r in runs)
+    gpu = args.gpu_rate
+    print()
+    print("| pipeline (2 cores) | images/s (median) | per round | / GPU rate |")
+    print("|---|---:|---|---:|")
+    for name, rate, key in (("JPEG decode each epoch", jpeg, "jpeg"),
+                            ("decoded cache (uint8 256x256 in memory)", cached, "cached")):
+        per = ", ".join(f"{r[key]:.0f}" for r in runs)
+        print(f"| {name} | {rate:.0f} | {per} | {rate / gpu:.2f} |")
+    print()
+    print(f"decoded cache / JPEG decoding = {cached / jpeg:.2f}x; building the cache of {n} "
+          f"images took {build:.1f} s (median), i.e. {n / build:.0f} images/s once")
+    print(f"GPU rate: {gpu:.0f} images/s (assumed: Inception-V1 fwd+bwd on a Pascal Titan X, "
+          f"jcjohnson/cnn-benchmarks, taken for a T4 in mixed precision; `hdml-tf bench` "
+          f"measures the real one); the pipeline keeps a GPU fed when the ratio >= 1")
+    print(f"load average after each round: {', '.join(f'{x:.1f}' for x in loads)} "
+          f"(on {os.cpu_count()} cores)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compare-cache", action="store_true",
+                    help="decoded cache vs JPEG decoding at the spec's sizes (see above)")
+    ap.add_argument("--gpu-rate", type=float, default=ASSUMED_GPU_RATE,
+                    help="images/s of the GPU step to compare with (default: assumed, "
+                         "see ASSUMED_GPU_RATE)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="--compare-cache: rounds of fresh pipelines (median shown)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="--compare-cache: interleaved repeats per round")
     ap.add_argument("--image-dir",
                     help="folder dataset (<root>/<class>/*.jpg); default: generate one")
     ap.add_argument("--num-classes", type=int, default=32)
@@ -132,6 +207,14 @@ def main(argv=None) -> int:
     ap.add_argument("--embedding-dim", type=int, default=128)
     ap.add_argument("--skip-step", action="store_true", help="time the pipeline only")
     args = ap.parse_args(argv)
+    if args.compare_cache:
+        defaults = ap.parse_args([])
+        for key, value in (("resize", 256), ("crop", 227), ("pairs", 64),
+                           ("num_classes", 64), ("images_per_class", 5),
+                           ("source_size", "500x400"), ("pipeline_batches", 2)):
+            if getattr(args, key) == getattr(defaults, key):  # not set on the command line
+                setattr(args, key, value)
+        return compare_cache(args)
 
     import tensorflow as tf
 
