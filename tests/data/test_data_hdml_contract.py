@@ -3,13 +3,11 @@
 import numpy as np
 import pytest
 
-from hdml_tf import data
+from hdml_tf import backbones, data, models
 
 
 @pytest.mark.slow
 def test_hdml_fit_on_npair_batches():
-    models = pytest.importorskip("hdml_tf.models")
-    backbones = pytest.importorskip("hdml_tf.backbones")
     import keras
 
     train = data.load_dataset("digits", "train")
