@@ -150,13 +150,16 @@ def compare_cache(args) -> int:
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
               f"load average {os.getloadavg()[0]:.1f} at start, TF {tf.__version__}")
         print(f"pipeline: N-pair batch {2 * args.pairs}, resize {args.resize} -> crop "
-              f"{args.crop}, caffe normalisation; {args.repeats} interleaved repeats of "
-              f"{args.pipeline_batches} batches after 1 warm-up batch")
+              f"{args.crop}, {args.preprocessing} normalisation; {args.repeats} alternating "
+              f"repeats of "
+              f"{args.pipeline_batches} batches, each from a fresh iterator (start-up "
+              f"included)")
         runs, loads = [], []
         for _ in range(args.rounds):  # fresh pipelines each round: rebuild cost seen too
             runs.append(pipeline_rates(root, pairs=args.pairs, resize=args.resize,
                                        crop=args.crop, batches=args.pipeline_batches,
-                                       repeats=args.repeats))
+                                       repeats=args.repeats,
+                                       preprocessing=args.preprocessing))
             loads.append(os.getloadavg()[0])
     jpeg = statistics.median(r["jpeg"] for r in runs)
     cached = statistics.median(r["cached"] for r in runs)
@@ -190,7 +193,10 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="--compare-cache: rounds of fresh pipelines (median shown)")
     ap.add_argument("--repeats", type=int, default=3,
-                    help="--compare-cache: interleaved repeats per round")
+                    help="--compare-cache: alternating repeats per round")
+    ap.add_argument("--preprocessing", default="caffe",
+                    help="--compare-cache: normalize mode (caffe for inception_v1; none "
+                         "leaves normalisation out, to see decoding alone)")
     ap.add_argument("--image-dir",
                     help="folder dataset (<root>/<class>/*.jpg); default: generate one")
     ap.add_argument("--num-classes", type=int, default=32)
@@ -211,7 +217,7 @@ def main(argv=None) -> int:
         defaults = ap.parse_args([])
         for key, value in (("resize", 256), ("crop", 227), ("pairs", 64),
                            ("num_classes", 64), ("images_per_class", 5),
-                           ("source_size", "500x400"), ("pipeline_batches", 2)):
+                           ("source_size", "500x400"), ("pipeline_batches", 4)):
             if getattr(args, key) == getattr(defaults, key):  # not set on the command line
                 setattr(args, key, value)
         return compare_cache(args)

@@ -104,8 +104,10 @@ def pipeline_rates(root, *, pairs, resize, crop, preprocessing="caffe", batches=
     """Images/s of the N-pair training pipeline on the folder dataset at ``root``,
     decoding JPEGs every time and with the decoded cache.
 
-    Each repeat runs each pipeline alone from a fresh iterator (one warm-up batch,
-    then ``batches`` timed ones) and closes it before the other starts: an open
+    Each repeat runs each pipeline alone from a fresh iterator, timed from its
+    creation to its ``batches``-th batch (start-up included: a lower bound, but no
+    batch decoded before the clock started is counted), and closes it before the
+    other starts: an open
     iterator keeps decoding into its prefetch buffer in the background, which would
     steal the cores from the one being timed and then hand over batches decoded
     earlier. The two alternate, so a change in the machine's load hits both alike.
@@ -124,9 +126,8 @@ def pipeline_rates(root, *, pairs, resize, crop, preprocessing="caffe", batches=
     rates = {name: [] for name in datasets}
     for _ in range(repeats):
         for name, ds in datasets.items():
-            it = iter(ds)
-            next(it)  # warm-up: starts the pipeline's threads
             start = time.perf_counter()
+            it = iter(ds)
             for _ in range(batches):
                 (a, p), _ = next(it)
                 np.asarray(a)  # the batch is ready on the host
