@@ -44,9 +44,9 @@ _SERIALIZABLE = {
     **dict.fromkeys(["InceptionV1", "InceptionModule", "CaffeConv2D", "CaffeMaxPooling2D",
                      "LocalResponseNormalization"], "hdml_tf.backbones.inception_v1"),
     "SmallCNN": "hdml_tf.backbones.small_cnn",
-    **dict.fromkeys(["NPairLoss", "NpairsLoss", "TripletLoss", "TripletSemiHardLoss",
-                     "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss"],
-                    "hdml_tf.losses"),
+    **dict.fromkeys(["NPairLoss", "TripletLoss"], "hdml_tf.losses"),
+    **dict.fromkeys(["NpairsLoss", "TripletSemiHardLoss", "TripletHardLoss",
+                     "LiftedStructLoss", "ContrastiveLoss"], "hdml_tf.tfa_losses"),
 }
 
 
