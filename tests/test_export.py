@@ -1,11 +1,12 @@
 """hdml_tf.export: the TF Serving SavedModel, its layout, warmup data and metadata.
 
-The model under test is a tiny functional backbone (two convolutions, Caffe
-normalisation so that the in-graph BGR flip and mean subtraction are exercised) inside
-the real Embedder and HDML classes, with non-trivial BatchNorm statistics in the head.
-Parity is checked in a fresh Python process that only calls ``tf.saved_model.load``,
-against the Keras embedder loaded from the checkpoint, on inputs preprocessed the way
-evaluation preprocesses them.
+The model under test is a narrow ``small_cnn`` backbone (BatchNorm inside a nested
+Keras model) inside the real Embedder and HDML classes, with random moving statistics in
+every BatchNorm layer, backbone and head, and Caffe normalisation so that the in-graph
+BGR flip and mean subtraction are exercised. Parity is checked in a fresh Python process
+that only calls ``tf.saved_model.load``, against the model in memory (not a copy
+reloaded from the model.keras the exporter reads, which would share a lost statistic),
+on inputs preprocessed the way evaluation preprocesses them.
 """
 
 import importlib
@@ -23,8 +24,10 @@ import tensorflow as tf
 from PIL import Image
 
 from hdml_tf import export
+from hdml_tf.backbones import build_backbone
 from hdml_tf.data import preprocess
 from hdml_tf.models import HDML, Embedder
+from tests.conftest import randomise_batchnorm
 
 RESIZE, CROP, DIM, NUM_CLASSES = 40, 32, 8, 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +58,21 @@ def tiny_embedder(seed=0):
     bn.moving_mean.assign(rng.normal(0.0, 5.0, bn.moving_mean.shape).astype(np.float32))
     bn.moving_variance.assign(rng.uniform(0.5, 20.0, bn.moving_variance.shape)
                               .astype(np.float32))
+    return embedder
+
+
+def bn_embedder(seed=0):
+    """Embedder over a narrow small_cnn, built, with random statistics in every
+    BatchNorm layer (backbone and head); "caffe" normalisation.
+
+    Layers take the global dtype policy, as in ``tiny_embedder``.
+    """
+    keras.utils.set_random_seed(seed)
+    backbone = build_backbone("small_cnn", widths=(4, 8, 8))
+    embedder = Embedder(backbone, embedding_dim=DIM, preprocessing="caffe")
+    embedder.build((None, CROP, CROP, 3))
+    statistics = randomise_batchnorm(embedder, seed=seed)
+    assert any("small_cnn/" in v.path for v in statistics)  # the nested backbone's
     return embedder
 
 
@@ -128,9 +146,13 @@ def version_dirs(base):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    return write_workdir(str(tmp_path_factory.mktemp("work") / "run"),
-                         tiny_hdml(tiny_embedder()))
+def model():
+    return tiny_hdml(bn_embedder())
+
+
+@pytest.fixture(scope="module")
+def workdir(model, tmp_path_factory):
+    return write_workdir(str(tmp_path_factory.mktemp("work") / "run"), model)
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +162,9 @@ def exported(workdir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def keras_embedder(workdir):
-    """The Keras embedder as the checkpoint holds it (the parity reference)."""
-    return keras.saving.load_model(os.path.join(workdir, "model.keras"),
-                                   compile=False).embedder
+def keras_embedder(model):
+    """The parity reference: the embedder in memory, whose model.keras was exported."""
+    return model.embedder
 
 
 # ------------------------------------------------------------------------- layout
@@ -363,11 +384,11 @@ def test_mixed_precision_checkpoint_serves_float32(tmp_path):
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
-        mixed = tiny_embedder(seed=1)
+        mixed = bn_embedder(seed=1)
         model = tiny_hdml(mixed)
     finally:
         keras.config.set_dtype_policy(previous)
-    assert mixed.backbone.layers[1].compute_dtype == "float16"
+    assert mixed.backbone.blocks[1].compute_dtype == "float16"  # a BatchNorm layer
     work = write_workdir(str(tmp_path / "run"), model, metrics=False, wrapped=False)
     path = export.export_checkpoint(work, str(tmp_path / "m"))
     assert not _has_half(path)
@@ -377,7 +398,7 @@ def test_mixed_precision_checkpoint_serves_float32(tmp_path):
     assert meta["config"]["data"]["crop"] == CROP  # a bare experiment config works too
     assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25}
 
-    reference = tiny_embedder(seed=2)  # float32, then the mixed model's weights
+    reference = bn_embedder(seed=2)  # float32, then the mixed model's weights
     reference.set_weights(mixed.get_weights())
     images = np.random.default_rng(0).uniform(0, 255, (3, CROP, CROP, 3)).astype(np.float32)
     want = reference(preprocess.normalize(images, "caffe"), training=False).numpy()
@@ -387,13 +408,9 @@ def test_mixed_precision_checkpoint_serves_float32(tmp_path):
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=0)
 
 
-def test_model_built_under_mirrored_strategy_exports(tmp_path):
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs 2 logical CPU devices (tests/conftest.py)")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-    with strategy.scope():
-        model = tiny_hdml(tiny_embedder(seed=3))
+def test_model_built_under_mirrored_strategy_exports(tmp_path, two_replicas):
+    with two_replicas.scope():
+        model = tiny_hdml(bn_embedder(seed=3))
         with pytest.raises(export.ExportError, match="outside a distribution strategy"):
             export.export_embedder(model, str(tmp_path / "in_scope"), resize=RESIZE,
                                    crop=CROP, warmup="skip")
