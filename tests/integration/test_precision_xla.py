@@ -112,21 +112,87 @@ def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     np.testing.assert_allclose(embedding.numpy(), keras_embedding.numpy(), atol=5e-3)
 
 
-def test_xla_training_runs_and_checkpoints(tmp_path):
+class _RecordingTF:
+    """``tensorflow`` as hdml_tf.training sees it, recording every tf.function it
+    makes and, for jit-compiled ones, the input signatures they were traced with."""
+
+    def __init__(self):
+        self.functions, self.jit_inputs = [], []
+
+    def __getattr__(self, name):
+        return getattr(tf, name)
+
+    def function(self, func=None, **kwargs):
+        if func is None:  # @tf.function(...) with arguments
+            return lambda f: self.function(f, **kwargs)
+        if kwargs.get("jit_compile"):
+            inputs, inner = self.jit_inputs, func
+
+            @tf.autograph.experimental.do_not_convert
+            def func(*args):
+                inputs.append(tf.nest.map_structure(
+                    lambda t: tf.TensorSpec(t.shape, t.dtype), args))
+                return inner(*args)
+
+        function = tf.function(func, **kwargs)
+        self.functions.append((function, kwargs))
+        return function
+
+
+def test_xla_training_runs_and_checkpoints(tmp_path, monkeypatch):
+    """train.xla=true: the step that ran is one jit-compiled function (its graph
+    carries _XlaMustCompile, which makes TensorFlow compile it with XLA or fail)."""
+    recorder = _RecordingTF()
+    monkeypatch.setattr(training, "tf", recorder)
     workdir = str(tmp_path / "run")
     results, model = training.train(_config(tmp_path, xla=True), workdir,
                                     log=lambda *a: None, return_model=True)
     assert int(model.metric_optimizer.iterations.numpy()) == 4
+    compiled = [f for f, kwargs in recorder.functions if kwargs.get("jit_compile")]
+    assert len(compiled) == 1, recorder.functions
+    step = compiled[0]
+    assert step.experimental_get_tracing_count() == len(recorder.jit_inputs) == 1
+    concrete = step.get_concrete_function(*recorder.jit_inputs[0])
+    assert step.experimental_get_tracing_count() == 1  # the function that ran
+    assert concrete.function_def.attr["_XlaMustCompile"].b
+    monkeypatch.undo()
     _check_run(workdir, results, model)
 
 
-def _tiny_hdml(policy, size=12, classes=6, activation=None):
-    """A small HDML N-pair model built under ``policy``, compiled, one good step done."""
+def test_without_xla_no_step_is_compiled(tmp_path, monkeypatch):
+    """The premise of the test above: without train.xla nothing asks for XLA."""
+    recorder = _RecordingTF()
+    monkeypatch.setattr(training, "tf", recorder)
+    training.train(_config(tmp_path, steps=2), str(tmp_path / "run"), log=lambda *a: None)
+    assert recorder.functions  # the recorder sees train's tf.functions
+    assert not [f for f, kwargs in recorder.functions if kwargs.get("jit_compile")]
+
+
+def _nan_gradient(armed):
+    """A layer that passes its input through unchanged and, while ``armed`` (a boolean
+    tf.Variable) holds True, sends NaN back as its input's gradient."""
+
+    @tf.custom_gradient
+    def identity(x):
+        def grad(upstream):
+            return tf.where(armed, tf.fill(tf.shape(upstream), np.nan), upstream)
+
+        return tf.identity(x), grad
+
+    return keras.layers.Lambda(identity, name="nan_gradient")
+
+
+def _tiny_hdml(policy, size=12, classes=6, armed=None):
+    """A small HDML N-pair model built under ``policy``, compiled, one good step done.
+
+    With ``armed``, a `_nan_gradient` layer follows the convolution.
+    """
     keras.config.set_dtype_policy(policy)
     try:
         inputs = keras.Input((size, size, 3))
-        # Linear by default, ReLU for test_nan_batch_through_conv_relu_is_skipped.
-        h = keras.layers.Conv2D(8, 3, activation=activation)(inputs)
+        h = keras.layers.Conv2D(8, 3)(inputs)
+        if armed is not None:
+            h = _nan_gradient(armed)(h)
         h = keras.layers.GlobalAveragePooling2D()(h)
         features = keras.layers.Dense(16, dtype="float32")(h)
         backbone = keras.Model(inputs, features, name="tiny")
@@ -201,12 +267,24 @@ def test_mixed_precision_model_reloads_with_its_policy(tmp_path):
         assert theirs.dtype_policy.name == ours.dtype_policy.name == "mixed_float16"
 
 
-def test_nan_batch_through_conv_relu_is_skipped():
-    """oneDNN fuses Conv+ReLU: a NaN input gives finite losses but a NaN kernel
-    gradient. The skip must also look at the gradients, or the kernel becomes NaN,
-    uncounted, and every later step is NaN (fixed in fb2f2ec)."""
-    model, x, y = _tiny_hdml("float32", activation="relu")
-    weights = model.trainable_variables
-    before = _snapshot(weights)
-    logs = model.train_on_batch((np.full_like(x[0], np.nan), x[1]), y, return_dict=True)
-    assert _changed(weights, before) == [] and logs["nonfinite_steps"] == 1
+def test_nonfinite_metric_gradient_with_finite_losses_is_skipped():
+    """Finite losses do not make a step safe: a NaN gradient (oneDNN's fused Conv+ReLU
+    gives one on a NaN input) must skip the metric step, or the kernel becomes NaN,
+    uncounted, and every later step is NaN (fixed in fb2f2ec). The NaN is injected
+    here by a layer whose backward pass returns NaN."""
+    armed = tf.Variable(False)
+    model, x, y = _tiny_hdml("float32", armed=armed)
+    armed.assign(True)
+    terms = model.loss_terms((x, y))
+    assert all(np.isfinite(v) for v in terms.values()), terms  # the premise
+    metric_side = (model.embedder.trainable_variables + model.metric_optimizer.variables
+                   + [model._j_m_sum, model._j_m_count, model.j_avg])
+    before = _snapshot(metric_side)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert logs["metric_skipped_steps"] == 1 and logs["nonfinite_steps"] == 1
+    assert logs["generator_skipped_steps"] == logs["classifier_skipped_steps"] == 0
+    assert _changed(metric_side, before) == []
+    armed.assign(False)  # training goes on
+    model.train_on_batch(x, y)
+    assert _changed(model.embedder.trainable_variables, before) != []
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
