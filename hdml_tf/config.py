@@ -103,6 +103,14 @@ class TrainConfig:
     steps: int = 8000
     steps_per_epoch: int = 100  # progress/log/checkpoint interval
     log_every: int = 10  # steps between rows of schedule_log.csv (λ, w, J_avg, ...)
+    # Steps run in one tf.function call, so the host fetches logs once per call
+    # instead of after every step. Calls also end at every checkpoint (epoch end),
+    # log row and evaluation step, so checkpoints, resume and evaluations happen at
+    # the same steps for every value. Measured on CPU: N > 1 is not bit-identical to
+    # N = 1 (TensorFlow's graph optimizer rewrites the loop body; differences of
+    # float round-off that training amplifies), so the default stays 1; a resumed run
+    # with the same N still ends bit-identical to an uninterrupted one.
+    steps_per_execution: int = 1
     eval_every: int = 0  # steps; 0: only at the end
     eval_split: str = "val"  # "val" (needs data.val_fraction > 0) or "test"
     select_on_test: bool = False  # the authors' flaw: opt-in only
@@ -116,7 +124,12 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     strategy: str = "auto"
-    mixed_precision: bool = False
+    # "float32", "mixed_float16" (GPUs; the metric loss is loss-scaled) or
+    # "mixed_bfloat16" (TPUs, recent GPUs, CPUs with AVX512-BF16; no loss scaling).
+    # Only the embedder computes in half precision: the generator, the classifier and
+    # every loss stay float32 (J_soft's scale of 1e4 overflows float16 gradients).
+    precision: str = "float32"
+    mixed_precision: bool = False  # deprecated alias of precision="mixed_float16"
     xla: bool = False
     export: bool = True
     export_dir: str = "saved_models"
@@ -144,6 +157,15 @@ class ExperimentConfig:
 _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
              "train": TrainConfig}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def compute_precision(train_config):
+    """The dtype policy a run computes its embedder in (``train.precision``, or
+    ``mixed_float16`` when the deprecated ``train.mixed_precision`` is set)."""
+    if train_config.mixed_precision and train_config.precision == "float32":
+        return "mixed_float16"
+    return train_config.precision
 
 
 # --------------------------------------------------------------------- parsing
@@ -331,6 +353,7 @@ def validate(config):
                        ("model.embedding_dim", m.embedding_dim), ("model.window", m.window),
                        ("train.steps", t.steps), ("train.steps_per_epoch", t.steps_per_epoch),
                        ("train.log_every", t.log_every),
+                       ("train.steps_per_execution", t.steps_per_execution),
                        ("data.eval_batch_size", d.eval_batch_size)):
         if value < 1:
             raise ConfigError(f"{key}: must be positive, got {value}")
@@ -352,6 +375,7 @@ def validate(config):
                           "needs train.select_on_test=true (the authors' code did this; "
                           "it inflates results)")
     for key, value, allowed in (("data.sampler", d.sampler, ("queue", "authors")),
+                                ("train.precision", t.precision, PRECISIONS),
                                 ("model.lrn", m.lrn, ("caffe", "authors")),
                                 ("model.weight_decay_scope", m.weight_decay_scope,
                                  ("kernels", "authors"))):

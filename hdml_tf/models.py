@@ -863,6 +863,14 @@ class HDML(keras.Model):
         }
         stats.update({f"{k}_skipped_steps": int(v.numpy())
                       for k, v in self.skipped_steps.items()})
+        # A LossScaleOptimizer skips a step on its own when its scaled gradients
+        # overflow (lowering the scale); its iterations count only applied steps.
+        for name, (optimizer, _, _) in self.objectives().items():
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                applied = int(optimizer.iterations.numpy())
+                ours = int(self.skipped_steps[name].numpy()) if name in self.skipped_steps else 0
+                stats[f"{name}_loss_scale_skips"] = max(
+                    int(self.steps_taken.numpy()) - ours - applied, 0)
         return stats
 
     def get_config(self):

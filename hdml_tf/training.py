@@ -160,9 +160,10 @@ def build_model(config, num_classes):
     m, o, t, d = config.model, config.optim, config.train, config.data
     # Several replicas: BatchNorm statistics over the global batch, as on one device.
     sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    precision = config_lib.compute_precision(t)
     previous_policy = keras.config.dtype_policy()
-    if t.mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
+    if precision != "float32":
+        keras.config.set_dtype_policy(precision)
     try:
         backbone_kwargs = {"lrn": m.lrn} if m.backbone.lower() == "inception_v1" else {}
         backbone = build_backbone(m.backbone, weights=m.weights,
@@ -175,7 +176,9 @@ def build_model(config, num_classes):
                      window=m.window, j_avg_init=m.j_avg_init,
                      j_gen_avg_init=m.j_gen_avg_init,
                      record_weighted_jm=m.record_weighted_jm,
-                     generator_hidden=m.generator_hidden, synchronized_bn=sync_bn)
+                     generator_hidden=m.generator_hidden, synchronized_bn=sync_bn,
+                     # G, C and the losses in float32 whatever the embedder computes in.
+                     dtype="float32" if precision != "float32" else None)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     if o.lr_decay_steps:
@@ -186,8 +189,9 @@ def build_model(config, num_classes):
         lr_metric = o.lr_metric
     optimizers = [keras.optimizers.Adam(lr, epsilon=o.adam_epsilon)
                   for lr in (lr_metric, o.lr_gen, o.lr_cls)]
-    if t.mixed_precision:
-        optimizers = [keras.optimizers.LossScaleOptimizer(opt) for opt in optimizers]
+    if precision == "mixed_float16":
+        # Only the metric objective runs through float16 compute; G and C are float32.
+        optimizers[0] = keras.optimizers.LossScaleOptimizer(optimizers[0])
     model.compile(metric_optimizer=optimizers[0], generator_optimizer=optimizers[1],
                   classifier_optimizer=optimizers[2])
     model.build((None, d.crop, d.crop, 3))
@@ -367,6 +371,26 @@ class _Checkpointer(keras.callbacks.Callback):
         _atomic_save(self.model, os.path.join(self.workdir, "model.keras"))
 
 
+class _AppendingCSVLogger(keras.callbacks.CSVLogger):
+    """CSVLogger that, appending to an existing log (a resumed run), keeps its columns.
+
+    Keras fixes the columns from the first epoch's keys of each process; a resumed
+    run's first epoch can carry more keys (e.g. an evaluation from before the kill),
+    which would shift its rows under the file's header.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        import csv
+
+        if os.path.exists(self.filename) and os.path.getsize(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]
+                self.append_header = False
+
+
 class _ScheduleLog(keras.callbacks.Callback):
     """``schedule_log.csv``: every ``every`` steps, the λ and w the next step uses,
     J_avg, J_gen_avg, and the share of candidate negatives the last step's synthesis
@@ -483,11 +507,18 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     if t.xla:
         step_fn = tf.function(replica_step, jit_compile=True)
 
-    @tf.function
-    def distributed_step(it):
+    def one_step(it):
         logs = strategy.run(step_fn, args=(next(it),))
         # Every replica holds the same (globally reduced) values: take the first.
         return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
+
+    @tf.function
+    def distributed_steps(it, count):
+        """``count`` steps in one call: the host waits (for logs) once per call."""
+        logs = one_step(it)
+        for _ in tf.range(count - 1):
+            logs = one_step(it)
+        return logs
 
     callbacks, states = _callbacks(config, workdir, splits, preprocessing, chief,
                                    start_step)
@@ -501,15 +532,25 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     started = time.time()
     callback_list.on_train_begin()
     logs = {}
+    boundaries = _boundary_checks(config)
     for epoch in range(initial_epoch, epochs):
         model.reset_metrics()
         callback_list.on_epoch_begin(epoch)
-        steps_here = min(steps_per_epoch, t.steps - epoch * steps_per_epoch)
-        for step in range(steps_here):
-            callback_list.on_train_batch_begin(step)
-            logs = {k: float(v) for k, v in distributed_step(iterator).items()}
+        first = epoch * steps_per_epoch  # global step before this epoch
+        steps_here = min(steps_per_epoch, t.steps - first)
+        step = 0
+        while step < steps_here:
+            count = _steps_to_boundary(first + step, t.steps_per_execution,
+                                       first + steps_here, boundaries)
+            logs = {k: float(v) for k, v in
+                    distributed_steps(iterator, tf.constant(count)).items()}
             model.check_progress()  # a stalled metric step ends the run before a save
-            callback_list.on_train_batch_end(step, logs)
+            # Callbacks see every step (progress, counters); the logs are the last
+            # step's, and every step a callback acts on ends a call (a boundary).
+            for batch in range(step, step + count):
+                callback_list.on_train_batch_begin(batch)
+                callback_list.on_train_batch_end(batch, logs)
+            step += count
         callback_list.on_epoch_end(epoch, dict(logs))
         if model.stop_training:
             break
@@ -543,6 +584,30 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     return (results, model) if return_model else results
 
 
+def _boundary_checks(config):
+    """Steps after which a callback acts (a log row, an evaluation): a group of
+    ``train.steps_per_execution`` steps always ends there, so they see the weights of
+    exactly that step."""
+    from hdml_tf.evaluation.callbacks import authors_schedule
+
+    t = config.train
+    checks = [lambda s: s % t.log_every == 0]
+    if t.eval_every:
+        checks.append(lambda s: s % t.eval_every == 0)
+    if t.authors_selection:
+        checks.append(authors_schedule)
+    return checks
+
+
+def _steps_to_boundary(step, per_execution, stop, checks):
+    """How many steps to run from global ``step``: up to ``per_execution``, ending
+    early at ``stop`` (the epoch's end) or at the first step a check names."""
+    for end in range(step + 1, min(step + per_execution, stop) + 1):
+        if end == stop or any(check(end) for check in checks):
+            return end - step
+    return min(per_execution, stop - step)
+
+
 def _callbacks(config, workdir, splits, preprocessing, chief, start_step):
     """Logs, evaluations (with their checkpointed state) and the schedule log.
 
@@ -560,7 +625,7 @@ def _callbacks(config, workdir, splits, preprocessing, chief, start_step):
     _truncate_csv(os.path.join(workdir, "schedule_log.csv"),
                   lambda row: int(row["step"]) <= start_step)
     callbacks = [
-        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        _AppendingCSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
         _ScheduleLog(os.path.join(workdir, "schedule_log.csv"), t.log_every, start_step),
     ]
@@ -665,8 +730,10 @@ def train_main(argv):
     parser.add_argument("--workdir", required=True, help="checkpoints, logs, metrics")
     parser.add_argument("--strategy", choices=config_lib.STRATEGIES,
                         help="overrides train.strategy")
+    parser.add_argument("--precision", choices=config_lib.PRECISIONS,
+                        help="the embedder's compute precision (train.precision)")
     parser.add_argument("--mixed-precision", action="store_true",
-                        help="mixed_float16 compute (train.mixed_precision)")
+                        help="same as --precision mixed_float16")
     parser.add_argument("--xla", action="store_true", help="XLA-compile the step")
     parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
     args = parser.parse_args(argv)
@@ -674,7 +741,9 @@ def train_main(argv):
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
     if args.mixed_precision:
-        overrides.append("train.mixed_precision=true")
+        overrides.append("train.precision=mixed_float16")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
     if args.xla:
         overrides.append("train.xla=true")
     try:

@@ -218,15 +218,12 @@ def _train_under(strategy, batches):
     return model, logs
 
 
-def test_mirrored_two_replicas_equal_one_device():
+def test_mirrored_two_replicas_equal_one_device(two_replicas):
     """Global-batch N-pair negatives (all_gather), per-replica loss shares and
     synchronised BatchNorm make 2 replicas train like 1 device."""
-    devices = tf.config.list_logical_devices("CPU")
-    assert len(devices) >= 2, "tests/conftest.py configures 2 logical CPUs"
     batches = _batches()
     single, single_logs = _train_under(tf.distribute.get_strategy(), batches)
-    mirrored, mirrored_logs = _train_under(
-        tf.distribute.MirroredStrategy([d.name for d in devices[:2]]), batches)
+    mirrored, mirrored_logs = _train_under(two_replicas, batches)
     for a, b in zip(single_logs, mirrored_logs):
         for key in a:
             np.testing.assert_allclose(a[key], b[key], rtol=1e-4, err_msg=key)
@@ -279,3 +276,37 @@ def test_two_worker_processes_train_together(tmp_path):
     assert (workdir / "metrics.json").exists() and (workdir / "model.keras").exists()
     assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-6")
     assert not (workdir / "_workers" / "worker_1").exists()
+
+
+# ------------------------------------------------------------ steps per execution
+
+
+def test_steps_per_execution_keeps_steps_logs_and_checkpoints(tmp_path):
+    """N steps in one tf.function call: the same checkpoints and schedule-log steps
+    as one step per call (calls end at log rows and epoch ends), and weights equal up
+    to round-off (TensorFlow's graph optimizer rewrites a loop body: measured, not
+    bit-identical)."""
+    runs = {}
+    for n in (1, 7):
+        config = config_lib.load_config(write_config(
+            tmp_path, train={"steps": 20, "steps_per_epoch": 10, "log_every": 10,
+                             "steps_per_execution": n}))
+        workdir = tmp_path / f"n{n}"
+        _, model = training.train(config, str(workdir), log=lambda *_: None,
+                                  return_model=True)
+        runs[n] = ([w.numpy() for w in model.weights],
+                   (workdir / "schedule_log.csv").read_text())
+        assert tf.train.latest_checkpoint(str(workdir / "checkpoints")).endswith("ckpt-20")
+    for a, b in zip(runs[1][0], runs[7][0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2)
+    steps = [[row.split(",")[0] for row in log.splitlines()] for _, log in runs.values()]
+    assert steps[0] == steps[1] == ["step", "10", "20"]
+
+
+def test_steps_to_boundary_stops_at_every_step_a_callback_acts_on():
+    every_5 = [lambda s: s % 5 == 0]
+    assert training._steps_to_boundary(0, 10, 100, every_5) == 5
+    assert training._steps_to_boundary(5, 3, 100, every_5) == 3
+    assert training._steps_to_boundary(8, 10, 9, []) == 1  # the epoch ends at 9
+    from hdml_tf.evaluation.callbacks import authors_schedule
+    assert training._steps_to_boundary(5050, 10, 6000, [authors_schedule]) == 6  # 5056
