@@ -418,6 +418,17 @@ def check_against_dataset(config, num_train_classes):
                           f"of {config.data.name!r} has {num_train_classes}")
 
 
+def fidelity(config):
+    """"authors" when a config runs every behaviour of the authors' code that
+    docs/method.md lists (LRN, decay scope, Adam epsilon, samplers, k-means restarts,
+    all training classes), else "custom"."""
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    authors = (m.lrn == "authors" and m.weight_decay_scope == "authors"
+               and o.adam_epsilon == 1e-8 and d.sampler == "authors"
+               and t.kmeans_restarts == 10 and d.val_fraction == 0)
+    return "authors" if authors else "custom"
+
+
 def presets_main(argv):
     """``hdml-tf presets``: list presets, or print one as JSON."""
     parser = argparse.ArgumentParser(prog="hdml-tf presets")
@@ -426,10 +437,11 @@ def presets_main(argv):
     if args.name:
         print(get_preset(args.name).to_json())
         return 0
+    print(f"{'preset':<22} {'fidelity':<9} description")
     for name in available_presets():
         module = importlib.import_module(f"hdml_tf.configs.{name}")
         first = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22} {first}")
+        print(f"{name:<22} {fidelity(get_preset(name)):<9} {first}")
     return 0
 
 

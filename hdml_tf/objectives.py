@@ -169,8 +169,8 @@ def hardened_fraction(anchors, positives, negatives):
     """Share of (anchor, negative) pairs the synthesis moves: d(a, n) > d(a, p).
 
     ``negatives`` broadcasts against ``anchors``: (T, d) for triplets, (P, 1, d)
-    anchors against (1, P', d) candidates for N-pair. ``valid`` pairs only (a mask of
-    the same broadcast shape without the feature axis) may be passed as a keyword.
+    anchors against (1, P', d) candidates for N-pair. Returns 1.0 where the pair is
+    moved, 0.0 where not, in the broadcast shape without the feature axis.
     """
     d_pos = tf.reduce_sum(tf.square(anchors - positives), axis=-1)
     d_neg = tf.reduce_sum(tf.square(anchors - negatives), axis=-1)
@@ -251,7 +251,7 @@ class NPair:
                          replicas.gather(labels[0]))
 
     def metric_loss(self, real, replicas):
-        z_a = real.parts[0] if replicas.count == 1 else replicas.gather(real.parts[0])
+        z_a = replicas.gather(real.parts[0])
         j_m = npair_metric_loss(real.candidate_labels, z_a, real.candidates, self.l2_reg)
         return replicas.share(j_m)  # the same global value on every replica
 

@@ -310,3 +310,17 @@ def test_steps_to_boundary_stops_at_every_step_a_callback_acts_on():
     assert training._steps_to_boundary(8, 10, 9, []) == 1  # the epoch ends at 9
     from hdml_tf.evaluation.callbacks import authors_schedule
     assert training._steps_to_boundary(5050, 10, 6000, [authors_schedule]) == 6  # 5056
+
+
+def test_paper_presets_run_the_authors_mode(capsys):
+    """Every paper preset is in the authors' fidelity mode, and `hdml-tf presets`
+    says so (docs/method.md's table)."""
+    for name in config_lib.available_presets():
+        config = config_lib.get_preset(name)
+        expected = "custom" if name.startswith("fashion_mnist") else "authors"
+        assert config_lib.fidelity(config) == expected, name
+    changed = config_lib.load_config("cub200_npair", ["model.lrn=caffe"])
+    assert config_lib.fidelity(changed) == "custom"
+    config_lib.presets_main([])
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("cub200_npair") and " authors " in line for line in lines)
