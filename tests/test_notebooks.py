@@ -214,7 +214,7 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     # The top-5 check ran on both photographs with both LRNs.
     assert "flower.jpg" in printed and "china.jpg" in printed
     assert "LRN 'caffe' (the weights' own)" in printed and "LRN 'authors'" in printed
-    assert "train:    180 images, 90 classes" in printed
+    assert "train:    200 images, 100 classes" in printed  # all training classes
     assert " test:     24 images, 8 classes" in printed
     assert "SMOKE: training skipped" in printed
     assert not (out / "cub200_npair").exists()  # nothing was trained
