@@ -219,7 +219,18 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     assert "SMOKE: training skipped" in printed
     assert not (out / "cub200_npair").exists()  # nothing was trained
     assert not (out / "cub200_npair_baseline").exists()
-    # The evaluation ran and its table stands beside the paper's numbers.
-    assert "before training" in printed and "53.7" in printed and "85.7" in printed
+    # The evaluation ran: a recall@K row for each K of the preset's paper numbers, the
+    # measured value (in %) beside the paper's, and recall@K does not fall as K grows.
+    from hdml_tf.config import get_preset
+
+    paper = get_preset("cub200_npair").paper
+    assert "before training" in printed
+    rows = {line.split()[0]: line.split()[1:] for line in printed.splitlines()
+            if re.match(r"\s*recall@\d+\s", line)}
+    assert sorted(rows) == sorted(paper), rows
+    ks = sorted(paper, key=lambda k: int(k.split("@")[1]))
+    measured = [float(rows[k][0]) for k in ks]
+    assert all(0.0 <= m <= 100.0 for m in measured) and measured == sorted(measured), rows
+    assert [rows[k][1] for k in ks] == [f"{paper[k]:.1f}" for k in ks]
     assert not (data_root / "CUB_200_2011.tgz").exists()  # no download was tried
     assert notebook.metadata.get("accelerator") == "GPU"  # Colab opens it on a GPU runtime
