@@ -318,13 +318,10 @@ def test_convert_and_cli(tmp_path, source, capsys):
 
 
 @pytest.mark.two_devices
-def test_load_under_mirrored_strategy(tmp_path, source):
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs 2 logical CPU devices")
+def test_load_under_mirrored_strategy(tmp_path, source, two_replicas):
     path = tmp_path / "w.mat"
     save_caffe_weights(source, path)
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+    strategy = two_replicas
     with strategy.scope():
         replicated = InceptionV1(input_shape=(64, 64, 3))
     load_caffe_weights(replicated, path)

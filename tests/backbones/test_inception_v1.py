@@ -402,11 +402,8 @@ def test_mixed_precision_policy_is_respected(model):
 
 
 @pytest.mark.two_devices
-def test_mirrored_strategy_forward(model):
-    devices = tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
-        pytest.skip("needs 2 logical CPU devices")
-    strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+def test_mirrored_strategy_forward(model, two_replicas):
+    strategy = two_replicas
     with strategy.scope():
         replicated = InceptionV1()
     replicated.set_weights(model.get_weights())
