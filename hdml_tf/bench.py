@@ -146,7 +146,9 @@ def _set_precision(config, variant):
     import keras
 
     t = config.train
-    if isinstance(t.mixed_precision, bool):
+    if hasattr(t, "precision"):  # train.precision: float32 | mixed_float16 | mixed_bfloat16
+        t.precision, t.mixed_precision = variant.policy, False
+    elif isinstance(t.mixed_precision, bool):
         t.mixed_precision = variant.policy == "mixed_float16"
         keras.config.set_dtype_policy("float32" if t.mixed_precision else variant.policy)
     else:  # a policy name
@@ -400,7 +402,8 @@ def bench_main(argv) -> int:
     args = parser.parse_args(argv)
     overrides = list(args.set)
     if args.smoke:
-        overrides = ["model.backbone=small_cnn", "data.batch_size=8", "data.resize=36",
+        overrides = ["model.backbone=small_cnn", "model.lrn=caffe",
+                     "data.batch_size=8", "data.resize=36",
                      "data.crop=32", "model.embedding_dim=16", "model.generator_hidden=32",
                      "data.eval_batch_size=8"] + overrides
     try:

@@ -19,7 +19,8 @@ COLUMNS = ["measurement", "precision", "ms/step", "images/s", "HDML/baseline", "
 def smoke_output():
     lines = []
     rows = bench.run_bench(load_config("cub200_npair", [
-        "model.backbone=small_cnn", "data.batch_size=8", "data.resize=36", "data.crop=32",
+        "model.backbone=small_cnn", "model.lrn=caffe", "data.batch_size=8", "data.resize=36",
+        "data.crop=32",
         "model.embedding_dim=16", "model.generator_hidden=32", "data.eval_batch_size=8"],
         smoke=True), smoke=True, warmup=1, repeats=2, steps=1, out=lines.append)
     return lines, rows
