@@ -14,10 +14,9 @@ with it. Neither Keras nor any submodule is imported here until someone asks.
 """
 
 import importlib
-import importlib.abc
-import importlib.util
 import os
-import sys
+
+from hdml_tf import import_hooks as _import_hooks
 
 # HDML's train_step uses tf.GradientTape; pin the TensorFlow backend before Keras loads.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -87,34 +86,10 @@ def _register_stand_ins():
                 stand_in(class_name, module_name))
 
 
-class _AfterKerasImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Runs ``_register_stand_ins`` right after ``keras`` finishes importing.
-
-    Python has no post-import hook; this finder answers only for "keras", finds the
-    real spec without itself, and wraps that spec's loader.
-    """
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
-        if spec is None or spec.loader is None:
-            return spec
-        self._loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        # Keras sees its own loader (importlib.resources and the like ask it).
-        module.__loader__ = module.__spec__.loader = self._loader
-        self._loader.exec_module(module)
-        _register_stand_ins()
-
-
-if "keras" in sys.modules:
+def _after_keras(load):
+    load()
     _register_stand_ins()
-elif not any(isinstance(f, _AfterKerasImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _AfterKerasImport())
+
+
+if not _import_hooks.around_import("keras", _after_keras):
+    _register_stand_ins()

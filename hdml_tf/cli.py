@@ -22,12 +22,12 @@ TensorFlow's start-up lines (the absl "before absl::InitializeLog()" notice, one
 """
 
 import importlib
-import importlib.abc
-import importlib.util
 import os
 import re
 import sys
 import tempfile
+
+from hdml_tf.import_hooks import around_import
 
 # TensorFlow logs these while its shared libraries load, through absl before TF's own
 # logging reads TF_CPP_MIN_LOG_LEVEL, so only filtering them out of stderr removes them.
@@ -37,53 +37,31 @@ _STARTUP_NOISE = re.compile(
     r"|To enable the following instructions: .* rebuild TensorFlow")
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports ``tensorflow`` with stderr (fd 2) captured, then writes back all but noise.
-
-    Whichever module first imports TensorFlow (at its top or inside a function), this
-    finder answers for "tensorflow" only, once, and wraps the real loader. Errors and
-    anything else TensorFlow prints while loading are written back.
-    """
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("tensorflow")
-        if spec is None or spec.loader is None:
-            return spec
-        self._loader, spec.loader = spec.loader, self
-        return spec
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        module.__loader__ = module.__spec__.loader = self._loader
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile("w+b") as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                self._loader.exec_module(module)
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-                captured.seek(0)
-                text = captured.read().decode("utf-8", "replace")
-                kept = [l for l in text.splitlines(True) if not _STARTUP_NOISE.match(l)]
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
+def _quietly(load):
+    """Load with stderr (fd 2) captured, then write back all but the start-up noise:
+    errors and anything else TensorFlow prints while loading stay visible."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            load()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            kept = [l for l in text.splitlines(True) if not _STARTUP_NOISE.match(l)]
+            sys.stderr.write("".join(kept))
+            sys.stderr.flush()
 
 
 def _quiet_tensorflow_startup():
     """Hide TensorFlow's start-up logs unless the user asked for them."""
     # 2 hides TF's own INFO and WARNING records and keeps its errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" not in sys.modules and not any(
-            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    around_import("tensorflow", _quietly)
 
 # name -> (module, function, one-line help). The function takes argv (list of str)
 # and returns an exit code.
