@@ -54,8 +54,9 @@ class DataConfig:
 class ModelConfig:
     """Backbone, embedding and the HDML objective (see docs/method.md).
 
-    ``lrn`` (inception_v1 only): "caffe" (BVLC's LRN) or "authors" (the HDML authors'
-    TF1 LRN, what produced the paper's numbers). ``weight_decay_scope``: "kernels" or
+    ``lrn`` (inception_v1 only; other backbones have no LRN and ignore it): "caffe"
+    (BVLC's LRN) or "authors" (the HDML authors' TF1 LRN, what produced the paper's
+    numbers). ``weight_decay_scope``: "kernels" or
     "authors" (every backbone and head variable but BatchNorm's, biases included).
     ``j_avg_init`` / ``j_gen_avg_init``: the running statistics' starting values.
     """
@@ -381,9 +382,6 @@ def validate(config):
                                  ("kernels", "authors"))):
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
-    if m.lrn != "caffe" and m.backbone.lower() != "inception_v1":
-        raise ConfigError(f"model.lrn: only inception_v1 has LRN layers; "
-                          f"model.backbone is {m.backbone!r}")
     for key, value in (("model.j_avg_init", m.j_avg_init),
                        ("model.j_gen_avg_init", m.j_gen_avg_init),
                        ("optim.adam_epsilon", o.adam_epsilon),
