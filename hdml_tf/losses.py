@@ -68,28 +68,30 @@ def npair_loss(labels, anchors, positives, l2_reg=0.0):
     return loss
 
 
-def npair_loss_grouped(anchors, candidates, l2_reg=0.0):
-    """N-pair loss where anchor i has its own P candidate rows (HDML's J_syn).
+def npair_loss_grouped(anchors, candidates, l2_reg=0.0, offset=0):
+    """N-pair loss where anchor i has its own P' candidate rows (HDML's J_syn).
 
-    For anchor i the logits are ``a_i . c_(i,j)`` over j = 0..P-1 and the target is
-    j = i: the synthetic tuple keeps the true positive at (i, i) and a hardened
-    negative at (i, j != i).
+    For anchor i the logits are ``a_i . c_(i,j)`` over j = 0..P'-1 and the target is
+    j = offset + i: the synthetic tuple keeps the true positive at (i, offset + i) and
+    a hardened negative elsewhere.
 
     Args:
       anchors: float tensor (P, d).
-      candidates: float tensor (P * P, d), row i * P + j is candidate j of anchor i.
+      candidates: float tensor (P * P', d), row i * P' + j is candidate j of anchor i.
       l2_reg: as in `npair_loss`; the penalty is over the anchors and all candidates.
+      offset: index of anchor 0's own positive among its candidates (under a
+        distribution strategy, the replica's first anchor in the global batch).
 
     Returns:
       Scalar float32.
     """
     anchors, candidates = to_float32(anchors), to_float32(candidates)
     num = tf.shape(anchors)[0]
-    grouped = tf.reshape(candidates, [num, num, -1])
+    grouped = tf.reshape(candidates, [num, -1, tf.shape(anchors)[1]])
     logits = tf.einsum("id,ijd->ij", anchors, grouped)
     loss = tf.reduce_mean(
         tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.range(num), logits=logits
+            labels=tf.range(num) + tf.cast(offset, tf.int32), logits=logits
         )
     )
     if l2_reg:

@@ -99,17 +99,7 @@ def npair_synthetic_loss(anchors, candidates, l2_reg, offset=0):
     [0, 1]], l2_reg = 0: row logits (1, 0) and (0, 1), targets 0 and 1, so
     J_syn = ln(1 + e^-1) = 0.31326169.
     """
-    anchors = tf.cast(anchors, tf.float32)
-    candidates = tf.cast(candidates, tf.float32)
-    num_anchors = tf.shape(anchors)[0]
-    grouped = tf.reshape(candidates, [num_anchors, -1, tf.shape(anchors)[1]])
-    logits = tf.einsum("id,ijd->ij", anchors, grouped)
-    targets = tf.range(num_anchors) + tf.cast(offset, tf.int32)
-    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=targets, logits=logits))
-    if l2_reg:
-        loss += losses_lib.npair_l2_term(anchors, candidates, l2_reg)
-    return loss
+    return losses_lib.npair_loss_grouped(anchors, candidates, l2_reg, offset)
 
 
 def npair_label_ce(logits, labels, num_anchors):
