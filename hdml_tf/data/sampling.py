@@ -253,7 +253,9 @@ class AuthorsSampler:
     def batch(self, index: int):
         """Batch ``index`` of the stream."""
         rng = np.random.default_rng((int(self.seed), int(index)))
-        classes = [int(c) for c in self.classes if len(self._usable(int(c))) >= 2]
+        classes = self.classes
+        if self.exclude:  # only then can a class have lost images (a scan per batch)
+            classes = [int(c) for c in classes if len(self._usable(int(c))) >= 2]
         chosen = rng.choice(classes, self.per_batch * (self.groups - 1), replace=False)
         pairs = np.array([rng.choice(self._usable(int(c)), 2, replace=False)
                           for c in chosen[:self.per_batch]], np.int64)
