@@ -47,23 +47,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def make_jpeg_folder(root: str, num_classes: int, per_class: int, size, seed: int = 0) -> str:
     """Write num_classes x per_class textured JPEGs of (w, h) = size under root."""
-    from PIL import Image
+    from hdml_tf.bench import write_jpeg_folder
 
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    for c in range(num_classes):
-        d = os.path.join(root, f"class_{c:03d}")
-        os.makedirs(d, exist_ok=True)
-        base = rng.uniform(40, 200, size=3)
-        for k in range(per_class):
-            # Smooth gradients plus noise compress like photographs, not like flat colour.
-            fx, fy = rng.uniform(0.005, 0.05, size=2)
-            pattern = 40 * np.sin(xx * fx + k)[..., None] + 40 * np.cos(yy * fy + c)[..., None]
-            noise = rng.normal(0, 12, size=(h, w, 3))
-            img = np.clip(base + pattern + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(os.path.join(d, f"{k:04d}.jpg"), quality=90)
-    return root
+    return write_jpeg_folder(root, num_classes, per_class, size, seed=seed)
 
 
 def time_pipeline(dataset, batches: int, warmup: int) -> tuple:
