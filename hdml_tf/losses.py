@@ -1,13 +1,19 @@
 """The losses HDML trains with: pure functions plus thin serialisable Keras wrappers.
 
-J_m is the N-pair loss (``npair_loss``; ``npair_loss_grouped`` for the synthetic
-tuples' J_syn) or the authors' explicit triplet loss (``triplet_loss``). Half-precision
-inputs are computed in float32 and the loss is returned in float32.
+J_m is the N-pair loss on embeddings (``npair_embedding_loss`` / ``NPairEmbeddingLoss``;
+``npair_embedding_loss_grouped`` for the synthetic tuples' J_syn) or the authors'
+explicit triplet loss (``triplet_loss``). Half-precision inputs are computed in float32
+and the loss is returned in float32.
 
-TensorFlow Addons' losses (``npairs_loss``, ``triplet_semihard_loss``,
-``triplet_hard_loss``, ``lifted_struct_loss``, ``contrastive_loss`` and their classes)
-live in :mod:`hdml_tf.tfa_losses`. Deprecated: importing them from here still works
-for this release only; import them from ``hdml_tf.tfa_losses``.
+TensorFlow Addons' losses (``npairs_loss`` on a similarity matrix,
+``triplet_semihard_loss``, ``triplet_hard_loss``, ``lifted_struct_loss``,
+``contrastive_loss`` and their classes) live in :mod:`hdml_tf.tfa_losses`. The names
+here say "embedding" so that they cannot be mistaken for TFA's ``npairs_loss``, which
+differs only by an "s" and takes a similarity matrix instead.
+
+Deprecated for this release only (each use warns): ``npair_loss``,
+``npair_loss_grouped`` and ``NPairLoss`` (the old names of the N-pair embedding loss),
+and the TFA losses imported from here instead of from ``hdml_tf.tfa_losses``.
 
 Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019; Sohn, NIPS
 2016 (N-pair); Schroff et al., CVPR 2015 (triplet).
@@ -16,7 +22,7 @@ Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019; Sohn,
 import keras
 import tensorflow as tf
 
-from hdml_tf import ops
+from hdml_tf import deprecation, ops
 
 
 def to_float32(x):
@@ -43,7 +49,7 @@ def npair_l2_term(anchors, positives, l2_reg):
     )
 
 
-def npair_loss(labels, anchors, positives, l2_reg=0.0):
+def npair_embedding_loss(labels, anchors, positives, l2_reg=0.0):
     """N-pair loss on embeddings (Sohn 2016), HDML's J_m for N-pair batches.
 
     With ``l2_reg=0`` this equals TFA 0.23 ``npairs_loss(labels, anchors @ positives.T)``.
@@ -68,7 +74,7 @@ def npair_loss(labels, anchors, positives, l2_reg=0.0):
     return loss
 
 
-def npair_loss_grouped(anchors, candidates, l2_reg=0.0, offset=0):
+def npair_embedding_loss_grouped(anchors, candidates, l2_reg=0.0, offset=0):
     """N-pair loss where anchor i has its own P' candidate rows (HDML's J_syn).
 
     For anchor i the logits are ``a_i . c_(i,j)`` over j = 0..P'-1 and the target is
@@ -78,7 +84,8 @@ def npair_loss_grouped(anchors, candidates, l2_reg=0.0, offset=0):
     Args:
       anchors: float tensor (P, d).
       candidates: float tensor (P * P', d), row i * P' + j is candidate j of anchor i.
-      l2_reg: as in `npair_loss`; the penalty is over the anchors and all candidates.
+      l2_reg: as in `npair_embedding_loss`; the penalty is over the anchors and all
+        candidates.
       offset: index of anchor 0's own positive among its candidates (under a
         distribution strategy, the replica's first anchor in the global batch).
 
@@ -130,7 +137,7 @@ def triplet_loss(anchors, positives, negatives, margin=1.0, squared=True, reduct
     d_pos = ops.squared_norms(anchors - positives)
     d_neg = ops.squared_norms(anchors - negatives)
     if not squared:
-        d_pos, d_neg = ops._safe_sqrt(d_pos), ops._safe_sqrt(d_neg)
+        d_pos, d_neg = ops.safe_sqrt(d_pos), ops.safe_sqrt(d_neg)
     # [loss]
     return _reduce(tf.maximum(d_pos - d_neg + margin, 0.0), reduction)
 
@@ -154,20 +161,23 @@ class ConfigLoss(keras.losses.Loss):
         return config
 
 
-@keras.saving.register_keras_serializable(package="hdml_tf")
-class NPairLoss(ConfigLoss):
-    """N-pair loss; ``y_pred`` is ``[anchors; positives]`` (2P, d), ``y_true`` the
-    anchors' labels (P,) (or all 2P labels, of which the first P are used)."""
+# Registered under its former class name: the name a saved file records, so files
+# written before and after the rename load alike.
+@keras.saving.register_keras_serializable(package="hdml_tf", name="NPairLoss")
+class NPairEmbeddingLoss(ConfigLoss):
+    """N-pair loss on embeddings; ``y_pred`` is ``[anchors; positives]`` (2P, d),
+    ``y_true`` the anchors' labels (P,) (or all 2P labels, of which the first P are
+    used)."""
 
     _params = ("l2_reg",)
 
-    def __init__(self, l2_reg=0.0, name="npair_loss", **kwargs):
+    def __init__(self, l2_reg=0.0, name="npair_embedding_loss", **kwargs):
         super().__init__(name=name, l2_reg=l2_reg, **kwargs)
 
     def call(self, y_true, y_pred):
         anchors, positives = tf.split(y_pred, 2, axis=0)
         labels = tf.reshape(y_true, [-1])[: tf.shape(anchors)[0]]
-        return npair_loss(labels, anchors, positives, self.l2_reg)
+        return npair_embedding_loss(labels, anchors, positives, self.l2_reg)
 
 
 @keras.saving.register_keras_serializable(package="hdml_tf")
@@ -188,17 +198,15 @@ class TripletLoss(ConfigLoss):
         return triplet_loss(a, p, n, self.margin, self.squared, self.triplet_reduction)
 
 
-# Deprecated aliases (one release): the TFA-compatible losses moved to hdml_tf.tfa_losses.
-_MOVED_TO_TFA_LOSSES = ("npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
-                        "lifted_struct_loss", "contrastive_loss", "NpairsLoss",
-                        "TripletSemiHardLoss", "TripletHardLoss", "LiftedStructLoss",
-                        "ContrastiveLoss")
-
-
-def __getattr__(name):
-    # Resolved on first use: hdml_tf.tfa_losses imports this module.
-    if name in _MOVED_TO_TFA_LOSSES:
-        from hdml_tf import tfa_losses
-
-        return getattr(tfa_losses, name)
-    raise AttributeError(f"module 'hdml_tf.losses' has no attribute {name!r}")
+# Deprecated aliases (one release): the old names of the N-pair embedding loss, and the
+# TFA-compatible losses that moved to hdml_tf.tfa_losses (resolved on use: that module
+# imports this one).
+_TFA_NAMES = ("npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
+              "lifted_struct_loss", "contrastive_loss", "NpairsLoss", "TripletSemiHardLoss",
+              "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss")
+__getattr__ = deprecation.module_getattr(__name__, deprecated={
+    "npair_loss": "hdml_tf.losses:npair_embedding_loss",
+    "npair_loss_grouped": "hdml_tf.losses:npair_embedding_loss_grouped",
+    "NPairLoss": "hdml_tf.losses:NPairEmbeddingLoss",
+    **{name: f"hdml_tf.tfa_losses:{name}" for name in _TFA_NAMES},
+})

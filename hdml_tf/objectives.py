@@ -44,7 +44,7 @@ def npair_metric_loss(labels, anchors, positives, l2_reg):
     Golden value: P = 2, a = p = [[1, 0], [0, 1]], l2_reg = 0: each row's logits are
     (1, 0) with the target first, so J_m = ln(1 + e^-1) = 0.31326169.
     """
-    return losses_lib.npair_loss(labels, anchors, positives, l2_reg)
+    return losses_lib.npair_embedding_loss(labels, anchors, positives, l2_reg)
 
 
 def npair_synthesis(anchors, positives, lam, all_positives=None):
@@ -99,7 +99,7 @@ def npair_synthetic_loss(anchors, candidates, l2_reg, offset=0):
     [0, 1]], l2_reg = 0: row logits (1, 0) and (0, 1), targets 0 and 1, so
     J_syn = ln(1 + e^-1) = 0.31326169.
     """
-    return losses_lib.npair_loss_grouped(anchors, candidates, l2_reg, offset)
+    return losses_lib.npair_embedding_loss_grouped(anchors, candidates, l2_reg, offset)
 
 
 def npair_label_ce(logits, labels, num_anchors):

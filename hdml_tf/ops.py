@@ -12,7 +12,7 @@ import tensorflow as tf
 _EPS = 1e-16
 
 
-def _safe_sqrt(squared):
+def safe_sqrt(squared):
     """sqrt with a finite gradient at 0: value 0 and gradient 0 where ``squared <= 0``."""
     zero = tf.less_equal(squared, 0.0)
     root = tf.sqrt(squared + tf.cast(zero, squared.dtype) * _EPS)
@@ -37,7 +37,7 @@ def cross_distance(a, b, squared=False):
         - 2.0 * tf.matmul(a, b, transpose_b=True)
     )
     sq = tf.maximum(sq, 0.0)
-    return sq if squared else _safe_sqrt(sq)
+    return sq if squared else safe_sqrt(sq)
 
 
 def pairwise_distance(embeddings, squared=False):

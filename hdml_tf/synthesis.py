@@ -54,7 +54,7 @@ def _as_dtype(value, dtype):
 
 
 def _distance(a, b):
-    return ops._safe_sqrt(tf.reduce_sum(tf.square(a - b), axis=-1, keepdims=True))
+    return ops.safe_sqrt(tf.reduce_sum(tf.square(a - b), axis=-1, keepdims=True))
 
 
 def hardness_aware_negatives(anchors, positives, negatives, lam):

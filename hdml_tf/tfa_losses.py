@@ -1,8 +1,9 @@
 """TensorFlow Addons' metric-learning losses, for code moving off tensorflow-addons.
 
 tensorflow-addons 0.23 no longer imports with Keras 3. These are its losses with the
-same definitions and arguments, so users moving off TFA get the same numbers; HDML
-itself uses the losses in :mod:`hdml_tf.losses`:
+same definitions and arguments, so users moving off TFA get the same numbers. HDML
+itself uses the losses in :mod:`hdml_tf.losses` (its N-pair loss, on embeddings rather
+than a similarity matrix, is ``hdml_tf.losses.npair_embedding_loss``):
 
 | tensorflow-addons 0.23                 | hdml_tf.tfa_losses                       |
 |----------------------------------------|------------------------------------------|

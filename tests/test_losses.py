@@ -1,4 +1,5 @@
-"""hdml_tf.losses and hdml_tf.ops: golden values, loop references, edge cases.
+"""hdml_tf.losses, hdml_tf.tfa_losses and hdml_tf.ops: golden values, loop references,
+edge cases, and the deprecated names.
 
 The loop references below restate the TensorFlow Addons 0.23 definitions one pair or
 triplet at a time (TFA itself does not import with Keras 3), so agreement with them is
@@ -6,13 +7,14 @@ agreement with TFA's numbers.
 """
 
 import itertools
+import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from hdml_tf import losses, ops
+from hdml_tf import losses, ops, tfa_losses
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 2e-5, np.float64: 1e-10}
@@ -88,18 +90,18 @@ def _npairs_ref(labels, logits):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_npair_loss_matches_loop_reference(dtype):
+def test_npair_embedding_loss_matches_loop_reference(dtype):
     rng = np.random.default_rng(1)
     labels = np.array([3, 1, 4, 1, 5], np.int32)  # a repeated label: generalised targets
     a = rng.normal(size=(5, 4)).astype(dtype)
     p = rng.normal(size=(5, 4)).astype(dtype)
-    got = losses.npair_loss(labels, a, p, l2_reg=0.0).numpy()
+    got = losses.npair_embedding_loss(labels, a, p, l2_reg=0.0).numpy()
     np.testing.assert_allclose(got, _npairs_ref(labels, a @ p.T), rtol=TOL[dtype])
-    got_reg = losses.npair_loss(labels, a, p, l2_reg=0.3).numpy()
+    got_reg = losses.npair_embedding_loss(labels, a, p, l2_reg=0.3).numpy()
     l2 = 0.25 * 0.3 * (np.mean((a ** 2).sum(1)) + np.mean((p ** 2).sum(1)))
     np.testing.assert_allclose(got_reg, _npairs_ref(labels, a @ p.T) + l2, rtol=TOL[dtype])
     # TFA's npairs_loss takes the similarity matrix: same value.
-    np.testing.assert_allclose(losses.npairs_loss(labels, a @ p.T).numpy(),
+    np.testing.assert_allclose(tfa_losses.npairs_loss(labels, a @ p.T).numpy(),
                                _npairs_ref(labels, a @ p.T), rtol=TOL[dtype])
 
 
@@ -110,7 +112,7 @@ def test_npair_golden_value():
     log(e + 2) - 1 = 0.551444713932051.
     """
     eye = np.eye(3, dtype=np.float32)
-    got = losses.npair_loss([0, 1, 2], eye, eye).numpy()
+    got = losses.npair_embedding_loss([0, 1, 2], eye, eye).numpy()
     np.testing.assert_allclose(got, np.log(np.e + 2) - 1, rtol=1e-6)
     np.testing.assert_allclose(got, 0.551444713932051, rtol=1e-6)
 
@@ -121,8 +123,8 @@ def test_npair_grouped_equals_npair_when_candidates_are_the_positives():
     p = rng.normal(size=(4, 3)).astype(np.float32)
     candidates = np.tile(p, (4, 1))  # row i*P + j = p_j
     np.testing.assert_allclose(
-        losses.npair_loss_grouped(a, candidates).numpy(),
-        losses.npair_loss(np.arange(4), a, p).numpy(), rtol=1e-6)
+        losses.npair_embedding_loss_grouped(a, candidates).numpy(),
+        losses.npair_embedding_loss(np.arange(4), a, p).numpy(), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------- triplet
@@ -191,7 +193,7 @@ def _hard_ref(labels, emb, margin, soft, metric):
 @pytest.mark.parametrize("metric", ["L2", "squared-L2", "angular"])
 def test_triplet_semihard_matches_loop(dtype, metric):
     labels, emb = _data(dtype, n=14, classes=4, seed=5)
-    got = losses.triplet_semihard_loss(labels, emb, margin=1.0, distance_metric=metric)
+    got = tfa_losses.triplet_semihard_loss(labels, emb, margin=1.0, distance_metric=metric)
     np.testing.assert_allclose(got.numpy(), _semihard_ref(labels, emb, 1.0, metric),
                                rtol=TOL[dtype] * 10, atol=TOL[dtype])
 
@@ -201,7 +203,8 @@ def test_triplet_semihard_matches_loop(dtype, metric):
 @pytest.mark.parametrize("soft", [False, True])
 def test_triplet_hard_matches_loop(dtype, metric, soft):
     labels, emb = _data(dtype, n=10, classes=3, seed=6)
-    got = losses.triplet_hard_loss(labels, emb, margin=0.5, soft=soft, distance_metric=metric)
+    got = tfa_losses.triplet_hard_loss(labels, emb, margin=0.5, soft=soft,
+                                       distance_metric=metric)
     np.testing.assert_allclose(got.numpy(), _hard_ref(labels, emb, 0.5, soft, metric),
                                rtol=TOL[dtype] * 10, atol=TOL[dtype])
 
@@ -216,7 +219,7 @@ def test_triplet_semihard_golden_value():
     negatives at 10 and 9 both farther, take 9 -> 1 + 7 - 9 = 0 -> 0. Mean = 5/4.
     """
     emb = np.array([[0.0], [1.0], [3.0], [10.0]], np.float32)
-    got = losses.triplet_semihard_loss([0, 0, 1, 1], emb).numpy()
+    got = tfa_losses.triplet_semihard_loss([0, 0, 1, 1], emb).numpy()
     np.testing.assert_allclose(got, 1.25, rtol=1e-6)
 
 
@@ -239,7 +242,7 @@ def _lifted_ref(labels, emb, margin):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lifted_struct_matches_loop(dtype):
     labels, emb = _data(dtype, n=10, classes=3, seed=7)
-    got = losses.lifted_struct_loss(labels, emb, margin=1.0).numpy()
+    got = tfa_losses.lifted_struct_loss(labels, emb, margin=1.0).numpy()
     np.testing.assert_allclose(got, _lifted_ref(labels, emb, 1.0), rtol=TOL[dtype] * 10)
 
 
@@ -248,7 +251,7 @@ def test_lifted_struct_large_distances_match_loop(dtype):
     """Distances ~1e3: exp(margin - d) underflows and exp(d) overflows unless the
     log-sum-exp is computed stably; the reference uses np.logaddexp."""
     labels, emb = _data(dtype, n=8, classes=2, seed=8)
-    got = losses.lifted_struct_loss(labels, emb * 1e3, margin=1.0).numpy()
+    got = tfa_losses.lifted_struct_loss(labels, emb * 1e3, margin=1.0).numpy()
     want = _lifted_ref(labels, emb * 1e3, 1.0)
     assert want > 1e4  # the regime where a naive exp would overflow
     np.testing.assert_allclose(got, want, rtol=TOL[dtype] * 10)
@@ -259,17 +262,18 @@ def test_contrastive_matches_formula(dtype):
     y = np.array([1, 0, 0, 1])
     d = np.array([0.5, 0.2, 1.5, 2.0], dtype)
     ref = [0.25, 0.64, 0.0, 4.0]  # y d^2 + (1 - y) max(1 - d, 0)^2
-    np.testing.assert_allclose(losses.contrastive_loss(y, d).numpy(), ref, rtol=1e-6)
-    np.testing.assert_allclose(losses.ContrastiveLoss()(y, d).numpy(), np.mean(ref), rtol=1e-6)
+    np.testing.assert_allclose(tfa_losses.contrastive_loss(y, d).numpy(), ref, rtol=1e-6)
+    np.testing.assert_allclose(tfa_losses.ContrastiveLoss()(y, d).numpy(), np.mean(ref),
+                               rtol=1e-6)
 
 
 # ------------------------------------------------------------------- edge cases
 
 
 _EMPTY_CASES = [
-    (losses.triplet_semihard_loss, lambda l, e: _semihard_ref(l, e, 1.0, "L2")),
-    (losses.triplet_hard_loss, lambda l, e: _hard_ref(l, e, 1.0, False, "L2")),
-    (losses.lifted_struct_loss, lambda l, e: _lifted_ref(l, e, 1.0)),
+    (tfa_losses.triplet_semihard_loss, lambda l, e: _semihard_ref(l, e, 1.0, "L2")),
+    (tfa_losses.triplet_hard_loss, lambda l, e: _hard_ref(l, e, 1.0, False, "L2")),
+    (tfa_losses.lifted_struct_loss, lambda l, e: _lifted_ref(l, e, 1.0)),
 ]
 
 
@@ -281,7 +285,7 @@ def test_no_positive_pairs(fn, ref):
     emb = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     labels = np.arange(4)
     want = ref(labels, emb)
-    if fn is not losses.triplet_hard_loss:
+    if fn is not tfa_losses.triplet_hard_loss:
         assert want == 0.0
     np.testing.assert_allclose(fn(labels, emb).numpy(), want, rtol=1e-5, atol=1e-6)
 
@@ -297,10 +301,10 @@ def test_single_class_batch(fn, ref):
 
 
 @pytest.mark.parametrize("fn", [
-    lambda l, e: losses.triplet_semihard_loss(l, e),
-    lambda l, e: losses.triplet_hard_loss(l, e),
-    lambda l, e: losses.lifted_struct_loss(l, e),
-    lambda l, e: losses.npair_loss(l[:3], e[:3], e[3:], l2_reg=0.1),
+    lambda l, e: tfa_losses.triplet_semihard_loss(l, e),
+    lambda l, e: tfa_losses.triplet_hard_loss(l, e),
+    lambda l, e: tfa_losses.lifted_struct_loss(l, e),
+    lambda l, e: losses.npair_embedding_loss(l[:3], e[:3], e[3:], l2_reg=0.1),
     lambda l, e: losses.triplet_loss(e[:2], e[2:4], e[4:], squared=False),
 ])
 def test_gradients_finite_with_duplicate_embeddings(fn):
@@ -316,8 +320,8 @@ def test_gradients_finite_with_duplicate_embeddings(fn):
 def test_half_precision_inputs_computed_in_float32():
     labels, emb = _data(np.float32)
     emb16 = emb.astype(np.float16)
-    ref = losses.triplet_semihard_loss(labels, emb16.astype(np.float32)).numpy()
-    got = losses.triplet_semihard_loss(labels, tf.constant(emb16))
+    ref = tfa_losses.triplet_semihard_loss(labels, emb16.astype(np.float32)).numpy()
+    got = tfa_losses.triplet_semihard_loss(labels, tf.constant(emb16))
     assert got.dtype == tf.float32
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-6)
 
@@ -326,13 +330,13 @@ def test_half_precision_inputs_computed_in_float32():
 
 
 @pytest.mark.parametrize("loss", [
-    losses.NPairLoss(l2_reg=0.02),
-    losses.NpairsLoss(),
+    losses.NPairEmbeddingLoss(l2_reg=0.02),
+    tfa_losses.NpairsLoss(),
     losses.TripletLoss(margin=0.3, squared=False, triplet_reduction="mean"),
-    losses.TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
-    losses.TripletHardLoss(margin=0.2, soft=True, distance_metric="squared-L2"),
-    losses.LiftedStructLoss(margin=0.6),
-    losses.ContrastiveLoss(margin=2.0),
+    tfa_losses.TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
+    tfa_losses.TripletHardLoss(margin=0.2, soft=True, distance_metric="squared-L2"),
+    tfa_losses.LiftedStructLoss(margin=0.6),
+    tfa_losses.ContrastiveLoss(margin=2.0),
 ])
 def test_wrapper_config_round_trip(loss):
     config = keras.saving.serialize_keras_object(loss)
@@ -344,11 +348,12 @@ def test_wrapper_config_round_trip(loss):
 def test_wrappers_equal_functions():
     labels, emb = _data(np.float32, n=12)
     np.testing.assert_allclose(
-        losses.TripletSemiHardLoss(margin=0.4)(labels, emb).numpy(),
-        losses.triplet_semihard_loss(labels, emb, margin=0.4).numpy(), rtol=1e-6)
+        tfa_losses.TripletSemiHardLoss(margin=0.4)(labels, emb).numpy(),
+        tfa_losses.triplet_semihard_loss(labels, emb, margin=0.4).numpy(), rtol=1e-6)
     np.testing.assert_allclose(
-        losses.NPairLoss(l2_reg=0.1)(labels[:6], emb).numpy(),
-        losses.npair_loss(labels[:6], emb[:6], emb[6:], l2_reg=0.1).numpy(), rtol=1e-6)
+        losses.NPairEmbeddingLoss(l2_reg=0.1)(labels[:6], emb).numpy(),
+        losses.npair_embedding_loss(labels[:6], emb[:6], emb[6:], l2_reg=0.1).numpy(),
+        rtol=1e-6)
     np.testing.assert_allclose(
         losses.TripletLoss()(np.zeros(12), emb).numpy(),
         losses.triplet_loss(emb[:4], emb[4:8], emb[8:]).numpy(), rtol=1e-6)
@@ -359,6 +364,43 @@ def test_wrapper_trains_in_fit():
     x = np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int32)
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-    model.compile(optimizer="adam", loss=losses.TripletSemiHardLoss())
+    model.compile(optimizer="adam", loss=tfa_losses.TripletSemiHardLoss())
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
+
+
+# ------------------------------------------------------------- deprecated names
+
+
+@pytest.mark.parametrize("old, module, new", [
+    ("npair_loss", losses, "npair_embedding_loss"),
+    ("npair_loss_grouped", losses, "npair_embedding_loss_grouped"),
+    ("NPairLoss", losses, "NPairEmbeddingLoss"),
+    ("npairs_loss", tfa_losses, "npairs_loss"),
+    ("TripletSemiHardLoss", tfa_losses, "TripletSemiHardLoss"),
+])
+def test_deprecated_names_warn_and_resolve(old, module, new):
+    """The names before the rename (and TFA's losses imported from hdml_tf.losses) work
+    for one release, each use with a DeprecationWarning naming the replacement."""
+    with pytest.warns(DeprecationWarning, match=f"{module.__name__}.{new}"):
+        value = getattr(losses, old)
+    assert value is getattr(module, new)
+
+
+def test_current_names_do_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        losses.npair_embedding_loss([0, 1], np.eye(2, dtype=np.float32),
+                                    np.eye(2, dtype=np.float32))
+        tfa_losses.npairs_loss([0, 1], np.eye(2, dtype=np.float32))
+    with pytest.raises(AttributeError, match="no_such_loss"):
+        losses.no_such_loss
+
+
+def test_saved_npair_embedding_loss_keeps_its_registered_name():
+    """Files record the registered name; it is still "hdml_tf>NPairLoss", so a file
+    written before the rename loads into the renamed class."""
+    config = keras.saving.serialize_keras_object(losses.NPairEmbeddingLoss(l2_reg=0.5))
+    assert config["registered_name"] == "hdml_tf>NPairLoss"
+    clone = keras.saving.deserialize_keras_object(config)
+    assert type(clone) is losses.NPairEmbeddingLoss and clone.l2_reg == 0.5
