@@ -84,8 +84,7 @@ def build(backbone_name, hdml, size, embedding_dim, num_classes, seed=0):
     model.compile(metric_optimizer=keras.optimizers.Adam(7e-5),
                   generator_optimizer=keras.optimizers.Adam(1e-2),
                   classifier_optimizer=keras.optimizers.Adam(1e-3))
-    model.build((None, size, size, 3))
-    model._build_optimizers()
+    model.build((None, size, size, 3))  # and the optimizers (compiled first)
     return model
 
 

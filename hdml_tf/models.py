@@ -30,6 +30,8 @@ from hdml_tf import synthesis
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
 WEIGHT_DECAY_SCOPES = ("kernels", "authors")
+OBJECTIVES = ("metric", "generator", "classifier")
+DEFAULT_LEARNING_RATES = {"metric": 1e-4, "generator": 1e-2, "classifier": 1e-3}
 
 
 # ------------------------------------------------------------------- sub-networks
@@ -305,6 +307,8 @@ class HDML(keras.Model):
                                    dtype=self.dtype_policy)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier",
                                              dtype=self.dtype_policy)
+        # Set by `compile`; one per objective, each over its own variables.
+        self.metric_optimizer = self.generator_optimizer = self.classifier_optimizer = None
 
         def stat(name, value):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value),
@@ -339,6 +343,8 @@ class HDML(keras.Model):
     # ----------------------------------------------------------------- building
 
     def build(self, input_shape):
+        """Build F, H, G and C for image batches of ``input_shape`` (or a tuple of
+        them, as in a training batch); once compiled, the optimizers too."""
         image_shape = input_shape
         while isinstance(image_shape, (list, tuple)) and image_shape and isinstance(
             image_shape[0], (list, tuple)
@@ -353,65 +359,50 @@ class HDML(keras.Model):
             self.classifier.build((None, self.embedder.feature_dim))
         self._image_shape = tuple(image_shape)
         self.built = True
+        self.build_optimizers()
 
-    def _optimizer_groups(self):
-        groups = [(self.metric_optimizer, self.embedder.trainable_variables)]
-        if self.hdml:
-            groups += [
-                (self.generator_optimizer, self.generator.trainable_variables),
-                (self.classifier_optimizer, self.classifier.trainable_variables),
-            ]
-        return groups
+    @property
+    def image_shape(self):
+        """``(None, height, width, channels)`` of the images the model was built for
+        (None before it is built)."""
+        return getattr(self, "_image_shape", None)
 
-    def _build_optimizers(self):
-        """Build each optimizer over its own variables (before any state is loaded).
+    def build_optimizers(self):
+        """Build each optimizer over its own variables, from the one map `objectives`.
 
-        Keras' own fit would otherwise build ``model.optimizer`` over every trainable
-        variable, and a loaded model would drop the saved optimizer state.
+        A no-op until the model is both built and compiled: `build` and `compile` both
+        call it, so whichever comes second builds the optimizers, before any state is
+        loaded into them (``load_model``, a checkpoint restore) and outside the train
+        step's ``tf.cond``. Optimizers already built are left as they are.
         """
-        if not self.built or not getattr(self, "compiled", False):
+        if not self.built or not self.compiled:
             return
-        for optimizer, variables in self._optimizer_groups():
-            if optimizer is not None and not optimizer.built:
+        for optimizer, variables, _ in self.objectives().values():
+            if not optimizer.built:
                 optimizer.build(variables)
 
     def build_from_data(self, data):
         """Build the model (and the optimizers, if compiled) from a batch or dataset.
 
-        ``fit``/``evaluate`` call this, so an explicit call is only needed before
-        restoring a checkpoint into a fresh model.
+        ``train_step`` and ``test_step`` call this, so ``fit``, ``evaluate`` and
+        ``train_on_batch`` need no explicit build; call it (or `build`) before restoring
+        a checkpoint into a fresh model.
         """
-        if not self.built:
-            if isinstance(data, tf.data.Dataset):
-                spec = data.element_spec
-                images = spec[0]
-                shape = tf.nest.flatten(images)[0].shape
-            else:
-                shape = tf.nest.flatten(data[0] if isinstance(data, (list, tuple)) else data)[0].shape
-            self.build((None,) + tuple(shape[1:]))
-        self._build_optimizers()
-
-    def fit(self, x=None, *args, **kwargs):
-        if x is not None:
-            self.build_from_data(x)
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        if x is not None:
-            self.build_from_data(x)
-        return super().evaluate(x, *args, **kwargs)
-
-    def train_on_batch(self, x, y=None, *args, **kwargs):
-        self.build_from_data(x)
-        return super().train_on_batch(x, y, *args, **kwargs)
-
-    def test_on_batch(self, x, y=None, *args, **kwargs):
-        self.build_from_data(x)
-        return super().test_on_batch(x, y, *args, **kwargs)
+        if self.built:
+            return
+        if isinstance(data, tf.data.Dataset):
+            shape = tf.nest.flatten(data.element_spec[0])[0].shape
+        else:
+            shape = tf.nest.flatten(data[0] if isinstance(data, (list, tuple)) else data)[0].shape
+        self.build((None,) + tuple(shape[1:]))
 
     def compile(self, metric_optimizer=None, generator_optimizer=None,
                 classifier_optimizer=None, **kwargs):
-        """Three optimizers, each over its own variables only.
+        """Three optimizers, each over its own variables only (`objectives`).
+
+        As in the Keras guide's GAN: Keras is compiled without an optimizer (so neither
+        ``fit`` nor loading builds one over every variable) and the three optimizers
+        are attributes, built by `build_optimizers`.
 
         Args:
           metric_optimizer: J_metric over F and H (default Adam(1e-4)).
@@ -424,38 +415,28 @@ class HDML(keras.Model):
             if key in kwargs:
                 raise ValueError(f"HDML.compile() does not take {key!r}: the losses are "
                                  "fixed by the method; pass the three optimizers")
-        metric_optimizer = keras.optimizers.get(metric_optimizer or keras.optimizers.Adam(1e-4))
-        self.generator_optimizer = keras.optimizers.get(
-            generator_optimizer or keras.optimizers.Adam(1e-2))
-        self.classifier_optimizer = keras.optimizers.get(
-            classifier_optimizer or keras.optimizers.Adam(1e-3))
-        super().compile(optimizer=metric_optimizer, **kwargs)
-        self._hdml_compile_kwargs = {
-            k: v for k, v in kwargs.items() if k in ("jit_compile", "steps_per_execution",
-                                                     "run_eagerly")
-        }
-        self._build_optimizers()
-
-    @property
-    def metric_optimizer(self):
-        return self.optimizer
+        given = {"metric": metric_optimizer, "generator": generator_optimizer,
+                 "classifier": classifier_optimizer}
+        for name, optimizer in given.items():
+            setattr(self, f"{name}_optimizer", keras.optimizers.get(
+                optimizer or keras.optimizers.Adam(DEFAULT_LEARNING_RATES[name])))
+        super().compile(optimizer=None, **kwargs)
+        self._compile_kwargs = {k: v for k, v in kwargs.items()
+                                if k in ("jit_compile", "steps_per_execution", "run_eagerly")}
+        self.build_optimizers()
 
     def get_compile_config(self):
-        if not getattr(self, "compiled", False):
+        if not self.compiled:
             return {}
-        config = {
-            "metric_optimizer": keras.saving.serialize_keras_object(self.metric_optimizer),
-            "generator_optimizer": keras.saving.serialize_keras_object(
-                self.generator_optimizer),
-            "classifier_optimizer": keras.saving.serialize_keras_object(
-                self.classifier_optimizer),
-        }
-        config.update(getattr(self, "_hdml_compile_kwargs", {}))
+        config = {f"{name}_optimizer": keras.saving.serialize_keras_object(
+            getattr(self, f"{name}_optimizer")) for name in OBJECTIVES}
+        config.update(getattr(self, "_compile_kwargs", {}))
         return config
 
     def compile_from_config(self, config):
         config = dict(config)
-        for key in ("metric_optimizer", "generator_optimizer", "classifier_optimizer"):
+        for name in OBJECTIVES:
+            key = f"{name}_optimizer"
             config[key] = keras.saving.deserialize_keras_object(config[key])
         self.compile(**config)
 
@@ -766,6 +747,7 @@ class HDML(keras.Model):
     # -------------------------------------------------------------- train/test
 
     def train_step(self, data):
+        self.build_from_data(data)  # fit on an unbuilt model: before any tf.cond
         # BatchNorm statistics move during the forward pass; keep their values so a
         # skipped objective can put back the ones its part moved.
         saved = {name: [tf.identity(v) for v in variables]
@@ -780,6 +762,7 @@ class HDML(keras.Model):
         return self._update_trackers(totals, extras)
 
     def test_step(self, data):
+        self.build_from_data(data)
         replicas = objectives.Replicas.current()
         contrib, extras = self._forward(data, training=False)
         totals = {k: replicas.sum(v) for k, v in contrib.items()}

@@ -194,8 +194,7 @@ def build_model(config, num_classes):
         optimizers[0] = keras.optimizers.LossScaleOptimizer(optimizers[0])
     model.compile(metric_optimizer=optimizers[0], generator_optimizer=optimizers[1],
                   classifier_optimizer=optimizers[2])
-    model.build((None, d.crop, d.crop, 3))
-    model._build_optimizers()
+    model.build((None, d.crop, d.crop, 3))  # compiled: builds the optimizers too
     return model
 
 

@@ -108,16 +108,49 @@ def test_embedder_outputs_unit_vectors():
     np.testing.assert_allclose(model.predict(x[0], verbose=0), z, rtol=1e-5)
 
 
-def test_optimizers_own_disjoint_variables():
-    model = make_model()
-    model.build_from_data(make_batch("npair")[0])
+def _assert_optimizers_own_their_variables(model):
     groups = [
         (model.metric_optimizer, model.embedder.trainable_variables),
         (model.generator_optimizer, model.generator.trainable_variables),
         (model.classifier_optimizer, model.classifier.trainable_variables),
     ]
     for optimizer, variables in groups:
+        assert optimizer.built
         assert [id(v) for v in optimizer._trainable_variables] == [id(v) for v in variables]
+
+
+def test_optimizers_own_disjoint_variables():
+    model = make_model()
+    model.build_from_data(make_batch("npair")[0])
+    _assert_optimizers_own_their_variables(model)
+    assert model.optimizer is None  # Keras itself builds and applies no optimizer
+    assert model.image_shape == (None, SIZE, SIZE, 3)
+
+
+def test_build_and_compile_in_either_order_build_the_optimizers():
+    """Whichever of build and compile comes second builds the three optimizers."""
+    built_first = HDML(Embedder(tiny_backbone(), embedding_dim=8), num_classes=NUM_CLASSES)
+    assert built_first.image_shape is None
+    built_first.build((None, SIZE, SIZE, 3))
+    assert built_first.metric_optimizer is None
+    built_first.compile()
+    _assert_optimizers_own_their_variables(built_first)
+    compiled_first = make_model()
+    assert not compiled_first.metric_optimizer.built
+    compiled_first.build((None, SIZE, SIZE, 3))
+    _assert_optimizers_own_their_variables(compiled_first)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_builds_an_unbuilt_model_inside_keras_own_loop(jit_compile):
+    """No explicit build: the first traced train_step builds the model and the
+    optimizers (over their own variables, not Keras' model.optimizer over all)."""
+    model = HDML(Embedder(tiny_backbone(), embedding_dim=8), num_classes=NUM_CLASSES,
+                 window=4)
+    model.compile(jit_compile=jit_compile)
+    model.fit(dataset("npair"), steps_per_epoch=2, epochs=1, verbose=0)
+    _assert_optimizers_own_their_variables(model)
+    assert int(model.metric_optimizer.iterations.numpy()) == 2
 
 
 # ------------------------------------------------------------- gradient routing

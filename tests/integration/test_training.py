@@ -203,8 +203,7 @@ def _train_under(strategy, batches):
         # SGD: Adam turns a zero gradient's round-off into a full +-lr step.
         model.compile(keras.optimizers.SGD(0.05), keras.optimizers.SGD(1e-4),
                       keras.optimizers.SGD(0.05))
-        model.build((None, 10, 10, 3))
-        model._build_optimizers()
+        model.build((None, 10, 10, 3))  # and the optimizers (compiled first)
     spec = ((tf.TensorSpec((4, 10, 10, 3)),) * 2, (tf.TensorSpec((4,), tf.int32),) * 2)
     ds = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec)
     iterator = iter(strategy.experimental_distribute_dataset(ds))
