@@ -27,7 +27,6 @@ input pipeline can keep up with it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import gc
@@ -53,6 +52,11 @@ DATASETS = {
     "digits": dict(train=900, test=897, classes=5, size=(8, 8)),
 }
 _DEFAULT_FACTS = dict(train=10000, test=10000, classes=100, size=(500, 375))
+# `hdml-tf bench --smoke`: tiny sizes (seconds, for CI); the user's --set still applies.
+SMOKE_OVERRIDES = ["model.backbone=small_cnn", "model.lrn=caffe", "data.batch_size=8",
+                   "data.resize=36", "data.crop=32", "model.embedding_dim=16",
+                   "model.generator_hidden=32", "data.eval_batch_size=8"]
+SMOKE_TIMING = dict(warmup=1, repeats=2, steps=1)
 
 
 @dataclasses.dataclass
@@ -382,44 +386,29 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
     return rows
 
 
-def bench_main(argv) -> int:
+def bench_config(spec, overrides=(), smoke=False):
+    """The config ``hdml-tf bench`` measures: a preset name or JSON file, then (with
+    ``smoke``) :data:`SMOKE_OVERRIDES`, then the user's overrides.
+
+    Raises:
+        hdml_tf.config.ConfigError: unknown preset, bad override or invalid config.
+    """
     from hdml_tf import config as config_lib
 
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf bench",
-        description="Time a preset's training step and input pipeline on this machine.")
-    parser.add_argument("--config", required=True,
-                        help="preset name (hdml-tf presets) or a JSON config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, e.g. --set data.batch_size=64 (repeatable)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny sizes (small_cnn, batch 8, 32 px): seconds, for CI")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
-    parser.add_argument("--steps", type=int, default=2, help="steps per timed repeat")
-    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
-                        help="add the XLA rows (default: on a GPU only)")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.smoke:
-        overrides = ["model.backbone=small_cnn", "model.lrn=caffe",
-                     "data.batch_size=8", "data.resize=36",
-                     "data.crop=32", "model.embedding_dim=16", "model.generator_hidden=32",
-                     "data.eval_batch_size=8"] + overrides
-    try:
-        config = config_lib.load_config(args.config, overrides, smoke=args.smoke)
-    except config_lib.ConfigError as error:
-        print(f"hdml-tf bench: config error: {error}", file=sys.stderr)
-        return 2
-    if args.smoke:
-        args.warmup, args.repeats, args.steps = 1, 2, 1
-    import tensorflow as tf
+    overrides = list(overrides)
+    if smoke:
+        overrides = SMOKE_OVERRIDES + overrides
+    return config_lib.load_config(spec, overrides, smoke=smoke)
 
-    tf.get_logger().setLevel("ERROR")  # one tf.function per measured model: no retrace notes
-    run_bench(config, smoke=args.smoke, warmup=args.warmup, repeats=args.repeats,
-              steps=args.steps, xla=args.xla)
-    return 0
+
+def bench_main(argv) -> int:
+    """Deprecated: ``hdml_tf.cli.main(["bench", *argv])`` (kept one release)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.bench.bench_main", "bench", argv)
 
 
 if __name__ == "__main__":
-    sys.exit(bench_main(sys.argv[1:]))
+    from hdml_tf import cli
+
+    sys.exit(cli.main(["bench", *sys.argv[1:]]))

@@ -1,7 +1,10 @@
-"""The ``hdml-tf`` command line.
+"""The ``hdml-tf`` command line: every sub-command's argparse parser is here.
 
-Sub-commands are dispatched lazily to the module that implements them, so light tools
-(``embed``, ``search``) start fast and import no training code:
+Each command is a :class:`Command` in :data:`COMMANDS`: a function building its parser
+and one running it, which calls library functions with plain arguments
+(``training.train(config, workdir)``, ``compare.compare(...)``,
+``bench.run_bench(...)``, ...). Those import their modules only when the command runs,
+so light tools (``embed``, ``search``) start fast and import no training code:
 
   hdml-tf train   --config PRESET_OR_FILE [--set key=value ...] --workdir DIR
   hdml-tf demo    [--smoke]                  Fashion-MNIST HDML vs baseline, the README job
@@ -21,11 +24,17 @@ TensorFlow's start-up lines (the absl "before absl::InitializeLog()" notice, one
 ``hdml-tf --verbose <command>`` or ``HDML_TF_VERBOSE=1`` shows them.
 """
 
+import argparse
+import dataclasses
 import importlib
+import json
 import os
 import re
+import shlex
 import sys
 import tempfile
+import warnings
+from typing import Callable
 
 from hdml_tf.import_hooks import around_import
 
@@ -63,45 +72,540 @@ def _quiet_tensorflow_startup():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     around_import("tensorflow", _quietly)
 
-# name -> (module, function, one-line help). The function takes argv (list of str)
-# and returns an exit code.
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _fail(prog, message, code):
+    """One line on stderr, no traceback: what a user can fix, and the exit code."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return code
+
+
+def _add_config_options(parser, set_help):
+    parser.add_argument("--config", required=True,
+                        help="preset name (hdml-tf presets) or a JSON config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=set_help)
+
+
+def _config_errors(prog, call):
+    """``call()``; a bad config or a missing file is one line and exit code 2."""
+    from hdml_tf.config import ConfigError
+
+    try:
+        call()
+    except ConfigError as error:
+        return _fail(prog, f"config error: {error}", 2)
+    except FileNotFoundError as error:
+        return _fail(prog, error, 2)
+    return 0
+
+
+# ------------------------------------------------------------ training commands
+
+
+def _train_parser(prog):
+    from hdml_tf import config as config_lib
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Train HDML (or its baseline with --set model.hdml=false).")
+    _add_config_options(parser, "override, e.g. --set model.embedding_dim=64 (repeatable)")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs, metrics")
+    parser.add_argument("--strategy", choices=config_lib.STRATEGIES,
+                        help="overrides train.strategy")
+    parser.add_argument("--precision", choices=config_lib.PRECISIONS,
+                        help="the embedder's compute precision (train.precision)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="same as --precision mixed_float16")
+    parser.add_argument("--xla", action="store_true", help="XLA-compile the step")
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
+    return parser
+
+
+def _train(args, parser):
+    from hdml_tf import config as config_lib
+    from hdml_tf import training
+    from hdml_tf.models import NonFiniteTrainingError
+
+    overrides = list(args.set)
+    if args.strategy:
+        overrides.append(f"train.strategy={args.strategy}")
+    if args.mixed_precision:
+        overrides.append("train.precision=mixed_float16")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    if args.xla:
+        overrides.append("train.xla=true")
+
+    def run():
+        config = config_lib.load_config(args.config, overrides, smoke=args.smoke)
+        training.train(config, args.workdir)
+
+    try:
+        return _config_errors(parser.prog, run)
+    except NonFiniteTrainingError as error:
+        return _fail(parser.prog, f"stopped: {error}; the last good checkpoint is kept in "
+                     f"{args.workdir}/checkpoints", 1)
+
+
+def _demo_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="HDML N-pair vs the N-pair baseline on Fashion-MNIST (CPU, minutes).")
+    parser.add_argument("--out", default="runs/demo", help="workdirs, table, pictures")
+    parser.add_argument("--export-dir", default="saved_models")
+    parser.add_argument("--steps", type=int, help="training steps per run (preset: 1500)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
+    return parser
+
+
+def _demo(args, parser):
+    from hdml_tf import demo
+
+    os.makedirs(args.out, exist_ok=True)
+    result = demo.run_demo(args.out, args.export_dir, smoke=args.smoke, steps=args.steps)
+    return 0 if result is not None else 1
+
+
+def _compare_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="HDML vs its baseline (model.hdml=false) over seeds: mean ± std per "
+                    "arm, the paired difference with a 95% Student t interval, a verdict.")
+    parser.add_argument("--config", required=True,
+                        help="preset name (hdml-tf presets) or a JSON config file")
+    parser.add_argument("--seeds", required=True, type=int,
+                        help="number of seeds: train.seed = 0 .. N-1")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override for both arms, e.g. --set data.batch_size=20")
+    parser.add_argument("--workdir", required=True,
+                        help="runs and compare.md/.json/.png (rerun to resume)")
+    parser.add_argument("--confidence", type=float, default=0.95,
+                        help="coverage of the paired t-interval (default 0.95)")
+    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
+    return parser
+
+
+def _compare(args, parser):
+    from hdml_tf import compare
+
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    command = "hdml-tf compare " + shlex.join(args.argv)
+    return _config_errors(parser.prog, lambda: compare.compare(
+        args.config, args.seeds, args.workdir, overrides=args.set, smoke=args.smoke,
+        confidence=args.confidence, command=command))
+
+
+def _presets_parser(prog):
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("name", nargs="?", help="print this preset as JSON")
+    return parser
+
+
+def _presets(args, parser):
+    from hdml_tf import config as config_lib
+
+    if args.name:
+        print(config_lib.get_preset(args.name).to_json())
+        return 0
+    print(f"{'preset':<22} {'fidelity':<9} description")
+    for name in config_lib.available_presets():
+        module = importlib.import_module(f"hdml_tf.configs.{name}")
+        first = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<22} {config_lib.fidelity(config_lib.get_preset(name)):<9} {first}")
+    return 0
+
+
+def _bench_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Time a preset's training step and input pipeline on this machine.")
+    _add_config_options(parser, "override, e.g. --set data.batch_size=64 (repeatable)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny sizes (small_cnn, batch 8, 32 px): seconds, for CI")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per row")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed repeat")
+    parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the XLA rows (default: on a GPU only)")
+    return parser
+
+
+def _bench(args, parser):
+    from hdml_tf import bench
+    from hdml_tf.config import ConfigError
+
+    try:
+        config = bench.bench_config(args.config, args.set, smoke=args.smoke)
+    except ConfigError as error:
+        return _fail(parser.prog, f"config error: {error}", 2)
+    timing = dict(warmup=args.warmup, repeats=args.repeats, steps=args.steps)
+    if args.smoke:
+        timing = dict(bench.SMOKE_TIMING)
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # one tf.function per measured model: no retrace notes
+    bench.run_bench(config, smoke=args.smoke, xla=args.xla, **timing)
+    return 0
+
+
+# ------------------------------------------------------------- serving commands
+
+
+def _export_parser(prog):
+    from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Export the embedder of a trained model as a TF Serving SavedModel "
+                    "(OUT/<next version>/, with warmup requests and metadata).")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training workdir (with model.keras) or a .keras file of an "
+                             "HDML model or Embedder")
+    parser.add_argument("--out", required=True,
+                        help="model base directory, e.g. saved_models/cub_npair")
+    parser.add_argument("--config", default=None,
+                        help="experiment config JSON (default: config.json beside the "
+                             "checkpoint)")
+    parser.add_argument("--resize", type=int, default=None,
+                        help="resize before the centre crop (default: data.resize)")
+    parser.add_argument("--crop", type=int, default=None,
+                        help="centre crop = model input size (default: data.crop)")
+    parser.add_argument("--preprocessing", default=None,
+                        help="normalisation mode: caffe, tf, torch or none (default: the "
+                             "backbone's)")
+    parser.add_argument("--version", type=int, default=None,
+                        help="explicit version number (default: next free integer)")
+    warmup = parser.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup", dest="warmup", action="store_const", const="require",
+                        default="auto", help="require the warmup file (fail without "
+                        "tensorflow-serving-api)")
+    warmup.add_argument("--no-warmup", dest="warmup", action="store_const", const="skip",
+                        help="do not write the warmup file")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip reloading the export to compare it with Keras")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="serve_bytes refuses, before decoding, an image whose header "
+                             "declares more pixels (height x width) (default: "
+                             f"{DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="both signatures refuse a request of more images (default: "
+                             f"{DEFAULT_MAX_BATCH})")
+    return parser
+
+
+def _export(args, parser):
+    from hdml_tf import export
+
+    try:
+        export.export_run(
+            args.checkpoint, args.out, resize=args.resize, crop=args.crop,
+            preprocessing=args.preprocessing, config_path=args.config,
+            version=args.version, warmup=args.warmup, verify=args.verify,
+            max_pixels=args.max_pixels, max_batch=args.max_batch)
+    except (export.ExportError, ValueError) as err:
+        return _fail(parser.prog, f"error: {err}", 1)
+    return 0
+
+
+def _add_model_option(parser):
+    parser.add_argument("--model", required=True,
+                        help="SavedModel directory or model base directory (latest version)")
+
+
+def _add_max_pixels_option(parser, what):
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help=f"{what} whose header declares more pixels (height x width), "
+                             "before decoding it (default: the export's max_pixels)")
+
+
+def _embed_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Embed images with an exported SavedModel (serve_bytes signature).")
+    _add_model_option(parser)
+    parser.add_argument("--images", required=True, nargs="+",
+                        help="image files, folders (recursive) or .txt lists of paths")
+    parser.add_argument("--out", required=True, help="output .npz")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on an undecodable or oversized image instead of "
+                             "skipping it")
+    _add_max_pixels_option(parser, "skip an image")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _embed(args, parser):
+    from hdml_tf import serving_tools as tools
+
+    try:
+        files = tools.list_images(args.images)
+        if not files:
+            raise FileNotFoundError(f"no images found in {args.images}")
+        model_path, function = tools.load_signature(args.model)
+        limits = tools.model_limits(model_path)
+        embeddings, kept, skipped = tools.embed_files(
+            function, files, min(args.batch_size, limits["max_batch"]), strict=args.strict,
+            progress=not args.quiet, max_pixels=args.max_pixels or limits["max_pixels"])
+    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
+        return _fail(parser.prog, f"error: {err}", 1)
+    for name, reason in skipped:
+        print(f"{parser.prog}: skipped {name}: {reason}", file=sys.stderr)
+    if not kept:
+        return _fail(parser.prog, "error: no image could be embedded", 1)
+    tools.save_embeddings(args.out, embeddings, kept, skipped, model=model_path)
+    print(f"wrote {args.out}: {len(kept)} embeddings of dimension {embeddings.shape[1]}"
+          + (f", {len(skipped)} skipped" if skipped else ""))
+    return 0
+
+
+def _search_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Nearest gallery images (cosine similarity) for query images.")
+    _add_model_option(parser)
+    parser.add_argument("--gallery", required=True, help=".npz written by hdml-tf embed")
+    parser.add_argument("--query", required=True, nargs="+",
+                        help="query image files, folders or .txt lists")
+    parser.add_argument("-k", type=int, default=10, help="neighbours per query")
+    parser.add_argument("--grid", default=None, help="also save a picture grid here")
+    parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    _add_max_pixels_option(parser, "refuse a query")
+    return parser
+
+
+def _search(args, parser):
+    from hdml_tf import serving_tools as tools
+
+    if args.k < 1:
+        parser.error("-k must be at least 1")
+    try:
+        gallery, gallery_paths = tools.load_embeddings(args.gallery)
+        queries = tools.list_images(args.query)
+        model_path, function = tools.load_signature(args.model)
+        limits = tools.model_limits(model_path)
+        embeddings, kept, _ = tools.embed_files(
+            function, queries, min(32, limits["max_batch"]), strict=True,
+            max_pixels=args.max_pixels or limits["max_pixels"])
+        if embeddings.shape[1] != gallery.shape[1]:
+            raise ValueError(f"the model gives {embeddings.shape[1]}-d embeddings but the "
+                             f"gallery holds {gallery.shape[1]}-d ones")
+        scores, indices = tools.search(embeddings, gallery, args.k)
+    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
+        return _fail(parser.prog, f"error: {err}", 1)
+    report = _print_neighbours(kept, scores, indices, gallery_paths)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    if args.grid:
+        tools.save_grid(args.grid, kept, list(zip(scores, indices)), gallery_paths)
+        print(f"wrote {args.grid}")
+    return 0
+
+
+def _print_neighbours(queries, scores, indices, gallery_paths):
+    """Print each query's ranked neighbours; returns them as JSON-ready dicts."""
+    report = []
+    for query, row_scores, row_indices in zip(queries, scores, indices):
+        print(f"query: {query}")
+        hits = []
+        for rank, (score, index) in enumerate(zip(row_scores, row_indices), start=1):
+            print(f"  {rank:3d}  {score:.4f}  {gallery_paths[index]}")
+            hits.append({"rank": rank, "score": float(score),
+                         "path": gallery_paths[index], "index": int(index)})
+        report.append({"query": query, "neighbours": hits})
+    return report
+
+
+# -------------------------------------------------------------- weights commands
+
+
+def _weights_import_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Convert BVLC GoogLeNet weights from BVLC's bvlc_googlenet.caffemodel, or "
+            "the converted-Caffe .mat (the HDML authors' tf_ckpt_from_caffe.mat), "
+            ".npz or .npy layout, into a Keras .weights.h5 for hdml_tf's InceptionV1."))
+    parser.add_argument("src", help="input .caffemodel / .mat / .npz / .npy file")
+    parser.add_argument("-o", "--output", required=True, help="output .weights.h5 path")
+    parser.add_argument("--include-top", action="store_true",
+                        help="also convert the 1000-way loss3/classifier")
+    parser.add_argument("--input-size", type=int, default=227,
+                        help="square input size the model is built at (default 227)")
+    return parser
+
+
+def _weights_import(args, parser):
+    from hdml_tf.backbones import weights
+
+    try:
+        _, report = weights.convert_with_report(
+            args.src, args.output, input_shape=(args.input_size, args.input_size, 3),
+            include_top=args.include_top)
+    except (OSError, ValueError) as error:
+        return _fail(parser.prog, f"error: {error}", 1)
+    for line in weights.skipped_layers_lines(report["ignored"]):
+        print(line)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _weights_fetch_parser(prog):
+    from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
+
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=("Download a weights file and verify its digest (file:// works too). "
+                     f"Known names: {', '.join(sorted(KNOWN_WEIGHTS))}."))
+    parser.add_argument("target", nargs="?", metavar="NAME_OR_URL",
+                        help="a known name (bvlc_googlenet) or an https://, http:// or "
+                             "file:// URL")
+    parser.add_argument("--sha256", help="expected hex SHA-256")
+    parser.add_argument("--sha1", help="expected hex SHA-1")
+    parser.add_argument("--url", help="with a known name: a mirror URL of the same file "
+                                      "(the published digest is still checked)")
+    parser.add_argument("-o", "--output", help="destination file or folder (URLs only)")
+    parser.add_argument("--cache-dir", help=f"default folder ({default_cache_dir()})")
+    parser.add_argument("--no-convert", action="store_true",
+                        help="with a known name: only fetch and verify")
+    parser.add_argument("--hash", metavar="FILE", help="print FILE's SHA-256 and exit")
+    return parser
+
+
+def _weights_fetch(args, parser):
+    """A known name is fetched with its published digest and converted; a URL needs
+    ``--sha256`` or ``--sha1``; ``--hash FILE`` prints a file's SHA-256. Returns 0, 1
+    (download, checksum or conversion error) or 2 (bad arguments)."""
+    from hdml_tf.backbones import download
+
+    if args.hash:
+        print(f"{download.sha256_file(args.hash)}  {args.hash}")
+        return 0
+    if args.target in download.KNOWN_WEIGHTS:
+        return _fetch_known(args, parser)
+    if not args.target or not (args.sha256 or args.sha1):
+        parser.print_usage(sys.stderr)
+        return _fail(parser.prog,
+                     "error: a known name, or a URL with --sha256 or --sha1, is required", 2)
+    try:
+        path = download.fetch_weights(args.target, args.sha256, args.output, sha1=args.sha1,
+                                      cache_dir=args.cache_dir)
+    except (download.DownloadError, download.ChecksumError) as error:
+        return _fail(parser.prog, f"error: {error}", 1)
+    except ValueError as error:
+        return _fail(parser.prog, f"error: {error}", 2)
+    print(path)
+    return 0
+
+
+def _fetch_known(args, parser):
+    from hdml_tf.backbones import download
+
+    source = dict(url=args.url, sha256=args.sha256, sha1=args.sha1, cache_dir=args.cache_dir)
+    try:
+        if args.no_convert:
+            print(download.fetch_known_weights(args.target, **source))
+            return 0
+        fetched = download.fetch_and_convert(args.target, **source)
+    except (OSError, ValueError) as error:  # download, digest, conversion
+        return _fail(parser.prog, f"error: {error}", 1)
+    print(f"weights: {fetched.weights}")
+    if args.target == "bvlc_googlenet":
+        print(f"check them: hdml-tf weights check {fetched.source}")
+    return 0
+
+
+def _weights_check_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=("Classify scikit-learn's two sample photographs (a temple, a flower) "
+                     "with InceptionV1(include_top=True) and print the ImageNet top-5 "
+                     "with Caffe's and the HDML authors' LRN side by side."))
+    parser.add_argument("weights", help=".caffemodel, Caffe-layout .mat/.npz/.npy, or a "
+                                        ".weights.h5 converted with --include-top")
+    parser.add_argument("--crop", type=int, default=224, choices=(224, 227))
+    parser.add_argument("-k", type=int, default=5)
+    return parser
+
+
+def _weights_check(args, parser):
+    from hdml_tf.backbones.imagenet import imagenet_check
+
+    try:
+        imagenet_check(args.weights, crop=args.crop, k=args.k)
+    except (OSError, ValueError) as error:
+        return _fail(parser.prog, f"error: {error}", 1)
+    return 0
+
+
+# ---------------------------------------------------------------- the dispatcher
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One sub-command: ``parser(prog)`` builds its argparse parser, ``run(args,
+    parser)`` does the work by calling library functions and returns the exit code."""
+
+    help: str
+    parser: Callable[[str], argparse.ArgumentParser]
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
 COMMANDS = {
-    "train": ("hdml_tf.training", "train_main", "train HDML or a baseline from a preset"),
-    "demo": ("hdml_tf.demo", "demo_main", "Fashion-MNIST demo: HDML vs baseline"),
-    "compare": ("hdml_tf.compare", "compare_main", "HDML vs baseline over seeds, with intervals"),
-    "presets": ("hdml_tf.config", "presets_main", "list the training presets"),
-    "export": ("hdml_tf.export", "export_main", "export the embedder as a SavedModel"),
-    "embed": ("hdml_tf.serving_tools", "embed_main", "embed images with a SavedModel"),
-    "search": ("hdml_tf.serving_tools", "search_main", "nearest gallery images"),
-    "bench": ("hdml_tf.bench", "bench_main", "time a preset's step and pipeline here"),
-    "weights": ("hdml_tf.cli", "_weights_main",
-                "weights fetch|check|import: the GoogLeNet weights"),
+    "train": Command("train HDML or a baseline from a preset", _train_parser, _train),
+    "demo": Command("Fashion-MNIST demo: HDML vs baseline", _demo_parser, _demo),
+    "compare": Command("HDML vs baseline over seeds, with intervals", _compare_parser,
+                       _compare),
+    "presets": Command("list the training presets", _presets_parser, _presets),
+    "export": Command("export the embedder as a SavedModel", _export_parser, _export),
+    "embed": Command("embed images with a SavedModel", _embed_parser, _embed),
+    "search": Command("nearest gallery images", _search_parser, _search),
+    "bench": Command("time a preset's step and pipeline here", _bench_parser, _bench),
+    "weights import": Command("", _weights_import_parser, _weights_import),
+    "weights fetch": Command("", _weights_fetch_parser, _weights_fetch),
+    "weights check": Command("", _weights_check_parser, _weights_check),
 }
+_WEIGHTS_HELP = "weights fetch|check|import: the GoogLeNet weights"
+_WEIGHTS_USAGE = (
+    "usage: hdml-tf weights fetch bvlc_googlenet [--url MIRROR] [--cache-dir DIR]\n"
+    "       hdml-tf weights check FILE\n"
+    "       hdml-tf weights import FILE -o OUT.weights.h5\n"
+    "       hdml-tf weights fetch URL --sha256 HEX [-o DEST]")
 
 
-def _weights_main(argv):
-    if argv and argv[0] == "import":
-        from hdml_tf.backbones.weights import weights_import_main
+def run_command(name, argv=None, prog=None):
+    """Runs one sub-command as ``hdml-tf NAME ARGV...`` does, and returns its exit code.
 
-        return weights_import_main(argv[1:])
-    if argv and argv[0] == "fetch":
-        from hdml_tf.backbones.download import fetch_main
+    ``name`` is a key of :data:`COMMANDS` (``"train"``, ``"weights fetch"``, ...);
+    ``argv`` the arguments after it (default ``sys.argv[1:]``); ``prog`` the name
+    its messages give (default ``hdml-tf NAME``). Usage errors exit with status 2, as
+    argparse does. Unlike :func:`main`, TensorFlow's start-up logs are left alone.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = COMMANDS[name]
+    parser = command.parser(prog or f"hdml-tf {name}")
+    args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given (compare records it)
+    return int(command.run(args, parser) or 0)
 
-        return fetch_main(argv[1:], prog="hdml-tf weights fetch")
-    if argv and argv[0] == "check":
-        from hdml_tf.backbones.imagenet import check_main
 
-        return check_main(argv[1:])
-    print("usage: hdml-tf weights fetch bvlc_googlenet [--url MIRROR] [--cache-dir DIR]\n"
-          "       hdml-tf weights check FILE\n"
-          "       hdml-tf weights import FILE -o OUT.weights.h5\n"
-          "       hdml-tf weights fetch URL --sha256 HEX [-o DEST]", file=sys.stderr)
-    return 2
+def deprecated_main(old_name, name, argv=None, prog=None):
+    """What the old ``<module>.<command>_main(argv)`` functions do now, for one release:
+    a DeprecationWarning, then :func:`run_command`."""
+    warnings.warn(f"{old_name}(argv) is deprecated and will be removed in the next "
+                  f"release; call hdml_tf.cli.main([{name!r}, *argv]) or the library "
+                  "function it calls", DeprecationWarning, stacklevel=3)
+    return run_command(name, argv, prog)
 
 
 def _usage():
     lines = ["usage: hdml-tf [--verbose] <command> [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += [f"  {name:<9} {command.help}" for name, command in COMMANDS.items()
+              if " " not in name]
+    lines += [f"  {'weights':<9} {_WEIGHTS_HELP}"]
     lines += ["", "`hdml-tf <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -122,12 +626,15 @@ def main(argv=None):
         print(__version__)
         return 0
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
+    if name == "weights":
+        if not rest or rest[0] not in ("import", "fetch", "check"):
+            print(_WEIGHTS_USAGE, file=sys.stderr)
+            return 2
+        name, rest = f"weights {rest[0]}", rest[1:]
+    elif name not in COMMANDS or " " in name:
         print(f"hdml-tf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, function_name, _ = COMMANDS[name]
-    function = getattr(importlib.import_module(module_name), function_name)
-    return int(function(rest) or 0)
+    return run_command(name, rest)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,9 @@ Workdir layout (resumable: run the same command again):
   compare.png                        per-seed points (joined by seed) and means per metric
 """
 
-import argparse
 import json
 import math
 import os
-import shlex
 import sys
 
 import numpy as np
@@ -299,36 +297,13 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
 
 
 def compare_main(argv):
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf compare",
-        description="HDML vs its baseline (model.hdml=false) over seeds: mean ± std per "
-                    "arm, the paired difference with a 95% Student t interval, a verdict.")
-    parser.add_argument("--config", required=True,
-                        help="preset name (hdml-tf presets) or a JSON config file")
-    parser.add_argument("--seeds", required=True, type=int,
-                        help="number of seeds: train.seed = 0 .. N-1")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for both arms, e.g. --set data.batch_size=20")
-    parser.add_argument("--workdir", required=True,
-                        help="runs and compare.md/.json/.png (rerun to resume)")
-    parser.add_argument("--confidence", type=float, default=0.95,
-                        help="coverage of the paired t-interval (default 0.95)")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    command = "hdml-tf compare " + shlex.join(argv)
-    try:
-        compare(args.config, args.seeds, args.workdir, overrides=args.set,
-                smoke=args.smoke, confidence=args.confidence, command=command)
-    except config_lib.ConfigError as error:
-        print(f"hdml-tf compare: config error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
-        print(f"hdml-tf compare: {error}", file=sys.stderr)
-        return 2
-    return 0
+    """Deprecated: ``hdml_tf.cli.main(["compare", *argv])`` (kept one release)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.compare.compare_main", "compare", argv)
 
 
 if __name__ == "__main__":
-    sys.exit(compare_main(sys.argv[1:]))
+    from hdml_tf import cli
+
+    sys.exit(cli.main(["compare", *sys.argv[1:]]))

@@ -10,7 +10,6 @@ Every error names the key (unknown key, wrong type, impossible batch) and is rai
 before any data is read or any training starts.
 """
 
-import argparse
 import dataclasses
 import importlib
 import json
@@ -428,19 +427,11 @@ def fidelity(config):
 
 
 def presets_main(argv):
-    """``hdml-tf presets``: list presets, or print one as JSON."""
-    parser = argparse.ArgumentParser(prog="hdml-tf presets")
-    parser.add_argument("name", nargs="?", help="print this preset as JSON")
-    args = parser.parse_args(argv)
-    if args.name:
-        print(get_preset(args.name).to_json())
-        return 0
-    print(f"{'preset':<22} {'fidelity':<9} description")
-    for name in available_presets():
-        module = importlib.import_module(f"hdml_tf.configs.{name}")
-        first = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22} {fidelity(get_preset(name)):<9} {first}")
-    return 0
+    """Deprecated: ``hdml_tf.cli.main(["presets", *argv])`` (kept one release; the parser
+    is in hdml_tf/cli.py)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.config.presets_main", "presets", argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ writes the pictures and exports the HDML embedder for TF Serving:
 Run again with the same --out and it resumes (finished runs are only re-evaluated).
 """
 
-import argparse
 import os
 import sys
 import time
@@ -103,18 +102,13 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
 
 
 def demo_main(argv):
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf demo",
-        description="HDML N-pair vs the N-pair baseline on Fashion-MNIST (CPU, minutes).")
-    parser.add_argument("--out", default="runs/demo", help="workdirs, table, pictures")
-    parser.add_argument("--export-dir", default="saved_models")
-    parser.add_argument("--steps", type=int, help="training steps per run (preset: 1500)")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
-    args = parser.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    result = run_demo(args.out, args.export_dir, smoke=args.smoke, steps=args.steps)
-    return 0 if result is not None else 1
+    """Deprecated: ``hdml_tf.cli.main(["demo", *argv])`` (kept one release)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.demo.demo_main", "demo", argv)
 
 
 if __name__ == "__main__":
-    sys.exit(demo_main(sys.argv[1:]))
+    from hdml_tf import cli
+
+    sys.exit(cli.main(["demo", *sys.argv[1:]]))

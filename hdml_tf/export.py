@@ -42,7 +42,6 @@ float32; models created under a distribution strategy export their plain weights
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib
 import json
@@ -868,56 +867,8 @@ def export_run(checkpoint, out_dir, *, log=print, model=None, config=None, **opt
 
 
 def export_main(argv=None):
-    """``hdml-tf export``: returns 0 on success, 1 on an export error, 2 on usage."""
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf export",
-        description="Export the embedder of a trained model as a TF Serving SavedModel "
-                    "(OUT/<next version>/, with warmup requests and metadata).")
-    parser.add_argument("--checkpoint", required=True,
-                        help="training workdir (with model.keras) or a .keras file of an "
-                             "HDML model or Embedder")
-    parser.add_argument("--out", required=True,
-                        help="model base directory, e.g. saved_models/cub_npair")
-    parser.add_argument("--config", default=None,
-                        help="experiment config JSON (default: config.json beside the "
-                             "checkpoint)")
-    parser.add_argument("--resize", type=int, default=None,
-                        help="resize before the centre crop (default: data.resize)")
-    parser.add_argument("--crop", type=int, default=None,
-                        help="centre crop = model input size (default: data.crop)")
-    parser.add_argument("--preprocessing", default=None,
-                        help="normalisation mode: caffe, tf, torch or none (default: the "
-                             "backbone's)")
-    parser.add_argument("--version", type=int, default=None,
-                        help="explicit version number (default: next free integer)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--warmup", dest="warmup", action="store_const", const="require",
-                       default="auto", help="require the warmup file (fail without "
-                       "tensorflow-serving-api)")
-    group.add_argument("--no-warmup", dest="warmup", action="store_const", const="skip",
-                       help="do not write the warmup file")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip reloading the export to compare it with Keras")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="serve_bytes refuses, before decoding, an image whose header "
-                             "declares more pixels (height x width) (default: "
-                             f"{DEFAULT_MAX_PIXELS})")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help="both signatures refuse a request of more images (default: "
-                             f"{DEFAULT_MAX_BATCH})")
-    args = parser.parse_args(argv)
-    try:
-        path = export_checkpoint(args.checkpoint, args.out, resize=args.resize,
-                                 crop=args.crop, preprocessing=args.preprocessing,
-                                 config_path=args.config, version=args.version,
-                                 warmup=args.warmup, verify=args.verify,
-                                 max_pixels=args.max_pixels, max_batch=args.max_batch)
-    except (ExportError, ValueError) as err:
-        print(f"hdml-tf export: error: {err}", file=sys.stderr)
-        return 1
-    print(f"exported {path}")
-    print(f"  signatures: {SIGNATURE_IMAGES}({INPUT_IMAGES}) and "
-          f"{SIGNATURE_BYTES}({INPUT_BYTES}) -> {OUTPUT_EMBEDDING}")
-    print(f"  limits: max_batch={args.max_batch} images per request, "
-          f"max_pixels={args.max_pixels} per image")
-    return 0
+    """Deprecated: ``hdml_tf.cli.main(["export", *argv])`` (kept one release; the parser
+    is in hdml_tf/cli.py)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.export.export_main", "export", argv)

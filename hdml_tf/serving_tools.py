@@ -22,7 +22,6 @@ refused) with one line naming it before anything decodes it, and batches hold at
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -400,95 +399,16 @@ def save_grid(path, queries, results, gallery_paths, thumb=128):
 
 
 def embed_main(argv=None):
-    """``hdml-tf embed``: returns 0, 1 (error, or nothing embedded) or 2 (usage)."""
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf embed",
-        description="Embed images with an exported SavedModel (serve_bytes signature).")
-    parser.add_argument("--model", required=True,
-                        help="SavedModel directory or model base directory (latest version)")
-    parser.add_argument("--images", required=True, nargs="+",
-                        help="image files, folders (recursive) or .txt lists of paths")
-    parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--strict", action="store_true",
-                        help="fail on an undecodable or oversized image instead of "
-                             "skipping it")
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help="skip an image whose header declares more pixels (height x "
-                             "width), before decoding it (default: the export's "
-                             "max_pixels)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    try:
-        files = list_images(args.images)
-        if not files:
-            raise FileNotFoundError(f"no images found in {args.images}")
-        model_path, function = load_signature(args.model)
-        limits = model_limits(model_path)
-        embeddings, kept, skipped = embed_files(
-            function, files, min(args.batch_size, limits["max_batch"]), strict=args.strict,
-            progress=not args.quiet, max_pixels=args.max_pixels or limits["max_pixels"])
-    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
-        print(f"hdml-tf embed: error: {err}", file=sys.stderr)
-        return 1
-    for name, reason in skipped:
-        print(f"hdml-tf embed: skipped {name}: {reason}", file=sys.stderr)
-    if not kept:
-        print("hdml-tf embed: error: no image could be embedded", file=sys.stderr)
-        return 1
-    save_embeddings(args.out, embeddings, kept, skipped, model=model_path)
-    print(f"wrote {args.out}: {len(kept)} embeddings of dimension {embeddings.shape[1]}"
-          + (f", {len(skipped)} skipped" if skipped else ""))
-    return 0
+    """Deprecated: ``hdml_tf.cli.main(["embed", *argv])`` (kept one release; the parser
+    is in hdml_tf/cli.py)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.serving_tools.embed_main", "embed", argv)
 
 
 def search_main(argv=None):
-    """``hdml-tf search``: returns 0, 1 (error) or 2 (usage)."""
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf search",
-        description="Nearest gallery images (cosine similarity) for query images.")
-    parser.add_argument("--model", required=True,
-                        help="SavedModel directory or model base directory (latest version)")
-    parser.add_argument("--gallery", required=True, help=".npz written by hdml-tf embed")
-    parser.add_argument("--query", required=True, nargs="+",
-                        help="query image files, folders or .txt lists")
-    parser.add_argument("-k", type=int, default=10, help="neighbours per query")
-    parser.add_argument("--grid", default=None, help="also save a picture grid here")
-    parser.add_argument("--json", default=None, help="also write the results as JSON here")
-    parser.add_argument("--max-pixels", type=int, default=None,
-                        help="refuse a query whose header declares more pixels (height x "
-                             "width), before decoding it (default: the export's max_pixels)")
-    args = parser.parse_args(argv)
-    if args.k < 1:
-        parser.error("-k must be at least 1")
-    try:
-        gallery, gallery_paths = load_embeddings(args.gallery)
-        queries = list_images(args.query)
-        model_path, function = load_signature(args.model)
-        limits = model_limits(model_path)
-        embeddings, kept, skipped = embed_files(
-            function, queries, min(32, limits["max_batch"]), strict=True,
-            max_pixels=args.max_pixels or limits["max_pixels"])
-        if embeddings.shape[1] != gallery.shape[1]:
-            raise ValueError(f"the model gives {embeddings.shape[1]}-d embeddings but the "
-                             f"gallery holds {gallery.shape[1]}-d ones")
-        scores, indices = search(embeddings, gallery, args.k)
-    except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
-        print(f"hdml-tf search: error: {err}", file=sys.stderr)
-        return 1
-    report = []
-    for query, row_scores, row_indices in zip(kept, scores, indices):
-        print(f"query: {query}")
-        hits = []
-        for rank, (score, index) in enumerate(zip(row_scores, row_indices), start=1):
-            print(f"  {rank:3d}  {score:.4f}  {gallery_paths[index]}")
-            hits.append({"rank": rank, "score": float(score),
-                         "path": gallery_paths[index], "index": int(index)})
-        report.append({"query": query, "neighbours": hits})
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-    if args.grid:
-        save_grid(args.grid, kept, list(zip(scores, indices)), gallery_paths)
-        print(f"wrote {args.grid}")
-    return 0
+    """Deprecated: ``hdml_tf.cli.main(["search", *argv])`` (kept one release; the parser
+    is in hdml_tf/cli.py)."""
+    from hdml_tf import cli
+
+    return cli.deprecated_main("hdml_tf.serving_tools.search_main", "search", argv)

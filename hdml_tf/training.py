@@ -23,7 +23,6 @@ Killed at any moment (even ``kill -9``) and run again with the same workdir, tra
 resumes from the last checkpoint.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -717,45 +716,8 @@ def summary_table(results, paper=None, keys=None):
 
 
 def train_main(argv):
-    from hdml_tf.models import NonFiniteTrainingError
+    """Deprecated: ``hdml_tf.cli.main(["train", *argv])`` (kept one release; the parser
+    is in hdml_tf/cli.py)."""
+    from hdml_tf import cli
 
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf train",
-        description="Train HDML (or its baseline with --set model.hdml=false).")
-    parser.add_argument("--config", required=True,
-                        help="preset name (hdml-tf presets) or a JSON config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override, e.g. --set model.embedding_dim=64 (repeatable)")
-    parser.add_argument("--workdir", required=True, help="checkpoints, logs, metrics")
-    parser.add_argument("--strategy", choices=config_lib.STRATEGIES,
-                        help="overrides train.strategy")
-    parser.add_argument("--precision", choices=config_lib.PRECISIONS,
-                        help="the embedder's compute precision (train.precision)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="same as --precision mixed_float16")
-    parser.add_argument("--xla", action="store_true", help="XLA-compile the step")
-    parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
-    args = parser.parse_args(argv)
-    overrides = list(args.set)
-    if args.strategy:
-        overrides.append(f"train.strategy={args.strategy}")
-    if args.mixed_precision:
-        overrides.append("train.precision=mixed_float16")
-    if args.precision:
-        overrides.append(f"train.precision={args.precision}")
-    if args.xla:
-        overrides.append("train.xla=true")
-    try:
-        config = config_lib.load_config(args.config, overrides, smoke=args.smoke)
-        train(config, args.workdir)
-    except config_lib.ConfigError as error:
-        print(f"hdml-tf train: config error: {error}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as error:
-        print(f"hdml-tf train: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteTrainingError as error:
-        print(f"hdml-tf train: stopped: {error}; the last good checkpoint is kept in "
-              f"{args.workdir}/checkpoints", file=sys.stderr)
-        return 1
-    return 0
+    return cli.deprecated_main("hdml_tf.training.train_main", "train", argv)

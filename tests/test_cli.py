@@ -1,11 +1,14 @@
 """The ``hdml-tf`` command line: what a user sees first."""
 
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
+from hdml_tf import cli
 from hdml_tf.cli import _STARTUP_NOISE
 from tests.test_export import REPO
 
@@ -26,9 +29,10 @@ def run_cli(*args, **env):
     return result
 
 
-@pytest.mark.parametrize("args", [("presets",), ("embed", "--help")])
+@pytest.mark.parametrize("args", [("presets",), ("export", "--help")])
 def test_commands_print_no_tensorflow_startup_logs(args):
-    """``embed`` imports TensorFlow at once; ``presets`` must not print them either."""
+    """``export`` imports TensorFlow for its parser's defaults (the verbose test below
+    shows the logs it would print); ``presets`` must not print them either."""
     result = run_cli(*args)
     assert result.stdout.strip()
     found = [line for line in STARTUP_LINES if line in result.stderr]
@@ -37,9 +41,9 @@ def test_commands_print_no_tensorflow_startup_logs(args):
 
 @pytest.mark.parametrize("how", ["env", "flag"])
 def test_verbose_brings_the_startup_logs_back(how):
-    args = ("--verbose", "embed", "--help") if how == "flag" else ("embed", "--help")
+    args = ("--verbose", "export", "--help") if how == "flag" else ("export", "--help")
     result = run_cli(*args, **({"HDML_TF_VERBOSE": "1"} if how == "env" else {}))
-    assert "--model" in result.stdout
+    assert "--checkpoint" in result.stdout
     assert any(line in result.stderr for line in STARTUP_LINES), result.stderr
 
 
@@ -61,3 +65,41 @@ def test_only_startup_noise_is_filtered():
     ]
     assert all(_STARTUP_NOISE.match(line) for line in noise)
     assert not any(_STARTUP_NOISE.match(line) for line in kept)
+
+
+def test_argparse_only_in_cli():
+    """Every sub-command's parser is built in hdml_tf/cli.py (issue 11, item 3)."""
+    package = pathlib.Path(cli.__file__).parent
+    uses = re.compile(r"^\s*(import argparse|from argparse import)", re.M)
+    users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                   if uses.search(p.read_text(encoding="utf-8")))
+    assert users == ["cli.py"]
+
+
+def test_every_command_has_a_parser_and_help(capsys):
+    for name in cli.COMMANDS:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([*name.split(), "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: hdml-tf {name} ")
+    assert cli.main(["weights"]) == 2
+    assert "hdml-tf weights import FILE" in capsys.readouterr().err
+    assert cli.main(["no-such-command"]) == 2
+
+
+@pytest.mark.parametrize("old", [
+    "hdml_tf.config.presets_main", "hdml_tf.training.train_main", "hdml_tf.demo.demo_main",
+    "hdml_tf.compare.compare_main", "hdml_tf.bench.bench_main", "hdml_tf.export.export_main",
+    "hdml_tf.serving_tools.embed_main", "hdml_tf.serving_tools.search_main",
+    "hdml_tf.backbones.weights.weights_import_main", "hdml_tf.backbones.download.fetch_main",
+    "hdml_tf.backbones.imagenet.check_main"])
+def test_old_entry_points_warn_and_run_the_command(old, capsys):
+    """Kept one release: a DeprecationWarning, then the same command as ``cli.main``."""
+    import importlib
+
+    module, name = old.rsplit(".", 1)
+    function = getattr(importlib.import_module(module), name)
+    with pytest.deprecated_call(match=name), pytest.raises(SystemExit) as exit_:
+        function(["--help"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: ")

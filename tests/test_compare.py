@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from hdml_tf import cli
 from hdml_tf import compare as compare_lib
 from hdml_tf import config as config_lib
 from tests.data.helpers_data import write_idx_gz
@@ -97,7 +98,7 @@ def test_compare_smoke_two_seeds_arithmetic_and_reuse(tmp_path, monkeypatch, cap
     workdir = tmp_path / "cmp"
     argv = ["--config", "fashion_mnist_npair", "--seeds", "2", "--workdir", str(workdir),
             "--smoke"]
-    assert compare_lib.compare_main(argv) == 0
+    assert cli.main(["compare", *argv]) == 0
     printed = capsys.readouterr().out
 
     markdown = (workdir / "compare.md").read_text()

@@ -20,7 +20,7 @@ converted ``tf_ckpt_from_caffe.mat``, whose URL and digest are not recorded here
 could not be downloaded and hashed when this was written, and a digest nobody computed
 from the real file would be worse than none): supply both (``docs/weights.md``).
 
-Command line (the same functions)::
+Command line (parsed in ``hdml_tf/cli.py``, which calls these functions)::
 
     hdml-tf weights fetch bvlc_googlenet [--url MIRROR_URL] [--cache-dir DIR]
     python -m hdml_tf.backbones.download URL --sha256 HEX [-o DEST] [--cache-dir DIR]
@@ -30,7 +30,6 @@ Command line (the same functions)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -373,7 +372,7 @@ def fetch_and_convert(name="bvlc_googlenet", *, url=None, sha256=None, sha1=None
     weights = os.path.join(folder, f"{name}.weights.h5")
     converted = downloaded or not os.path.isfile(weights)
     if converted:
-        from hdml_tf.backbones.weights import convert_with_report
+        from hdml_tf.backbones.weights import convert_with_report, skipped_layers_lines
 
         tmp = os.path.join(folder, f".{name}.{os.getpid()}.part.weights.h5")
         try:
@@ -384,90 +383,23 @@ def fetch_and_convert(name="bvlc_googlenet", *, url=None, sha256=None, sha1=None
                 os.remove(tmp)
         say(f"{name}: converted {len(report['loaded'])} layers to Keras weights "
             f"(InceptionV1, include_top=False): {weights}")
-        for line in _skipped_lines(report["ignored"]):
+        for line in skipped_layers_lines(report["ignored"]):
             say(f"{name}: {line}")
     else:
         say(f"{name}: Keras weights already in the cache: {weights}")
     return FetchedWeights(name, source, weights, downloaded, converted)
 
 
-def _skipped_lines(ignored_keys):
-    """Human lines for the Caffe layers a conversion skipped, by kind."""
-    layers = sorted({k[:-len("_bias")] if k.endswith("_bias") else k for k in ignored_keys})
-    aux = [n for n in layers if n.startswith(("loss1/", "loss2/"))]
-    top = [n for n in layers if n.startswith("loss3/")]
-    lines = []
-    if aux:
-        lines.append("skipped the auxiliary classifiers (training-time heads InceptionV1 "
-                     f"does not build): {', '.join(aux)}")
-    if top:
-        lines.append(f"skipped the ImageNet classifier {', '.join(top)} (include_top="
-                     "False; the file itself keeps it for `hdml-tf weights check`)")
-    return lines
-
-
 def fetch_main(argv=None, prog="python -m hdml_tf.backbones.download"):
-    """Fetch and verify a URL or a known weights name, or hash a file.
+    """Deprecated: ``hdml_tf.cli.main(["weights", "fetch", *argv])`` (kept one release)."""
+    from hdml_tf import cli
 
-    ``NAME`` (an entry of :data:`KNOWN_WEIGHTS`, e.g. ``bvlc_googlenet``) is fetched
-    with its published digest and converted (:func:`fetch_and_convert`); a URL needs
-    ``--sha256`` or ``--sha1``.
-
-    Returns 0 on success, 1 on a download, checksum or conversion error, 2 on bad
-    arguments.
-    """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=("Download a weights file and verify its digest (file:// works too). "
-                     f"Known names: {', '.join(sorted(KNOWN_WEIGHTS))}."))
-    parser.add_argument("target", nargs="?", metavar="NAME_OR_URL",
-                        help="a known name (bvlc_googlenet) or an https://, http:// or "
-                             "file:// URL")
-    parser.add_argument("--sha256", help="expected hex SHA-256")
-    parser.add_argument("--sha1", help="expected hex SHA-1")
-    parser.add_argument("--url", help="with a known name: a mirror URL of the same file "
-                                      "(the published digest is still checked)")
-    parser.add_argument("-o", "--output", help="destination file or folder (URLs only)")
-    parser.add_argument("--cache-dir", help=f"default folder ({default_cache_dir()})")
-    parser.add_argument("--no-convert", action="store_true",
-                        help="with a known name: only fetch and verify")
-    parser.add_argument("--hash", metavar="FILE", help="print FILE's SHA-256 and exit")
-    args = parser.parse_args(argv)
-    if args.hash:
-        print(f"{sha256_file(args.hash)}  {args.hash}")
-        return 0
-
-    def fail(error, status):
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return status
-
-    if args.target in KNOWN_WEIGHTS:
-        try:
-            if args.no_convert:
-                print(fetch_known_weights(args.target, url=args.url, sha256=args.sha256,
-                                          sha1=args.sha1, cache_dir=args.cache_dir))
-                return 0
-            fetched = fetch_and_convert(args.target, url=args.url, sha256=args.sha256,
-                                        sha1=args.sha1, cache_dir=args.cache_dir)
-        except (OSError, ValueError) as error:  # download, digest, conversion
-            return fail(error, 1)
-        print(f"weights: {fetched.weights}")
-        if args.target == "bvlc_googlenet":
-            print(f"check them: hdml-tf weights check {fetched.source}")
-        return 0
-    if not args.target or not (args.sha256 or args.sha1):
-        parser.print_usage(sys.stderr)
-        return fail("a known name, or a URL with --sha256 or --sha1, is required", 2)
-    try:
-        path = fetch_weights(args.target, args.sha256, args.output, sha1=args.sha1,
-                             cache_dir=args.cache_dir)
-    except (DownloadError, ChecksumError) as error:
-        return fail(error, 1)
-    except ValueError as error:
-        return fail(error, 2)
-    print(path)
-    return 0
+    return cli.deprecated_main("hdml_tf.backbones.download.fetch_main", "weights fetch",
+                               argv, prog=prog)
 
 
 if __name__ == "__main__":
-    sys.exit(fetch_main())
+    from hdml_tf import cli
+
+    sys.exit(cli.run_command("weights fetch", sys.argv[1:],
+                             prog="python -m hdml_tf.backbones.download"))

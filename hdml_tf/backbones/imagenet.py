@@ -26,9 +26,7 @@ Reference: Caffe ``python/caffe/classify.py`` and ``examples/00-classification``
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from importlib import resources
 
 import numpy as np
@@ -191,23 +189,8 @@ def _table(weights, results, lrns, crop):
 
 
 def check_main(argv=None, prog="hdml-tf weights check"):
-    """``hdml-tf weights check FILE``: print the ImageNet top-5 of the sample photos.
+    """Deprecated: ``hdml_tf.cli.main(["weights", "check", *argv])`` (kept one release)."""
+    from hdml_tf import cli
 
-    Returns 0, or 1 when the file cannot be read or does not fit (one line on stderr).
-    """
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=("Classify scikit-learn's two sample photographs (a temple, a flower) "
-                     "with InceptionV1(include_top=True) and print the ImageNet top-5 "
-                     "with Caffe's and the HDML authors' LRN side by side."))
-    parser.add_argument("weights", help=".caffemodel, Caffe-layout .mat/.npz/.npy, or a "
-                                        ".weights.h5 converted with --include-top")
-    parser.add_argument("--crop", type=int, default=224, choices=(224, 227))
-    parser.add_argument("-k", type=int, default=5)
-    args = parser.parse_args(argv)
-    try:
-        imagenet_check(args.weights, crop=args.crop, k=args.k)
-    except (OSError, ValueError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return cli.deprecated_main("hdml_tf.backbones.imagenet.check_main", "weights check",
+                               argv, prog=prog)

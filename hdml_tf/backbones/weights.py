@@ -29,11 +29,9 @@ Reference: BVLC Caffe ``models/bvlc_googlenet``; the HDML authors' code
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import pickle
-import sys
 
 import numpy as np
 
@@ -44,6 +42,7 @@ __all__ = [
     "convert_caffe_weights",
     "convert_with_report",
     "read_caffe_weights_file",
+    "skipped_layers_lines",
     "weights_import_main",
     "SUPPORTED_EXTENSIONS",
     "UnsafePickleError",
@@ -372,46 +371,26 @@ def convert_with_report(src, dst, input_shape=(227, 227, 3), include_top=False):
     return model, report
 
 
+def skipped_layers_lines(ignored_keys):
+    """Human lines for the Caffe layers a conversion skipped (the ``"ignored"`` keys of
+    :func:`load_caffe_weights`' report), by kind."""
+    layers = sorted({k[:-len(_BIAS_SUFFIX)] if k.endswith(_BIAS_SUFFIX) else k
+                     for k in ignored_keys})
+    aux = [n for n in layers if n.startswith(_AUX_PREFIXES)]
+    top = [n for n in layers if n.startswith(_CLASSIFIER_PREFIX)]
+    lines = []
+    if aux:
+        lines.append("skipped the auxiliary classifiers (training-time heads InceptionV1 "
+                     f"does not build): {', '.join(aux)}")
+    if top:
+        lines.append(f"skipped the ImageNet classifier {', '.join(top)} (include_top="
+                     "False; the file itself keeps it for `hdml-tf weights check`)")
+    return lines
+
+
 def weights_import_main(argv=None):
-    """``hdml-tf weights import <file> -o <out.weights.h5>``: the CLI entry point.
+    """Deprecated: ``hdml_tf.cli.main(["weights", "import", *argv])`` (kept one release)."""
+    from hdml_tf import cli
 
-    Args:
-        argv: arguments after ``weights import`` (default: ``sys.argv[1:]``).
-
-    Returns:
-        Exit status: 0 on success, 1 when the file does not fit or cannot be read.
-    """
-    parser = argparse.ArgumentParser(
-        prog="hdml-tf weights import",
-        description=(
-            "Convert BVLC GoogLeNet weights from BVLC's bvlc_googlenet.caffemodel, or "
-            "the converted-Caffe .mat (the HDML authors' tf_ckpt_from_caffe.mat), "
-            ".npz or .npy layout, into a Keras .weights.h5 for hdml_tf's InceptionV1."
-        ),
-    )
-    parser.add_argument("src", help="input .caffemodel / .mat / .npz / .npy file")
-    parser.add_argument("-o", "--output", required=True, help="output .weights.h5 path")
-    parser.add_argument(
-        "--include-top", action="store_true",
-        help="also convert the 1000-way loss3/classifier",
-    )
-    parser.add_argument(
-        "--input-size", type=int, default=227,
-        help="square input size the model is built at (default 227)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        _, report = convert_with_report(
-            args.src, args.output,
-            input_shape=(args.input_size, args.input_size, 3),
-            include_top=args.include_top,
-        )
-    except (OSError, ValueError) as error:
-        print(f"hdml-tf weights import: error: {error}", file=sys.stderr)
-        return 1
-    from hdml_tf.backbones.download import _skipped_lines
-
-    for line in _skipped_lines(report["ignored"]):
-        print(line)
-    print(f"wrote {args.output}")
-    return 0
+    return cli.deprecated_main("hdml_tf.backbones.weights.weights_import_main",
+                               "weights import", argv)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from hdml_tf import cli
 from hdml_tf.backbones import download
 
 
@@ -170,15 +171,25 @@ def test_known_entry_with_a_file_url_stand_in(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
+    fetch = lambda *args: cli.main(["weights", "fetch", *args])  # noqa: E731
     url, digest, _ = _serve(tmp_path)
     out = tmp_path / "cli.mat"
-    assert download.fetch_main([url, "--sha256", digest, "-o", str(out)]) == 0
+    assert fetch(url, "--sha256", digest, "-o", str(out)) == 0
     assert capsys.readouterr().out.strip() == str(out)
-    assert download.fetch_main(["--hash", str(out)]) == 0
+    assert fetch("--hash", str(out)) == 0
     assert capsys.readouterr().out.startswith(digest)
-    assert download.fetch_main([url, "--sha256", "1" * 64, "-o", str(tmp_path / "x.mat")]) == 1
-    assert "expected " + "1" * 64 in capsys.readouterr().err
-    assert download.fetch_main([url]) == 2
+    assert fetch(url, "--sha256", "1" * 64, "-o", str(tmp_path / "x.mat")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("hdml-tf weights fetch: error: ") and "expected " + "1" * 64 in err
+    assert fetch(url) == 2
+
+
+def test_deprecated_fetch_main_still_runs_the_command(tmp_path, capsys):
+    url, digest, _ = _serve(tmp_path)
+    with pytest.deprecated_call(match="fetch_main"):
+        assert download.fetch_main([url, "--sha256", "1" * 64]) == 1
+    assert capsys.readouterr().err.startswith(
+        "python -m hdml_tf.backbones.download: error: SHA-256 mismatch")
 
 
 def test_fetched_caffe_file_converts_and_loads(tmp_path):
