@@ -5,6 +5,8 @@ or a keras.applications network by name; :func:`load_caffe_weights` imports BVLC
 ``.caffemodel`` and the converted-Caffe weight files HDML users have;
 :func:`fetch_and_convert` fetches ``bvlc_googlenet`` with its published digest and
 :func:`imagenet_check` shows whether weights classify two photographs correctly.
+``SmallCNN`` is a small network for low-resolution data and CPU runs. Every built-in
+backbone name is registered once, by :mod:`hdml_tf.backbones.registry` on import.
 """
 
 from hdml_tf.backbones.inception_v1 import (
@@ -24,7 +26,7 @@ from hdml_tf.backbones.download import (
     sha1_file,
     sha256_file,
 )
-from hdml_tf.backbones.small_cnn import SmallCNN  # registers "small_cnn"
+from hdml_tf.backbones.small_cnn import SmallCNN
 from hdml_tf.backbones.caffemodel import CaffeModelError, read_caffemodel
 from hdml_tf.backbones.imagenet import caffe_preprocess, imagenet_check
 from hdml_tf.backbones.weights import (
@@ -60,6 +62,7 @@ __all__ = [
     "imagenet_check",
     "UnsafePickleError",
     "InceptionV1",
+    "SmallCNN",
     "caffe_to_keras_name",
     "keras_to_caffe_name",
     "CaffeWeightsError",

@@ -17,9 +17,12 @@ hdml_tf reads:
     (keras.applications EfficientNet, EfficientNetV2 and ConvNeXt, whose
     ``preprocess_input`` is a pass-through).
 
-Built-in names: ``inception_v1`` (the paper's backbone), ``resnet50``,
-``efficientnet_b0``, ``efficientnet_v2_b0``, ``convnext_tiny``. Others can be added
-with :func:`register_backbone`.
+Built-in names: ``inception_v1`` (the paper's backbone), ``small_cnn`` (for
+low-resolution data and CPU runs), ``resnet50``, ``efficientnet_b0``,
+``efficientnet_v2_b0``, ``convnext_tiny``. They are registered here, once, when this
+module is first imported (``import hdml_tf.backbones`` does it; the network modules are
+imported only when a backbone is built), so no caller has to import a network's module
+to make its name known. Others can be added with :func:`register_backbone`.
 """
 
 from __future__ import annotations
@@ -219,6 +222,20 @@ register_backbone(
     caffe_weights=True,
     has_imagenet=False,
 )
+
+
+def _build_small_cnn(weights, input_shape, **kwargs):
+    from hdml_tf.backbones.small_cnn import SmallCNN
+
+    del weights  # random initialisation only (paths are loaded by build_backbone)
+    model = SmallCNN(**kwargs)
+    if input_shape is not None:
+        model.build((None,) + tuple(input_shape))
+    return model
+
+
+register_backbone("small_cnn", _build_small_cnn, feature_dim=256, preprocessing="tf",
+                  has_imagenet=False)
 
 
 def _keras_application(constructor_name):

@@ -3,13 +3,11 @@
 GoogLeNet needs >= 64-pixel inputs and ~1.5 GFLOPs per 224-pixel image: right for the
 paper's benchmarks, too slow for a ten-minute Fashion-MNIST demo on two CPU cores. This
 network (three conv blocks, global average pooling, 256-d features, ~0.3 M parameters)
-plays the backbone's role there. Registered as ``"small_cnn"``; inputs in [-1, 1]
-(``normalize`` mode ``"tf"``).
+plays the backbone's role there. Registered as ``"small_cnn"`` in
+:mod:`hdml_tf.backbones.registry`; inputs in [-1, 1] (``normalize`` mode ``"tf"``).
 """
 
 import keras
-
-from hdml_tf.backbones.registry import register_backbone
 
 
 @keras.saving.register_keras_serializable(package="hdml_tf")
@@ -69,15 +67,3 @@ class SmallCNN(keras.Model):
         config = super().get_config()
         config.update(widths=list(self.widths), feature_dim=self.feature_dim)
         return config
-
-
-def _build_small_cnn(weights, input_shape, **kwargs):
-    del weights  # random initialisation only (paths are loaded by build_backbone)
-    model = SmallCNN(**kwargs)
-    if input_shape is not None:
-        model.build((None,) + tuple(input_shape))
-    return model
-
-
-register_backbone("small_cnn", _build_small_cnn, feature_dim=256, preprocessing="tf",
-                  has_imagenet=False)

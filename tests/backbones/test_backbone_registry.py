@@ -37,6 +37,21 @@ def test_available_backbones():
     assert {"inception_v1", *KERAS_APPS} <= set(names)
 
 
+def test_built_in_backbones_are_registered_once_by_the_registry():
+    """Every built-in name is registered in registry.py itself, so no caller has to import
+    a network's module to make its name known (issue 11, item 4); the builder imports
+    the network when it is called."""
+    import inspect
+
+    from hdml_tf.backbones import small_cnn
+
+    built_in = ["inception_v1", "small_cnn", *KERAS_APPS]
+    assert {get_backbone_spec(n).builder.__module__ for n in built_in} == {registry.__name__}
+    assert "register_backbone" not in inspect.getsource(small_cnn)
+    model = build_backbone("small_cnn", input_shape=(32, 32, 3))
+    assert tuple(model(images(1, 32)).shape) == (1, 256) and model.preprocessing == "tf"
+
+
 def test_unknown_name_lists_available():
     with pytest.raises(ValueError) as info:
         build_backbone("vgg_nineteen")
