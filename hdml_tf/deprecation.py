@@ -20,6 +20,15 @@ def resolve(target):
     return getattr(module, name) if name else module
 
 
+def warn(old, use, stacklevel=2):
+    """Warn that ``old`` goes in the next release and ``use`` replaces it.
+
+    ``stacklevel`` counts from the caller of `warn`: 2 names the caller's caller.
+    """
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; "
+                  f"use {use}", DeprecationWarning, stacklevel=stacklevel + 1)
+
+
 def module_getattr(module_name, deprecated=None, lazy=None):
     """A module-level ``__getattr__`` for ``module_name``.
 
@@ -37,10 +46,7 @@ def module_getattr(module_name, deprecated=None, lazy=None):
             return value
         if name in deprecated:
             target = deprecated[name]
-            warnings.warn(
-                f"{module_name}.{name} is deprecated and will be removed in the next "
-                f"release; use {target.replace(':', '.')}", DeprecationWarning,
-                stacklevel=2)
+            warn(f"{module_name}.{name}", target.replace(":", "."))
             return resolve(target)
         raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
 

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import keras
 import numpy as np
 
-from hdml_tf.evaluation import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
+from hdml_tf.evaluation.protocol import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
 
 
 def _names_test(split_name: str) -> bool:

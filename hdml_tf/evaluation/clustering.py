@@ -25,6 +25,9 @@ Online Products: 60,502 points, 11,316 clusters). faiss uses random initial cent
 drawn from the points (no k-means++), a fixed number of Lloyd iterations (FAISS_NITER by
 default) and one run (`nredo`); a random start can leave two centroids in one class, so
 faiss NMI/F1 can be slightly below what a k-means++ start would give. Both are seeded.
+
+Deprecated for this release only (each call warns): ``nmi`` and ``f1`` of embeddings (ask
+`hdml_tf.evaluation.evaluate_embeddings` for them, or `clustering_metrics` here).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from hdml_tf import deprecation
 from hdml_tf.evaluation.retrieval import l2_normalize
 
 try:
@@ -39,6 +43,8 @@ try:
 except ImportError:  # pragma: no cover
     faiss = None
 
+#: The metrics computed here, from one clustering.
+METRICS = ("nmi", "f1")
 #: Largest n * k clustered with scikit-learn under backend="auto" (CUB: 5,924 x 100,
 #: Cars196: 8,131 x 98, both well below; SOP: 60,502 x 11,316, far above).
 SKLEARN_MAX_WORK = 50_000_000
@@ -198,14 +204,21 @@ def clustering_metrics(
             "f1": pairwise_f1_from_clusters(labels, clusters)}
 
 
+def _deprecated_one_metric(name, embeddings, labels, kwargs):
+    deprecation.warn(f"hdml_tf.evaluation.clustering.{name}",
+                     "hdml_tf.evaluation.evaluate_embeddings(embeddings, labels, "
+                     f"metrics=({name!r},)) or clustering_metrics(embeddings, "
+                     f"labels)[{name!r}]", stacklevel=3)
+    return clustering_metrics(embeddings, labels, **kwargs)[name]
+
+
 def nmi(embeddings: np.ndarray, labels: np.ndarray, **kwargs) -> float:
-    """NMI of k-means (k = number of classes) against the labels; kwargs as in
-    `clustering_metrics`. Compute both NMI and F1 with `clustering_metrics` to cluster
-    once."""
-    return clustering_metrics(embeddings, labels, **kwargs)["nmi"]
+    """Deprecated: NMI of k-means (k = number of classes) against the labels; kwargs as
+    in `clustering_metrics`."""
+    return _deprecated_one_metric("nmi", embeddings, labels, kwargs)
 
 
 def f1(embeddings: np.ndarray, labels: np.ndarray, **kwargs) -> float:
-    """Pairwise F1 of k-means (k = number of classes) against the labels; kwargs as in
-    `clustering_metrics`."""
-    return clustering_metrics(embeddings, labels, **kwargs)["f1"]
+    """Deprecated: pairwise F1 of k-means (k = number of classes) against the labels;
+    kwargs as in `clustering_metrics`."""
+    return _deprecated_one_metric("f1", embeddings, labels, kwargs)

@@ -23,10 +23,11 @@ Conventions shared by every function of this module:
   in leave-one-out, or a query class absent from the gallery) has no correct answer.
   With ``singleton_queries="exclude"`` (default) such queries are left out of the
   average of Recall@K, MAP@R and R-precision; with ``"miss"`` they count as 0.
-* K larger than what a query can retrieve (N - 1 in leave-one-out, the gallery size
-  otherwise) raises ValueError unless ``clip_k=True``, in which case K is clipped to
-  that number (so Recall@K is then 1 for every non-singleton query) and the result is
-  still reported under the requested K.
+* K rule: K larger than what a query can retrieve (N - 1 in leave-one-out, the gallery
+  size otherwise) raises ValueError unless ``clip_k=True``, in which case K is clipped
+  to that number (so Recall@K is then 1 for every non-singleton query) and the result
+  is still reported under the requested K. `max_retrievable` and `k_within_reach` are
+  that rule; every function here uses them.
 
 References:
     Recall@K as used in deep metric learning: Song et al., "Deep Metric Learning via
@@ -43,6 +44,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from hdml_tf import deprecation
+
 try:  # faiss is a hard requirement of the package, but keep the numpy path importable.
     import faiss
 except ImportError:  # pragma: no cover - exercised only on installs without faiss
@@ -53,6 +56,8 @@ except ImportError:  # pragma: no cover - exercised only on installs without fai
 DEFAULT_BLOCK_BYTES = 128 * 2**20
 
 BACKENDS = ("auto", "faiss", "numpy")
+#: The metrics computed here, from a neighbour table.
+METRICS = ("recall", "map@r", "r_precision")
 SINGLETON_RULES = ("exclude", "miss")
 
 
@@ -98,9 +103,27 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norms, eps).astype(x.dtype)
 
 
-def max_retrievable(num_queries: int, num_gallery: int | None) -> int:
-    """How many neighbours a query can have: N - 1 leave-one-out, else the gallery size."""
-    return num_queries - 1 if num_gallery is None else num_gallery
+def max_retrievable(num_gallery: int, exclude_self: bool) -> int:
+    """How many neighbours a query can have (the K rule's bound).
+
+    Args:
+        num_gallery: items searched (N, the queries themselves, in leave-one-out).
+        exclude_self: leave-one-out: each query is a gallery item but never its own
+            neighbour, so N - 1; otherwise the whole gallery.
+    """
+    return num_gallery - 1 if exclude_self else num_gallery
+
+
+def k_within_reach(k: int, limit: int, clip_k: bool, asked: str) -> int:
+    """The K rule: `k` when a query can retrieve that many (`limit`, see
+    `max_retrievable`), else `limit` with ``clip_k``, else ValueError naming `asked`
+    (e.g. "Recall@8")."""
+    if k <= limit:
+        return k
+    if not clip_k:
+        raise ValueError(f"{asked} asked but a query can retrieve at most {limit} items; "
+                         "pass clip_k=True to clip K to that number")
+    return limit
 
 
 # ----------------------------------------------------------------------------------------
@@ -168,8 +191,7 @@ def _knn_faiss(q, g, k, exclude_self, block_size):
     n_q, n_g = q32.shape[0], g32.shape[0]
     index = faiss.IndexFlatIP(g32.shape[1])
     index.add(g32)
-    budget = n_g - (1 if exclude_self else 0)  # neighbours a query can have
-    extra = 1 if k < budget else 0  # the tie probe
+    extra = 1 if k < max_retrievable(n_g, exclude_self) else 0  # the tie probe
     kk = k + extra + (1 if exclude_self else 0)
     indices = np.empty((n_q, k), np.int32)
     sims_out = np.empty((n_q, k), np.float32)
@@ -244,7 +266,7 @@ def knn(
     g = q if exclude_self else l2_normalize(gallery)
     if g.shape[1] != q.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
-    limit = max_retrievable(q.shape[0], None if exclude_self else g.shape[0])
+    limit = max_retrievable(g.shape[0], exclude_self)
     k = int(k)
     if not 1 <= k <= limit:
         raise ValueError(
@@ -285,7 +307,7 @@ def num_relevant(query_labels: np.ndarray, gallery_labels: np.ndarray | None) ->
 
 
 def required_k(ks: Iterable[int], query_labels, gallery_labels=None,
-               metrics: Iterable[str] = ("recall", "map@r", "r_precision")) -> int:
+               metrics: Iterable[str] = METRICS) -> int:
     """Width of the neighbour table the requested metrics need (before clipping).
 
     Recall@K needs max(ks); MAP@R and R-precision need the largest R.
@@ -319,12 +341,52 @@ def _mean(values: np.ndarray, mask: np.ndarray, name: str) -> float:
     return float(values[mask].mean())
 
 
+def _recall(rel, ks, limit, clip_k, mask):
+    """Recall@K for each K from the relevance table ``rel`` (queries, table width)."""
+    table_k = rel.shape[1]
+    # Position of the first correct neighbour (table_k when none in the table).
+    first = np.where(rel.any(axis=1), rel.argmax(axis=1), table_k)
+    out = {}
+    for kk in ks:
+        kk = int(kk)
+        if kk < 1:
+            raise ValueError(f"K must be >= 1, got {kk}")
+        eff = k_within_reach(kk, limit, clip_k, f"Recall@{kk}")
+        if eff > table_k:
+            raise ValueError(f"neighbour table has k={table_k} < K={eff}")
+        out[f"recall@{kk}"] = _mean((first < eff).astype(np.float64), mask, f"recall@{kk}")
+    return out
+
+
+def _r_metrics(rel, r, metrics, mask):
+    """MAP@R and R-precision from the relevance table and each query's R."""
+    table_k = rel.shape[1]
+    r_max = int(r.max(initial=0))
+    if r_max > table_k:
+        raise ValueError(f"MAP@R needs a table of width max R = {r_max} > {table_k}")
+    width = max(r_max, 1)
+    ranks = np.arange(1, width + 1)
+    within_r = ranks[None, :] <= r[:, None]  # only the first R neighbours count
+    hits = rel[:, :width] & within_r
+    safe_r = np.maximum(r, 1).astype(np.float64)
+    out = {}
+    if "map@r" in metrics:
+        # MAP@R = (1/R) sum_{i<=R} P(i) rel(i), P(i) = precision at rank i.
+        precision_at_i = np.cumsum(hits, axis=1) / ranks[None, :]
+        ap = (precision_at_i * hits).sum(axis=1) / safe_r
+        out["map@r"] = _mean(np.where(r > 0, ap, 0.0), mask, "map@r")
+    if "r_precision" in metrics:
+        rp = hits.sum(axis=1) / safe_r
+        out["r_precision"] = _mean(np.where(r > 0, rp, 0.0), mask, "r_precision")
+    return out
+
+
 def retrieval_metrics(
     neighbours: Neighbours,
     query_labels: np.ndarray,
     gallery_labels: np.ndarray | None = None,
     ks: Sequence[int] = (1, 2, 4, 8),
-    metrics: Iterable[str] = ("recall", "map@r", "r_precision"),
+    metrics: Iterable[str] = METRICS,
     *,
     clip_k: bool = False,
     singleton_queries: str = "exclude",
@@ -345,7 +407,7 @@ def retrieval_metrics(
         {"recall@K": ..., "map@r": ..., "r_precision": ...} for the requested metrics.
     """
     metrics = set(metrics)
-    unknown = metrics - {"recall", "map@r", "r_precision"}
+    unknown = metrics - set(METRICS)
     if unknown:
         raise ValueError(f"unknown retrieval metrics {sorted(unknown)}")
     query_labels = _check_labels(query_labels, neighbours.indices.shape[0], "query_labels")
@@ -356,54 +418,21 @@ def retrieval_metrics(
         if gallery_labels is None:
             raise ValueError("the table has a separate gallery: pass gallery_labels")
         ref = _check_labels(gallery_labels, neighbours.num_gallery, "gallery_labels")
-    limit = neighbours.num_gallery - (1 if neighbours.exclude_self else 0)
     r = num_relevant(query_labels, gallery_labels)
     mask = _query_mask(r, singleton_queries)
-    table_k = neighbours.k
     # rel[q, j]: is the j-th neighbour of q of q's class.
     rel = ref[neighbours.indices] == query_labels[:, None]
     out: dict[str, float] = {}
     if "recall" in metrics:
-        # Position of the first correct neighbour (table_k when none in the table).
-        first = np.where(rel.any(axis=1), rel.argmax(axis=1), table_k)
-        for kk in ks:
-            kk = int(kk)
-            if kk < 1:
-                raise ValueError(f"K must be >= 1, got {kk}")
-            eff = kk
-            if kk > limit:
-                if not clip_k:
-                    raise ValueError(
-                        f"Recall@{kk} asked but a query can retrieve at most {limit} "
-                        "items; pass clip_k=True to clip K to that number")
-                eff = limit
-            if eff > table_k:
-                raise ValueError(f"neighbour table has k={table_k} < K={eff}")
-            out[f"recall@{kk}"] = _mean((first < eff).astype(np.float64), mask,
-                                        f"recall@{kk}")
+        limit = max_retrievable(neighbours.num_gallery, neighbours.exclude_self)
+        out.update(_recall(rel, ks, limit, clip_k, mask))
     if metrics & {"map@r", "r_precision"}:
-        r_max = int(r.max(initial=0))
-        if r_max > table_k:
-            raise ValueError(f"MAP@R needs a table of width max R = {r_max} > {table_k}")
-        width = max(r_max, 1)
-        rel_r = rel[:, :width]
-        ranks = np.arange(1, width + 1)
-        within_r = ranks[None, :] <= r[:, None]  # only the first R neighbours count
-        hits = rel_r & within_r
-        safe_r = np.maximum(r, 1).astype(np.float64)
-        if "map@r" in metrics:
-            # MAP@R = (1/R) sum_{i<=R} P(i) rel(i), P(i) = precision at rank i.
-            precision_at_i = np.cumsum(hits, axis=1) / ranks[None, :]
-            ap = (precision_at_i * hits).sum(axis=1) / safe_r
-            out["map@r"] = _mean(np.where(r > 0, ap, 0.0), mask, "map@r")
-        if "r_precision" in metrics:
-            rp = hits.sum(axis=1) / safe_r
-            out["r_precision"] = _mean(np.where(r > 0, rp, 0.0), mask, "r_precision")
+        out.update(_r_metrics(rel, r, metrics, mask))
     return out
 
 
 # ----------------------------------------------------------------------------------------
-# Convenience wrappers: one metric from embeddings
+# The neighbour table the requested metrics need
 # ----------------------------------------------------------------------------------------
 
 
@@ -431,94 +460,18 @@ def neighbour_table(
     _check_labels(labels, embeddings.shape[0], "labels")
     if (gallery_embeddings is None) != (gallery_labels is None):
         raise ValueError("pass both gallery_embeddings and gallery_labels, or neither")
-    n_g = None if gallery_embeddings is None else np.asarray(gallery_embeddings).shape[0]
-    limit = max_retrievable(embeddings.shape[0], n_g)
-    if need > limit:
-        if not clip_k:
-            raise ValueError(
-                f"K={need} asked but a query can retrieve at most {limit} items; "
-                "pass clip_k=True to clip K to that number")
-        need = limit
+    exclude_self = gallery_embeddings is None
+    n_g = embeddings.shape[0] if exclude_self else np.asarray(gallery_embeddings).shape[0]
+    limit = max_retrievable(n_g, exclude_self)
+    need = k_within_reach(need, limit, clip_k, f"K={need}")
     if limit < 1:
         raise ValueError("nothing to retrieve: the gallery is empty")
     return knn(embeddings, gallery_embeddings, need, backend=backend,
                block_size=block_size)
 
 
-def recall_at_k(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    ks: Sequence[int] = (1, 2, 4, 8),
-    *,
-    gallery_embeddings: np.ndarray | None = None,
-    gallery_labels: np.ndarray | None = None,
-    clip_k: bool = False,
-    singleton_queries: str = "exclude",
-    backend: str = "auto",
-    block_size: int | None = None,
-) -> dict[int, float]:
-    """Recall@K: the fraction of queries with a same-class item among their K nearest.
-
-    Args:
-        embeddings: float array (n, d), the queries (and the gallery when
-            `gallery_embeddings` is None: leave-one-out).
-        labels: int array (n,).
-        ks: the K values, e.g. (1, 2, 4, 8) for CUB/Cars, (1, 10, 100, 1000) for SOP.
-        gallery_embeddings, gallery_labels: an optional separate gallery (In-Shop).
-        clip_k, singleton_queries: see the module docstring.
-        backend, block_size: see `knn`.
-
-    Returns:
-        {K: recall} with recall in [0, 1].
-    """
-    ks = [int(k) for k in ks]
-    tbl = neighbour_table(embeddings, labels, gallery_embeddings, gallery_labels, max(ks),
-                     clip_k, backend, block_size)
-    res = retrieval_metrics(tbl, labels, gallery_labels, ks, ("recall",), clip_k=clip_k,
-                            singleton_queries=singleton_queries)
-    return {k: res[f"recall@{k}"] for k in ks}
-
-
-def _r_metric(name, embeddings, labels, gallery_embeddings, gallery_labels,
-              singleton_queries, backend, block_size):
-    need = required_k((), labels, gallery_labels, (name,))
-    tbl = neighbour_table(embeddings, labels, gallery_embeddings, gallery_labels, need, True,
-                     backend, block_size)
-    return retrieval_metrics(tbl, labels, gallery_labels, (), (name,),
-                             singleton_queries=singleton_queries)[name]
-
-
-def map_at_r(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    gallery_embeddings: np.ndarray | None = None,
-    gallery_labels: np.ndarray | None = None,
-    singleton_queries: str = "exclude",
-    backend: str = "auto",
-    block_size: int | None = None,
-) -> float:
-    """MAP@R (Musgrave et al. 2020): mean over queries of (1/R) sum_{i<=R} P(i) rel(i).
-
-    R is the number of gallery items of the query's class (the query itself excluded),
-    rel(i) is 1 when the i-th neighbour is of that class and P(i) is the precision among
-    the first i neighbours. Arguments as in `recall_at_k`.
-    """
-    return _r_metric("map@r", embeddings, labels, gallery_embeddings, gallery_labels,
-                     singleton_queries, backend, block_size)
-
-
-def r_precision(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    gallery_embeddings: np.ndarray | None = None,
-    gallery_labels: np.ndarray | None = None,
-    singleton_queries: str = "exclude",
-    backend: str = "auto",
-    block_size: int | None = None,
-) -> float:
-    """R-precision (Musgrave et al. 2020): mean over queries of (correct among the first
-    R neighbours) / R, with R as in `map_at_r`. Arguments as in `recall_at_k`."""
-    return _r_metric("r_precision", embeddings, labels, gallery_embeddings,
-                     gallery_labels, singleton_queries, backend, block_size)
+# Deprecated (one release): one metric from embeddings; ask
+# hdml_tf.evaluation.evaluate_embeddings for it (these warn when called).
+__getattr__ = deprecation.module_getattr(__name__, lazy={
+    name: f"hdml_tf.evaluation.protocol:{name}"
+    for name in ("recall_at_k", "map_at_r", "r_precision")})

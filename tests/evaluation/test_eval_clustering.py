@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from hdml_tf.evaluation import clustering as C
+from hdml_tf.evaluation import evaluate_embeddings
 
 
 def _brute_pairwise_f1(labels, clusters):
@@ -102,11 +103,21 @@ def test_k_is_the_number_of_classes(monkeypatch):
 
     monkeypatch.setattr(C, "kmeans", spy)
     x, y = _blobs(n_classes=5)
-    C.nmi(x, y)
+    C.clustering_metrics(x, y)
     assert seen["k"] == 5
     x, y = _blobs(n_classes=11)
-    C.f1(x, y)
+    evaluate_embeddings(x, y, metrics=("f1",))
     assert seen["k"] == 11
+
+
+def test_deprecated_nmi_and_f1_warn_and_agree():
+    """nmi() and f1() of embeddings work for one release, each call warning."""
+    x, y = _blobs(n_classes=5)
+    expected = C.clustering_metrics(x, y)
+    with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
+        assert C.nmi(x, y) == expected["nmi"]
+    with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
+        assert C.f1(x, y) == expected["f1"]
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "faiss"])
@@ -147,4 +158,4 @@ def test_invalid():
     with pytest.raises(ValueError):
         C.pairwise_f1_from_clusters([0, 1], [0, 1, 2])
     with pytest.raises(ValueError):
-        C.nmi(x, np.array([0, 1]))
+        C.clustering_metrics(x, np.array([0, 1]))

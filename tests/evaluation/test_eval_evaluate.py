@@ -80,3 +80,25 @@ def test_embed_rejects_bad_data():
     ds = tf.data.Dataset.from_tensor_slices(np.zeros((4, 3), np.float32)).batch(2)
     with pytest.raises(ValueError, match="images, labels"):
         ev.embed(lambda x: x, ds)
+
+
+def test_the_package_re_exports_the_protocol():
+    """The main functions live in evaluation/protocol.py; the package re-exports them."""
+    from hdml_tf.evaluation import protocol
+
+    for name in ("evaluate", "evaluate_embeddings", "embed", "ALL_METRICS", "KS_SMALL"):
+        assert getattr(ev, name) is getattr(protocol, name)
+
+
+def test_deprecated_metric_names_warn_and_map_to_the_metric():
+    """'mapr', 'rp', 'map_at_r', 'r-precision', 'recall@k' are accepted for one release,
+    each with a DeprecationWarning; case is ignored as before."""
+    images, labels = _toy()
+    emb = images.reshape(len(images), -1)
+    expected = ev.evaluate_embeddings(emb, labels, (1,), ("recall", "map@r", "r_precision"))
+    with pytest.warns(DeprecationWarning, match="'mapr'"):
+        got = ev.evaluate_embeddings(emb, labels, (1,), ("Recall@K", "MAPR", "rp"))
+    assert got == expected
+    with pytest.warns(DeprecationWarning, match="'r-precision'"):
+        assert ev.evaluate_embeddings(emb, labels, (1,), ("r-precision",)) == {
+            "r_precision": expected["r_precision"]}

@@ -1,13 +1,30 @@
-"""Tests of hdml_tf.evaluation.retrieval: golden values, brute-force loops, edge cases."""
+"""Tests of hdml_tf.evaluation.retrieval: golden values, brute-force loops, edge cases.
+
+Metrics of embeddings go through the one public entry point,
+`hdml_tf.evaluation.evaluate_embeddings`; the neighbour table through `retrieval.knn`.
+"""
 
 import math
 
 import numpy as np
 import pytest
 
+from hdml_tf import evaluation
+from hdml_tf.evaluation import evaluate_embeddings
 from hdml_tf.evaluation import retrieval as R
 
 BACKENDS = ["numpy", "faiss"]
+
+
+def _recall(x, y, ks, **kwargs):
+    """{K: Recall@K} of embeddings ``x`` with labels ``y``."""
+    res = evaluate_embeddings(x, y, ks, ("recall",), **kwargs)
+    return {k: res[f"recall@{k}"] for k in ks}
+
+
+def _metric(x, y, name, **kwargs):
+    """One of "map@r", "r_precision" of embeddings ``x`` with labels ``y``."""
+    return evaluate_embeddings(x, y, (), (name,), **kwargs)[name]
 
 
 def _circle(degrees):
@@ -103,10 +120,10 @@ def test_golden_circle(backend):
     """
     x = _circle([0, 10, 25, 205, 90, 100])
     y = np.array([0, 0, 1, 1, 2, 2])
-    rec = R.recall_at_k(x, y, (1, 2, 4, 5), backend=backend)
+    rec = _recall(x, y, (1, 2, 4, 5), backend=backend)
     assert rec == pytest.approx({1: 4 / 6, 2: 4 / 6, 4: 4 / 6, 5: 1.0})
-    assert R.map_at_r(x, y, backend=backend) == pytest.approx(4 / 6)
-    assert R.r_precision(x, y, backend=backend) == pytest.approx(4 / 6)
+    assert _metric(x, y, "map@r", backend=backend) == pytest.approx(4 / 6)
+    assert _metric(x, y, "r_precision", backend=backend) == pytest.approx(4 / 6)
     t = R.knn(x, None, 5, backend=backend)
     np.testing.assert_array_equal(t.indices[2], [1, 0, 4, 5, 3])
     np.testing.assert_array_equal(t.indices[3], [5, 4, 0, 1, 2])
@@ -143,7 +160,7 @@ def test_ties_identical_points(backend):
     t = R.knn(x, None, 4, backend=backend)
     for i in range(5):
         assert t.indices[i].tolist() == [j for j in range(5) if j != i]
-    assert R.recall_at_k(x, y, (1, 2), backend=backend) == pytest.approx({1: 0.2, 2: 0.8})
+    assert _recall(x, y, (1, 2), backend=backend) == pytest.approx({1: 0.2, 2: 0.8})
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -156,8 +173,8 @@ def test_tie_at_the_cut_takes_lower_index(backend):
     y = np.array([0, 1, 2, 0, 3])
     t = R.knn(x[:1], x[1:], 2, backend=backend)
     assert t.indices[0].tolist() == [0, 1]  # gallery indices of items 1 and 2
-    rec = R.recall_at_k(x[:1], y[:1], (2, 3), gallery_embeddings=x[1:], gallery_labels=y[1:],
-                        backend=backend)
+    rec = _recall(x[:1], y[:1], (2, 3), gallery_embeddings=x[1:], gallery_labels=y[1:],
+                  backend=backend)
     assert rec == {2: 0.0, 3: 1.0}
 
 
@@ -173,8 +190,6 @@ def test_leave_one_out_matches_brute_force(dtype, backend, singletons):
     x, y = _random_set(dtype=dtype)
     ks = (1, 2, 4, 8, 16)
     expected, ranks = _brute_metrics(x, y, ks=ks, singletons=singletons)
-    from hdml_tf.evaluation import evaluate_embeddings
-
     got = evaluate_embeddings(x, y, ks, ("recall", "map@r", "r_precision"), backend=backend,
                               block_size=10, singleton_queries=singletons)
     assert got == pytest.approx(expected, abs=1e-12)
@@ -190,8 +205,6 @@ def test_query_gallery_matches_brute_force(dtype, backend):
     ql = ql.copy()
     ql[0] = 99  # a query class absent from the gallery: singleton rule applies
     expected, ranks = _brute_metrics(q, ql, g, gl, ks=(1, 5, 10))
-    from hdml_tf.evaluation import evaluate_embeddings
-
     got = evaluate_embeddings(q, ql, (1, 5, 10), ("recall", "map@r", "r_precision"),
                               gallery_embeddings=g, gallery_labels=gl, backend=backend,
                               block_size=9)
@@ -222,12 +235,12 @@ def test_singleton_rule():
     exclude: Recall@1 = 2/2 = 1; miss: 2/3. MAP@R likewise 1 and 2/3."""
     x = _circle([0, 10, 20])
     y = np.array([0, 0, 1])
-    assert R.recall_at_k(x, y, (1,)) == {1: 1.0}
-    assert R.recall_at_k(x, y, (1,), singleton_queries="miss") == {1: pytest.approx(2 / 3)}
-    assert R.map_at_r(x, y) == pytest.approx(1.0)
-    assert R.map_at_r(x, y, singleton_queries="miss") == pytest.approx(2 / 3)
+    assert _recall(x, y, (1,)) == {1: 1.0}
+    assert _recall(x, y, (1,), singleton_queries="miss") == {1: pytest.approx(2 / 3)}
+    assert _metric(x, y, "map@r") == pytest.approx(1.0)
+    assert _metric(x, y, "map@r", singleton_queries="miss") == pytest.approx(2 / 3)
     with pytest.warns(UserWarning):
-        assert math.isnan(R.recall_at_k(x, np.array([0, 1, 2]), (1,))[1])
+        assert math.isnan(_recall(x, np.array([0, 1, 2]), (1,))[1])
 
 
 def test_k_larger_than_gallery():
@@ -236,15 +249,15 @@ def test_k_larger_than_gallery():
     x = _circle([0, 90, 180, 270])
     y = np.array([0, 1, 0, 1])
     with pytest.raises(ValueError, match="at most 3"):
-        R.recall_at_k(x, y, (1, 4))
+        _recall(x, y, (1, 4))
     with pytest.raises(ValueError, match="at most 3"):
         R.knn(x, None, 4)
-    rec = R.recall_at_k(x, y, (1, 4), clip_k=True)
+    rec = _recall(x, y, (1, 4), clip_k=True)
     # Query 0 (0 deg): neighbours 90 and 270 tie at cos = 0 (floating point may break
     # the tie either way), 180 last: Recall@1 = 0 for every query.
     assert rec == {1: 0.0, 4: 1.0}
     with pytest.raises(ValueError, match="at most 2"):
-        R.recall_at_k(x[:2], y[:2], (3,), gallery_embeddings=x[2:], gallery_labels=y[2:])
+        _recall(x[:2], y[:2], (3,), gallery_embeddings=x[2:], gallery_labels=y[2:])
 
 
 def test_invalid_inputs():
@@ -252,17 +265,52 @@ def test_invalid_inputs():
     with pytest.raises(ValueError, match="NaN"):
         R.knn(np.array([[np.nan, 1.0], [0.0, 1.0]]), None, 1)
     with pytest.raises(ValueError, match="labels"):
-        R.recall_at_k(x, np.array([0, 1]), (1,))
+        _recall(x, np.array([0, 1]), (1,))
     with pytest.raises(ValueError, match="backend"):
         R.knn(x, None, 1, backend="gpu")
     with pytest.raises(ValueError, match="gallery"):
-        R.recall_at_k(x, np.array([0, 0, 1]), (1,), gallery_embeddings=x)
+        _recall(x, np.array([0, 0, 1]), (1,), gallery_embeddings=x)
 
 
 def test_inputs_are_normalised():
     """Scaling an embedding does not change cosine neighbours."""
     x, y = _random_set()
     scale = np.random.default_rng(0).uniform(0.1, 10, (x.shape[0], 1)).astype(np.float32)
-    a = R.recall_at_k(x, y, (1, 4))
-    b = R.recall_at_k(x * scale, y, (1, 4))
+    a = _recall(x, y, (1, 4))
+    b = _recall(x * scale, y, (1, 4))
     assert a == pytest.approx(b)
+
+
+def test_k_rule_is_one_function():
+    """max_retrievable: N - 1 leave-one-out, the gallery size otherwise; k_within_reach
+    keeps a K within it, clips it with clip_k, and otherwise names what was asked."""
+    assert R.max_retrievable(5, exclude_self=True) == 4
+    assert R.max_retrievable(5, exclude_self=False) == 5
+    assert R.k_within_reach(4, 4, clip_k=False, asked="K=4") == 4
+    assert R.k_within_reach(9, 4, clip_k=True, asked="K=9") == 4
+    with pytest.raises(ValueError, match="Recall@9 asked but a query can retrieve at most 4"):
+        R.k_within_reach(9, 4, clip_k=False, asked="Recall@9")
+
+
+def test_deprecated_one_metric_functions_warn_and_agree():
+    """recall_at_k, map_at_r, r_precision (package and retrieval module) still work for
+    one release, each call with a DeprecationWarning, and give evaluate_embeddings'
+    numbers."""
+    x, y = _random_set()
+    for module in (evaluation, R):
+        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
+            assert module.recall_at_k(x, y, (1, 4), backend="numpy") == _recall(
+                x, y, (1, 4), backend="numpy")
+        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
+            assert module.map_at_r(x, y) == _metric(x, y, "map@r")
+        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
+            assert module.r_precision(x, y) == _metric(x, y, "r_precision")
+
+
+def test_deprecated_package_level_building_blocks():
+    """Building blocks imported from the package warn and name their module."""
+    with pytest.warns(DeprecationWarning, match="hdml_tf.evaluation.retrieval.knn"):
+        assert evaluation.knn is R.knn
+    with pytest.warns(DeprecationWarning, match="clustering.clustering_metrics"):
+        from hdml_tf.evaluation import clustering_metrics
+    assert clustering_metrics is evaluation.clustering.clustering_metrics
