@@ -18,6 +18,8 @@ import pkgutil
 import sys
 import typing
 
+from hdml_tf import params as params_lib
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
@@ -50,35 +52,19 @@ class DataConfig:
 
 
 @dataclasses.dataclass
-class ModelConfig:
-    """Backbone, embedding and the HDML objective (see docs/method.md).
+class ModelConfig(params_lib.HDMLParams):
+    """Backbone and embedding, plus the HDML objective: every field of
+    `hdml_tf.params.HDMLParams` (its names and defaults; see docs/method.md).
 
     ``lrn`` (inception_v1 only; other backbones have no LRN and ignore it): "caffe"
     (BVLC's LRN) or "authors" (the HDML authors' TF1 LRN, what produced the paper's
-    numbers). ``weight_decay_scope``: "kernels" or
-    "authors" (every backbone and head variable but BatchNorm's, biases included).
-    ``j_avg_init`` / ``j_gen_avg_init``: the running statistics' starting values.
+    numbers).
     """
 
     backbone: str = "inception_v1"
     weights: typing.Optional[str] = None
     lrn: str = "caffe"
     embedding_dim: int = 128
-    loss: str = "npair"
-    hdml: bool = True
-    alpha: float = 90.0
-    beta: float = 1e4
-    lambda_gen: float = 0.5
-    softmax_factor: float = 1e4
-    l2_reg: float = 3e-3
-    margin: float = 1.0
-    weight_decay: float = 5e-3
-    weight_decay_scope: str = "kernels"
-    window: int = 64
-    j_avg_init: float = 1e6
-    j_gen_avg_init: float = 1e6
-    record_weighted_jm: bool = True
-    generator_hidden: int = 512
 
 
 @dataclasses.dataclass
@@ -88,9 +74,9 @@ class OptimConfig:
     ``adam_epsilon``: Keras' default 1e-7, or the authors' (TF1) 1e-8.
     """
 
-    lr_metric: float = 7e-5
-    lr_gen: float = 1e-2
-    lr_cls: float = 1e-3
+    lr_metric: float = params_lib.DEFAULT_LEARNING_RATES["metric"]
+    lr_gen: float = params_lib.DEFAULT_LEARNING_RATES["generator"]
+    lr_cls: float = params_lib.DEFAULT_LEARNING_RATES["classifier"]
     lr_decay_steps: typing.Tuple[int, ...] = ()
     lr_decay_factor: float = 0.5
     adam_epsilon: float = 1e-7
@@ -336,19 +322,28 @@ def shrink_for_smoke(config):
     return config
 
 
+def classes_per_batch(config):
+    """P (N-pair: batch_size / 2 pairs) or T (triplet: batch_size / 3 triplets): the
+    tuples of one batch, whose anchors are of distinct classes."""
+    return config.data.batch_size // params_lib.tuple_size(config.model.loss)
+
+
+def _validate_batch(config):
+    d, loss = config.data, config.model.loss
+    if loss not in params_lib.LOSSES:
+        raise ConfigError(f"model.loss: expected 'npair' or 'triplet', got {loss!r}")
+    if d.batch_size < 2:
+        raise ConfigError(f"data.batch_size: must be at least 2, got {d.batch_size}")
+    if d.batch_size % params_lib.tuple_size(loss):
+        rule = ("an N-pair batch holds 2P images, so it must be even" if loss == "npair"
+                else "a triplet batch holds 3T images, so it must be divisible by 3")
+        raise ConfigError(f"data.batch_size: {rule}; got {d.batch_size}")
+
+
 def validate(config):
     """Checks that need no data. Raises ConfigError naming the key."""
     d, m, o, t = config.data, config.model, config.optim, config.train
-    if m.loss not in ("npair", "triplet"):
-        raise ConfigError(f"model.loss: expected 'npair' or 'triplet', got {m.loss!r}")
-    if d.batch_size < 2:
-        raise ConfigError(f"data.batch_size: must be at least 2, got {d.batch_size}")
-    if m.loss == "npair" and d.batch_size % 2:
-        raise ConfigError(f"data.batch_size: an N-pair batch holds 2P images, so it must "
-                          f"be even; got {d.batch_size}")
-    if m.loss == "triplet" and d.batch_size % 3:
-        raise ConfigError(f"data.batch_size: a triplet batch holds 3T images, so it must "
-                          f"be divisible by 3; got {d.batch_size}")
+    _validate_batch(config)
     for key, value in (("data.crop", d.crop), ("data.resize", d.resize),
                        ("model.embedding_dim", m.embedding_dim), ("model.window", m.window),
                        ("train.steps", t.steps), ("train.steps_per_epoch", t.steps_per_epoch),
@@ -378,7 +373,7 @@ def validate(config):
                                 ("train.precision", t.precision, PRECISIONS),
                                 ("model.lrn", m.lrn, ("caffe", "authors")),
                                 ("model.weight_decay_scope", m.weight_decay_scope,
-                                 ("kernels", "authors"))):
+                                 params_lib.WEIGHT_DECAY_SCOPES)):
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
     for key, value in (("model.j_avg_init", m.j_avg_init),
@@ -406,8 +401,7 @@ def validate(config):
 
 def check_against_dataset(config, num_train_classes):
     """Checks that need the dataset's size, run before training starts."""
-    per_batch = (config.data.batch_size // 2 if config.model.loss == "npair"
-                 else config.data.batch_size // 3)
+    per_batch = classes_per_batch(config)
     if per_batch > num_train_classes:
         what = "P = batch_size / 2" if config.model.loss == "npair" else "T = batch_size / 3"
         raise ConfigError(f"data.batch_size: {config.data.batch_size} needs {what} = "

@@ -20,18 +20,19 @@ Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019, Sec. 
 the authors' TF1 code (``main_npair.py``, ``lib/HDML.py``).
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 
 import hdml_tf.backbones  # noqa: F401  (registers the serialisable backbones for loading)
 from hdml_tf import objectives
 from hdml_tf import synthesis
+from hdml_tf.params import DEFAULT_LEARNING_RATES, WEIGHT_DECAY_SCOPES, HDMLParams
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
-WEIGHT_DECAY_SCOPES = ("kernels", "authors")
 OBJECTIVES = ("metric", "generator", "classifier")
-DEFAULT_LEARNING_RATES = {"metric": 1e-4, "generator": 1e-2, "classifier": 1e-3}
 
 
 # ------------------------------------------------------------------- sub-networks
@@ -200,6 +201,33 @@ class NonFiniteTrainingError(RuntimeError):
     """The metric step was skipped for a whole window: training cannot go on."""
 
 
+# Attribute names of the HDMLParams fields that differ (keras.Model has ``loss``).
+_ATTRIBUTES = {"loss": "loss_type"}
+
+
+def _stat_init_as_fields(kwargs):
+    """``stat_init`` (both initial statistics at once) as j_avg_init / j_gen_avg_init
+    where those are missing or None."""
+    kwargs = dict(kwargs)
+    stat_init = kwargs.pop("stat_init", None)
+    for key in ("j_avg_init", "j_gen_avg_init"):
+        if kwargs.get(key) is None:
+            kwargs.pop(key, None)
+            if stat_init is not None:
+                kwargs[key] = stat_init
+    return kwargs
+
+
+def _check(params, num_classes):
+    if int(params.window) < 1:
+        raise ValueError(f"window={params.window!r}: must be a positive number of steps")
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes={num_classes!r}: need at least 2 classes")
+    if params.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
+        raise ValueError(f"weight_decay_scope={params.weight_decay_scope!r}: expected one "
+                         f"of {WEIGHT_DECAY_SCOPES}")
+
+
 # --------------------------------------------------------------------------- HDML
 
 
@@ -229,116 +257,77 @@ class HDML(keras.Model):
     Args:
       embedder: the `Embedder` (F and H); ``model.embedder`` is what gets exported.
       num_classes: number of training classes (the softmax classifier C).
-      loss: "npair" or "triplet".
-      hdml: False gives the paper's baseline: only J_m and the metric optimizer.
-      alpha: λ = exp(-alpha / J_avg) (authors' code: 90 for both variants; the paper
-        text reports 7 for triplet).
-      beta: w = exp(-beta / J_gen_avg) (1e4 Cars196, 5e3 CUB and SOP).
-      lambda_gen: trade-off between J_recon and J_soft (0.5).
-      softmax_factor: s, the scale of J_soft (1e4 in the official code).
-      l2_reg: N-pair embedding-norm penalty (3e-3 Cars196, 1.5e-2 CUB).
-      margin: triplet margin (1.0).
-      weight_decay: wd, adding wd * sum(||v||^2) / 2 to J_m.
-      weight_decay_scope: which embedder variables decay: "kernels" (convolution and
-        dense kernels) or "authors" (every trainable variable of backbone and head but
-        BatchNorm's, biases included, as ``main_npair.py`` does).
-      window: W, steps per window of the running statistics (official 64).
-      j_avg_init, j_gen_avg_init: initial J_avg and J_gen_avg (default ``stat_init``).
-      stat_init: both initial values at once (1e6: λ ~ 1 and w ~ 1 at first).
-      record_weighted_jm: record w * J_m in J_avg (official) instead of the raw J_m.
-      generator_hidden: hidden units of G (512).
       synchronized_bn: synchronise G's BatchNorm across replicas.
+      **kwargs: the fields of `hdml_tf.params.HDMLParams` (``loss``, ``hdml``,
+        ``alpha``, ``beta``, ...: the method's hyper-parameters, documented and
+        defaulted there; ``HDML(embedder, num_classes, **dataclasses.asdict(params))``),
+        and ``keras.Model``'s own (``name``, ``dtype``). ``stat_init``, deprecated,
+        sets ``j_avg_init`` and ``j_gen_avg_init`` at once.
     """
 
-    def __init__(
-        self,
-        embedder,
-        num_classes,
-        loss="npair",
-        hdml=True,
-        alpha=90.0,
-        beta=1e4,
-        lambda_gen=0.5,
-        softmax_factor=1e4,
-        l2_reg=3e-3,
-        margin=1.0,
-        weight_decay=0.0,
-        weight_decay_scope="kernels",
-        window=64,
-        stat_init=1e6,
-        j_avg_init=None,
-        j_gen_avg_init=None,
-        record_weighted_jm=True,
-        generator_hidden=512,
-        synchronized_bn=False,
-        **kwargs,
-    ):
+    def __init__(self, embedder, num_classes, synchronized_bn=False, **kwargs):
+        if "stat_init" in kwargs:
+            warnings.warn("HDML(stat_init=...) is deprecated: pass j_avg_init and "
+                          "j_gen_avg_init", DeprecationWarning, stacklevel=2)
+        kwargs = _stat_init_as_fields(kwargs)
+        params = HDMLParams(**{k: kwargs.pop(k) for k in HDMLParams.names() if k in kwargs})
         kwargs.setdefault("name", "hdml")
         super().__init__(**kwargs)
-        self.parts = objectives.variant(loss, l2_reg=l2_reg, margin=margin)
-        if int(window) < 1:
-            raise ValueError(f"window={window!r}: must be a positive number of steps")
-        if int(num_classes) < 2:
-            raise ValueError(f"num_classes={num_classes!r}: need at least 2 classes")
-        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-            raise ValueError(f"weight_decay_scope={weight_decay_scope!r}: expected one of "
-                             f"{WEIGHT_DECAY_SCOPES}")
+        self.parts = objectives.variant(params.loss, l2_reg=params.l2_reg,
+                                        margin=params.margin)
+        _check(params, num_classes)
+        for name, value in params.hdml_kwargs().items():
+            setattr(self, _ATTRIBUTES.get(name, name), value)
         self.embedder = embedder
         self.num_classes = int(num_classes)
-        self.loss_type = loss
-        self.hdml = bool(hdml)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-        self.lambda_gen = float(lambda_gen)
-        self.softmax_factor = float(softmax_factor)
-        self.l2_reg = float(l2_reg)
-        self.margin = float(margin)
-        self.weight_decay = float(weight_decay)
-        self.weight_decay_scope = weight_decay_scope
-        self.window = int(window)
-        self.stat_init = float(stat_init)
-        self.j_avg_init = float(stat_init if j_avg_init is None else j_avg_init)
-        self.j_gen_avg_init = float(stat_init if j_gen_avg_init is None else j_gen_avg_init)
-        self.record_weighted_jm = bool(record_weighted_jm)
-        self.generator_hidden = int(generator_hidden)
         self.synchronized_bn = bool(synchronized_bn)
-        self.generator = Generator(embedder.feature_dim, generator_hidden,
-                                   synchronized_bn=synchronized_bn, name="generator",
+        self.generator = Generator(embedder.feature_dim, self.generator_hidden,
+                                   synchronized_bn=self.synchronized_bn, name="generator",
                                    dtype=self.dtype_policy)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier",
                                              dtype=self.dtype_policy)
         # Set by `compile`; one per objective, each over its own variables.
         self.metric_optimizer = self.generator_optimizer = self.classifier_optimizer = None
+        self._add_statistics()
+        names = ["j_m", "weight_decay"]
+        if self.hdml:
+            names += ["j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls",
+                      "lambda", "w", "hardened_fraction"]
+        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+
+    @property
+    def params(self):
+        """The model's `HDMLParams` (``HDML(embedder, num_classes, **asdict(params))``
+        builds the same model)."""
+        return HDMLParams(**{name: getattr(self, _ATTRIBUTES.get(name, name))
+                             for name in HDMLParams.names()})
+
+    def _add_statistics(self):
+        """Running statistics (spec step 11) and non-finite bookkeeping, as weights:
+        saved and restored with the model."""
 
         def stat(name, value):
             return self.add_weight(shape=(), initializer=keras.initializers.Constant(value),
                                    trainable=False, aggregation="mean", dtype="float32",
                                    name=name)
 
-        # Running statistics (spec step 11): saved and restored with the model.
         self.j_avg = stat("j_avg", self.j_avg_init)
         self.j_gen_avg = stat("j_gen_avg", self.j_gen_avg_init)
         self._j_m_sum = stat("j_m_window_sum", 0.0)
         self._j_m_count = stat("j_m_window_count", 0.0)
         self._j_gen_sum = stat("j_gen_window_sum", 0.0)
         self._j_gen_count = stat("j_gen_window_count", 0.0)
-        # Non-finite bookkeeping: steps with any skip or fallback, each kind, the
-        # current run of skipped metric steps and the last finite J_m before it.
+        # Steps with any skip or fallback, each kind, the current run of skipped
+        # metric steps and the last finite J_m before it.
         self.nonfinite_steps = stat("nonfinite_steps", 0.0)
         self.skipped_steps = {name: stat(f"{name}_skipped_steps", 0.0)
-                              for name in ("metric", "generator", "classifier")}
+                              for name in OBJECTIVES}
         self.syn_fallback_steps = stat("syn_fallback_steps", 0.0)
         self.metric_skip_run = stat("metric_skip_run", 0.0)
         self.last_finite = {name: stat(f"last_finite_{name}", float("nan"))
                             for name in ("j_m", "j_metric", "step")}
         self.steps_taken = stat("steps_taken", 0.0)
         self.last_hardened_fraction = stat("last_hardened_fraction", 0.0)
-
-        names = ["j_m", "weight_decay"]
-        if self.hdml:
-            names += ["j_syn", "j_metric", "j_recon", "j_soft", "j_gen", "j_cls",
-                      "lambda", "w", "hardened_fraction"]
-        self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
 
     # ----------------------------------------------------------------- building
 
@@ -405,7 +394,7 @@ class HDML(keras.Model):
         are attributes, built by `build_optimizers`.
 
         Args:
-          metric_optimizer: J_metric over F and H (default Adam(1e-4)).
+          metric_optimizer: J_metric over F and H (default Adam(7e-5), the authors').
           generator_optimizer: J_gen over G (default Adam(1e-2)).
           classifier_optimizer: J_cls over C (default Adam(1e-3)).
           **kwargs: passed to ``keras.Model.compile`` (e.g. ``jit_compile``,
@@ -858,32 +847,16 @@ class HDML(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            embedder=keras.saving.serialize_keras_object(self.embedder),
-            num_classes=self.num_classes,
-            loss=self.loss_type,
-            hdml=self.hdml,
-            alpha=self.alpha,
-            beta=self.beta,
-            lambda_gen=self.lambda_gen,
-            softmax_factor=self.softmax_factor,
-            l2_reg=self.l2_reg,
-            margin=self.margin,
-            weight_decay=self.weight_decay,
-            weight_decay_scope=self.weight_decay_scope,
-            window=self.window,
-            stat_init=self.stat_init,
-            j_avg_init=self.j_avg_init,
-            j_gen_avg_init=self.j_gen_avg_init,
-            record_weighted_jm=self.record_weighted_jm,
-            generator_hidden=self.generator_hidden,
-            synchronized_bn=self.synchronized_bn,
-        )
+        config.update(embedder=keras.saving.serialize_keras_object(self.embedder),
+                      num_classes=self.num_classes, synchronized_bn=self.synchronized_bn,
+                      **self.params.hdml_kwargs())
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        # Files written before HDMLParams also hold stat_init (j_avg_init and
+        # j_gen_avg_init resolved, or absent in the oldest).
+        config = _stat_init_as_fields(config)
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
         return cls(**config)
 

@@ -116,13 +116,13 @@ def load_splits(config):
 def training_dataset(config, train_split, preprocessing, start_batch=0):
     from hdml_tf.data import sampling
 
-    d, loss = config.data, config.model.loss
+    d = config.data
     common = dict(seed=config.train.seed, resize=d.resize, crop=d.crop, flip=d.flip,
                   preprocessing=preprocessing, cache=d.cache, start_batch=start_batch,
                   sampler=d.sampler)
-    if loss == "npair":
-        return sampling.npair_dataset(train_split, d.batch_size // 2, **common)
-    return sampling.triplet_dataset(train_split, d.batch_size // 3, **common)
+    build = {"npair": sampling.npair_dataset, "triplet": sampling.triplet_dataset}
+    return build[config.model.loss](train_split, config_lib.classes_per_batch(config),
+                                    **common)
 
 
 def evaluation_dataset(config, split, preprocessing):
@@ -168,14 +168,7 @@ def build_model(config, num_classes):
         backbone = build_backbone(m.backbone, weights=m.weights,
                                   input_shape=(d.crop, d.crop, 3), **backbone_kwargs)
         embedder = Embedder(backbone, embedding_dim=m.embedding_dim, synchronized_bn=sync_bn)
-        model = HDML(embedder, num_classes=num_classes, loss=m.loss, hdml=m.hdml,
-                     alpha=m.alpha, beta=m.beta, lambda_gen=m.lambda_gen,
-                     softmax_factor=m.softmax_factor, l2_reg=m.l2_reg, margin=m.margin,
-                     weight_decay=m.weight_decay, weight_decay_scope=m.weight_decay_scope,
-                     window=m.window, j_avg_init=m.j_avg_init,
-                     j_gen_avg_init=m.j_gen_avg_init,
-                     record_weighted_jm=m.record_weighted_jm,
-                     generator_hidden=m.generator_hidden, synchronized_bn=sync_bn,
+        model = HDML(embedder, num_classes, synchronized_bn=sync_bn, **m.hdml_kwargs(),
                      # G, C and the losses in float32 whatever the embedder computes in.
                      dtype="float32" if precision != "float32" else None)
     finally:
@@ -451,7 +444,7 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     chief = is_chief(strategy)
     scratch = _scratch_dir(workdir, strategy)
     replicas = strategy.num_replicas_in_sync
-    per_batch = config.data.batch_size // (2 if config.model.loss == "npair" else 3)
+    per_batch = config_lib.classes_per_batch(config)
     if per_batch % replicas:
         raise config_lib.ConfigError(
             f"data.batch_size: {per_batch} classes per batch do not split evenly over "

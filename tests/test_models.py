@@ -305,6 +305,41 @@ def test_bad_batch_layout_is_explained():
         model.train_on_batch(x, y)
 
 
+def test_hdml_params_are_the_models_arguments_and_config():
+    """One source: HDMLParams' fields are HDML's keyword arguments and get_config's
+    keys, and the experiment config's model section holds the same defaults."""
+    import dataclasses
+
+    from hdml_tf.config import ModelConfig
+    from hdml_tf.params import HDMLParams
+
+    params = HDMLParams(loss="triplet", alpha=7.0, beta=5e3, weight_decay=1e-3,
+                        weight_decay_scope="authors", window=3, j_avg_init=2.0)
+    model = HDML(Embedder(tiny_backbone()), NUM_CLASSES, **dataclasses.asdict(params))
+    assert model.params == params
+    config = model.get_config()
+    assert {k: config[k] for k in HDMLParams.names()} == dataclasses.asdict(params)
+    assert HDML.from_config(config).params == params
+    default = HDML(Embedder(tiny_backbone()), NUM_CLASSES)
+    assert default.params == HDMLParams() == HDMLParams(**ModelConfig().hdml_kwargs())
+    assert default.weight_decay == 5e-3  # the authors' Regular_factor, as ModelConfig
+
+
+def test_stat_init_is_a_deprecated_alias():
+    """Configs saved before HDMLParams hold stat_init (the oldest without
+    j_avg_init / j_gen_avg_init); HDML(stat_init=...) still works, with a warning."""
+    with pytest.warns(DeprecationWarning, match="stat_init"):
+        model = HDML(Embedder(tiny_backbone()), NUM_CLASSES, stat_init=5.0, j_avg_init=None)
+    assert (model.j_avg_init, model.j_gen_avg_init) == (5.0, 5.0)
+    config = model.get_config()
+    assert "stat_init" not in config
+    oldest = {k: v for k, v in config.items() if k not in ("j_avg_init", "j_gen_avg_init")}
+    restored = HDML.from_config(dict(oldest, stat_init=3.0))
+    assert (restored.j_avg_init, restored.j_gen_avg_init) == (3.0, 3.0)
+    saved = HDML.from_config(dict(config, stat_init=1e6))  # resolved values win
+    assert (saved.j_avg_init, saved.j_gen_avg_init) == (5.0, 5.0)
+
+
 def test_constructor_validation():
     with pytest.raises(ValueError, match="loss='lifted'"):
         HDML(Embedder(tiny_backbone()), num_classes=3, loss="lifted")

@@ -1,0 +1,88 @@
+"""HDML's hyper-parameters: the one place their names and defaults are written.
+
+`HDMLParams` lists the keyword arguments of ``hdml_tf.models.HDML`` that define the
+method (``HDML(embedder, num_classes, **dataclasses.asdict(params))``); the
+experiment config's ``model`` section (``hdml_tf.config.ModelConfig``) is an
+`HDMLParams` plus the backbone settings, so ``--set model.alpha=...`` and
+``HDML(alpha=...)`` are the same field with the same default.
+`DEFAULT_LEARNING_RATES` are the three optimizers' defaults for ``HDML.compile`` and
+``OptimConfig``. Defaults follow the authors' ``FLAGS.py`` (Cars196 settings).
+
+Imports no TensorFlow: ``hdml-tf presets`` reads the configs without starting it.
+"""
+
+import dataclasses
+
+LOSSES = ("npair", "triplet")
+WEIGHT_DECAY_SCOPES = ("kernels", "authors")
+# Images per tuple: an N-pair batch is P (anchor, positive) pairs, a triplet batch T
+# (anchor, positive, negative) triplets.
+TUPLE_SIZE = {"npair": 2, "triplet": 3}
+# The authors' init_learning_rate (7e-5, Cars196), lr_gen and s_lr.
+DEFAULT_LEARNING_RATES = {"metric": 7e-5, "generator": 1e-2, "classifier": 1e-3}
+
+
+@dataclasses.dataclass
+class HDMLParams:
+    """The method's hyper-parameters (Zheng et al., CVPR 2019; docs/method.md).
+
+    Attributes:
+      loss: "npair" or "triplet".
+      hdml: False gives the paper's baseline: only J_m and the metric optimizer.
+      alpha: λ = exp(-alpha / J_avg) (authors' code: 90 for both variants; the paper
+        text reports 7 for triplet).
+      beta: w = exp(-beta / J_gen_avg) (1e4 Cars196, 5e3 CUB and SOP).
+      lambda_gen: trade-off between J_recon and J_soft (0.5).
+      softmax_factor: s, the scale of J_soft (1e4 in the official code).
+      l2_reg: N-pair embedding-norm penalty (3e-3 Cars196, 1.5e-2 CUB).
+      margin: triplet margin (1.0).
+      weight_decay: wd, adding wd * sum(||v||^2) / 2 to J_m (the authors'
+        Regular_factor, 5e-3).
+      weight_decay_scope: which embedder variables decay: "kernels" (convolution and
+        dense kernels) or "authors" (every trainable variable of backbone and head but
+        BatchNorm's, biases included, as ``main_npair.py`` does).
+      window: W, steps per window of the running statistics (official 64).
+      j_avg_init, j_gen_avg_init: initial J_avg and J_gen_avg (1e6: λ ~ 1 and w ~ 1
+        at first).
+      record_weighted_jm: record w * J_m in J_avg (official) instead of the raw J_m.
+      generator_hidden: hidden units of G (512).
+    """
+
+    loss: str = "npair"
+    hdml: bool = True
+    alpha: float = 90.0
+    beta: float = 1e4
+    lambda_gen: float = 0.5
+    softmax_factor: float = 1e4
+    l2_reg: float = 3e-3
+    margin: float = 1.0
+    weight_decay: float = 5e-3
+    weight_decay_scope: str = "kernels"
+    window: int = 64
+    j_avg_init: float = 1e6
+    j_gen_avg_init: float = 1e6
+    record_weighted_jm: bool = True
+    generator_hidden: int = 512
+
+    def __post_init__(self):
+        # HDML(alpha=90) and HDML(alpha=90.0) hold the same float (as before).
+        for field in dataclasses.fields(HDMLParams):
+            if field.type in (int, float, bool):
+                setattr(self, field.name, field.type(getattr(self, field.name)))
+
+    @classmethod
+    def names(cls):
+        """The field names, in order."""
+        return tuple(field.name for field in dataclasses.fields(HDMLParams))
+
+    def hdml_kwargs(self):
+        """Only the `HDMLParams` fields, as keyword arguments for ``HDML`` (a
+        ``ModelConfig`` also holds backbone settings)."""
+        return {name: getattr(self, name) for name in HDMLParams.names()}
+
+
+def tuple_size(loss):
+    """Images per tuple: 2 for "npair", 3 for "triplet"."""
+    if loss not in TUPLE_SIZE:
+        raise ValueError(f"loss={loss!r}: expected one of {LOSSES}")
+    return TUPLE_SIZE[loss]
