@@ -276,8 +276,6 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
     """Measure, print the table, and return the rows (dicts) for callers and tests."""
     import tensorflow as tf
 
-    from hdml_tf.data import preprocess
-
     d = config.data
     facts = dict(DATASETS.get(d.name, _DEFAULT_FACTS))
     gpus = tf.config.list_logical_devices("GPU")
@@ -293,21 +291,32 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
     out(f"step: {config.model.backbone}, batch {d.batch_size} ({pairs} pairs), "
         f"{d.crop}x{d.crop} px, {num_classes} classes; {warmup} warm-up + {repeats} x "
         f"{steps} timed steps per row, median repeat")
+    if xla is None:  # XLA rows where users train: on a GPU (on a CPU the compile dominates)
+        xla = device_type == "GPU" and not smoke
+    rows, preprocessing = _step_rows(config, device_type, num_classes, xla, out, timing=dict(
+        warmup=warmup, repeats=repeats, steps=steps,
+        eval_batch=min(d.eval_batch_size, d.batch_size)))
+    rates = _pipeline_measurement(d, facts["size"], pairs, preprocessing, smoke, repeats, out)
+    rows += _pipeline_rows(d, facts["size"], rates)
+    best = _add_estimates(config, facts, rows, rates)
+    _print_table(rows, d.batch_size, device_type, out)
+    _print_notes(config, best, rates, device_type, load_start, out)
+    return rows
 
+
+def _step_rows(config, device_type, num_classes, xla, out, timing):
+    """One row per (precision, baseline / HDML) step measured by :func:`time_step`, the
+    HDML row with its ``ratio`` to the baseline; also the backbone's preprocessing mode."""
     rows = []
     started = time.perf_counter()
     preprocessing = config.model.backbone
-    eval_batch = min(d.eval_batch_size, d.batch_size)
-    if xla is None:  # XLA rows where users train: on a GPU (on a CPU the compile dominates)
-        xla = device_type == "GPU" and not smoke
     for variant in variants_for(device_type, xla=xla):
         pair = {}
         for hdml in (False, True):
             c = copy.deepcopy(config)
             c.model.hdml = hdml
             try:
-                r = time_step(c, variant, num_classes, warmup=warmup, repeats=repeats,
-                              steps=steps, eval_batch=eval_batch, device_type=device_type)
+                r = time_step(c, variant, num_classes, device_type=device_type, **timing)
             except Exception as error:  # noqa: BLE001 - a precision the device lacks
                 out(f"  {variant.name}, {'HDML' if hdml else 'baseline'}: not measured "
                     f"({type(error).__name__}: {str(error).splitlines()[0][:120]})")
@@ -321,27 +330,42 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
             rows.append(r)
         if len(pair) == 2:
             pair["HDML"]["ratio"] = pair["HDML"]["ms"] / pair["baseline"]["ms"]
+    return rows, preprocessing
 
-    w, h = facts["size"]
-    per_class = 2 if smoke else 4
+
+def _pipeline_measurement(d, size, pairs, preprocessing, smoke, repeats, out):
+    """:func:`pipeline_rates` on generated JPEGs of ``size``; infinite rates (the
+    estimate then assumes the pipeline keeps up) when it cannot be measured."""
+    from hdml_tf.data import preprocess
+
     try:
         with tempfile.TemporaryDirectory(prefix="hdml_bench_") as tmp:
-            root = write_jpeg_folder(tmp, max(pairs, 2), per_class, (w, h))
-            rates = pipeline_rates(root, pairs=pairs, resize=d.resize, crop=d.crop,
-                                   preprocessing=preprocess.preprocessing_mode(preprocessing),
-                                   batches=1 if smoke else 3, repeats=max(repeats, 3))
+            root = write_jpeg_folder(tmp, max(pairs, 2), 2 if smoke else 4, size)
+            return pipeline_rates(root, pairs=pairs, resize=d.resize, crop=d.crop,
+                                  preprocessing=preprocess.preprocessing_mode(preprocessing),
+                                  batches=1 if smoke else 3, repeats=max(repeats, 3))
     except Exception as error:  # noqa: BLE001 - still print the step measurements
         out(f"  input pipeline: not measured ({type(error).__name__}: "
             f"{str(error).strip().splitlines()[-1][:160]}); the estimate assumes it keeps up")
-        rates = dict(jpeg=float("inf"), cached=float("inf"), cache_build_s=float("nan"),
-                     images=0)
+        return dict(jpeg=float("inf"), cached=float("inf"), cache_build_s=float("nan"),
+                    images=0)
+
+
+def _pipeline_rows(d, size, rates):
+    w, h = size
+    rows = []
     for name, label in (("jpeg", f"decode {w}x{h} JPEGs"), ("cached", "decoded cache")):
         if rates[name] == float("inf"):
             continue
         rows.append(dict(kind="pipeline", model=f"input pipeline, {label}",
                          variant=f"{d.resize}->{d.crop}", ms=round(1e3 * d.batch_size
                                                                   / rates[name], 2)))
+    return rows
 
+
+def _add_estimates(config, facts, rows, rates):
+    """Sets each step row's ``expected_s`` (:func:`expected_run_seconds`); returns the
+    fastest row of the config's own model (HDML or baseline) with what it includes."""
     best = {}
     for r in rows:
         if r["kind"] == "step":
@@ -352,14 +376,17 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
             if r["model"] == ("HDML" if config.model.hdml else "baseline"):
                 if not best or total < best["expected_s"]:
                     best = dict(r, included=included)
+    return best
 
+
+def _print_table(rows, batch_size, device_type, out):
     memory = "GPU peak" if device_type == "GPU" else "peak RSS"
     out("")
     out(f"| measurement | precision | ms/step | images/s | HDML/baseline | skipped "
         f"| {memory} GiB | expected full run |")
     out("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ips = d.batch_size / (r["ms"] / 1e3)
+        ips = batch_size / (r["ms"] / 1e3)
         if r["kind"] == "step":
             ratio = f"{r['ratio']:.3f}" if "ratio" in r else "-"
             out(f"| {r['model']} step | {r['variant']} | {r['ms']:.2f} | {ips:.1f} | {ratio} "
@@ -369,6 +396,10 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
             out(f"| {r['model']} | {r['variant']} | {r['ms']:.2f} | {ips:.1f} | - | - | - "
                 f"| - |")
     out("")
+
+
+def _print_notes(config, best, rates, device_type, load_start, out):
+    d = config.data
     if best:
         out(f"expected full run of {config.name} ({'HDML' if config.model.hdml else 'baseline'}"
             f", data.cache={d.cache}): {_hms(best['expected_s'])} at {best['variant']} "
@@ -378,12 +409,12 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
         f"JPEG decoding {rates['jpeg']:.0f} images/s = {rates['cached'] / rates['jpeg']:.1f}x "
         f"(building the cache took {rates['cache_build_s']:.1f} s); use --set data.cache=true "
         f"when the JPEG rate is below the step's images/s")
-    source = ("tf.config.experimental.get_memory_info" if gpus
+    memory = "GPU peak" if device_type == "GPU" else "peak RSS"
+    source = ("tf.config.experimental.get_memory_info" if device_type == "GPU"
               else "the process's peak resident set, cumulative down the table")
     out(f"memory: {memory} ({source}); "
         f"skipped = non-finite steps of the steps run (warm-up included); "
         f"load average {load_start:.1f} at start, {load_average():.1f} at the end")
-    return rows
 
 
 def bench_config(spec, overrides=(), smoke=False):

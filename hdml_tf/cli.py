@@ -441,12 +441,9 @@ def _weights_import_parser(prog):
 def _weights_import(args, parser):
     from hdml_tf.backbones import weights
 
-    try:
-        _, report = weights.convert_with_report(
-            args.src, args.output, input_shape=(args.input_size, args.input_size, 3),
-            include_top=args.include_top)
-    except (OSError, ValueError) as error:
-        return _fail(parser.prog, f"error: {error}", 1)
+    _, report = weights.convert_with_report(
+        args.src, args.output, input_shape=(args.input_size, args.input_size, 3),
+        include_top=args.include_top)
     for line in weights.skipped_layers_lines(report["ignored"]):
         print(line)
     print(f"wrote {args.output}")
@@ -493,9 +490,9 @@ def _weights_fetch(args, parser):
     try:
         path = download.fetch_weights(args.target, args.sha256, args.output, sha1=args.sha1,
                                       cache_dir=args.cache_dir)
-    except (download.DownloadError, download.ChecksumError) as error:
-        return _fail(parser.prog, f"error: {error}", 1)
-    except ValueError as error:
+    except download.ChecksumError:
+        raise  # exit code 1, as for a download error
+    except ValueError as error:  # a malformed digest or URL: a usage error
         return _fail(parser.prog, f"error: {error}", 2)
     print(path)
     return 0
@@ -505,13 +502,10 @@ def _fetch_known(args, parser):
     from hdml_tf.backbones import download
 
     source = dict(url=args.url, sha256=args.sha256, sha1=args.sha1, cache_dir=args.cache_dir)
-    try:
-        if args.no_convert:
-            print(download.fetch_known_weights(args.target, **source))
-            return 0
-        fetched = download.fetch_and_convert(args.target, **source)
-    except (OSError, ValueError) as error:  # download, digest, conversion
-        return _fail(parser.prog, f"error: {error}", 1)
+    if args.no_convert:
+        print(download.fetch_known_weights(args.target, **source))
+        return 0
+    fetched = download.fetch_and_convert(args.target, **source)
     print(f"weights: {fetched.weights}")
     if args.target == "bvlc_googlenet":
         print(f"check them: hdml-tf weights check {fetched.source}")
@@ -534,10 +528,7 @@ def _weights_check_parser(prog):
 def _weights_check(args, parser):
     from hdml_tf.backbones.imagenet import imagenet_check
 
-    try:
-        imagenet_check(args.weights, crop=args.crop, k=args.k)
-    except (OSError, ValueError) as error:
-        return _fail(parser.prog, f"error: {error}", 1)
+    imagenet_check(args.weights, crop=args.crop, k=args.k)
     return 0
 
 
@@ -547,11 +538,15 @@ def _weights_check(args, parser):
 @dataclasses.dataclass(frozen=True)
 class Command:
     """One sub-command: ``parser(prog)`` builds its argparse parser, ``run(args,
-    parser)`` does the work by calling library functions and returns the exit code."""
+    parser)`` does the work by calling library functions and returns the exit code.
+    An exception of a class in ``errors`` leaving ``run`` is what a user can fix (a
+    missing or unfitting file, a failed download): one line ``PROG: error: ...`` and
+    exit code 1, no traceback."""
 
     help: str
     parser: Callable[[str], argparse.ArgumentParser]
     run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+    errors: tuple = ()
 
 
 COMMANDS = {
@@ -564,9 +559,13 @@ COMMANDS = {
     "embed": Command("embed images with a SavedModel", _embed_parser, _embed),
     "search": Command("nearest gallery images", _search_parser, _search),
     "bench": Command("time a preset's step and pipeline here", _bench_parser, _bench),
-    "weights import": Command("", _weights_import_parser, _weights_import),
-    "weights fetch": Command("", _weights_fetch_parser, _weights_fetch),
-    "weights check": Command("", _weights_check_parser, _weights_check),
+    # Download, digest, conversion and file errors.
+    "weights import": Command("", _weights_import_parser, _weights_import,
+                              errors=(OSError, ValueError)),
+    "weights fetch": Command("", _weights_fetch_parser, _weights_fetch,
+                             errors=(OSError, ValueError)),
+    "weights check": Command("", _weights_check_parser, _weights_check,
+                             errors=(OSError, ValueError)),
 }
 _WEIGHTS_HELP = "weights fetch|check|import: the GoogLeNet weights"
 _WEIGHTS_USAGE = (
@@ -589,7 +588,10 @@ def run_command(name, argv=None, prog=None):
     parser = command.parser(prog or f"hdml-tf {name}")
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given (compare records it)
-    return int(command.run(args, parser) or 0)
+    try:
+        return int(command.run(args, parser) or 0)
+    except command.errors as error:
+        return _fail(parser.prog, f"error: {error}", 1)
 
 
 def deprecated_main(old_name, name, argv=None, prog=None):

@@ -238,10 +238,6 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
       ``summarize``'s dict plus ``table`` (Markdown), ``paths`` and ``reused`` (the
       workdirs whose finished runs were reused rather than trained).
     """
-    from hdml_tf import training
-
-    import keras
-
     seeds = _seed_list(seeds)
     if len(set(seeds)) != len(seeds) or not seeds:
         raise ValueError(f"seeds must be distinct and non-empty, got {seeds}")
@@ -252,6 +248,21 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
     # Validate every run's config before anything trains.
     configs = {(s, a): run_config(config, a, s, overrides, smoke) for s in seeds for a in ARMS}
     os.makedirs(workdir, exist_ok=True)
+    per_seed, reused = _train_or_reuse(configs, seeds, workdir, log)
+    summary = summarize(per_seed, confidence, metrics)
+    table = format_table(summary)
+    paths = _write_report(summary, table, config, seeds, workdir, overrides, smoke, command,
+                          log)
+    return {**summary, "table": table, "paths": paths, "reused": reused}
+
+
+def _train_or_reuse(configs, seeds, workdir, log):
+    """Each (seed, arm)'s test metrics: a finished run's, else from training it now.
+    Returns ``({arm: {seed: metrics}}, reused workdirs)``."""
+    from hdml_tf import training
+
+    import keras
+
     per_seed = {arm: {} for arm in ARMS}
     reused = []
     # Seed by seed, so an interrupted comparison holds complete pairs.
@@ -271,9 +282,12 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
                 keras.backend.clear_session()
                 done = training.train(cfg, run_dir, log=log)["test"]
             per_seed[arm][seed] = done
+    return per_seed, reused
 
-    summary = summarize(per_seed, confidence, metrics)
-    table = format_table(summary)
+
+def _write_report(summary, table, config, seeds, workdir, overrides, smoke, command, log):
+    """Logs the table and writes compare.md, compare.json and compare.png; returns
+    their paths."""
     method = method_text(summary)
     base = config_lib.load_config(config, overrides, smoke=smoke)
     header = (f"HDML vs baseline on {base.name} ({base.data.name}, {base.model.loss}, "
@@ -293,7 +307,7 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
     plot_compare(summary, paths["picture"], title=f"{header}\n(points: seeds, joined by "
                  "seed; bars: means)")
     log(f"wrote {paths['markdown']}, {paths['json']}, {paths['picture']}")
-    return {**summary, "table": table, "paths": paths, "reused": reused}
+    return paths
 
 
 def compare_main(argv):

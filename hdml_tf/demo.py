@@ -35,8 +35,6 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
              log=print):
     """Both runs, the table, the pictures and the export; returns the results dict."""
     from hdml_tf import training
-    from hdml_tf.evaluation import embed, plots
-    from hdml_tf.data import sampling
 
     test_split = _data_or_explain()
     if test_split is None:
@@ -45,17 +43,7 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
     runs = {}
     models = {}
     for name, hdml in (("HDML", True), ("baseline", False)):
-        config = config_lib.get_preset("fashion_mnist_npair")
-        config.name = f"fashion_mnist_npair_{'hdml' if hdml else 'baseline'}"
-        config.model.hdml = hdml
-        config.train.export = hdml
-        config.train.export_dir = export_dir
-        config.train.verbose = 2
-        if smoke:
-            config_lib.shrink_for_smoke(config)
-        if steps:
-            config.train.steps = int(steps)
-        config_lib.validate(config)
+        config = demo_config(hdml, export_dir, smoke=smoke, steps=steps)
         log(f"\n=== {name}: {config.train.steps} steps ===")
         workdir = os.path.join(out_dir, "hdml" if hdml else "baseline")
         runs[name], models[name] = training.train(config, workdir, log=log,
@@ -67,13 +55,49 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
     evaluated = min(len(test_split), config.data.max_eval_images or len(test_split))
     log("\nFashion-MNIST, trained on classes 0-4, evaluated on unseen classes 5-9 "
         f"({evaluated} of {len(test_split)} images, fixed random subset), in %:\n{table}")
+    pictures = _pictures(models, test_split, config.data, out_dir)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write("# Fashion-MNIST demo: HDML N-pair vs N-pair baseline\n\n"
+                f"Trained on classes 0-4, evaluated on the unseen classes 5-9 ({evaluated} "
+                f"of {len(test_split)} images, a fixed random subset), in %.\n\n"
+                f"```\n{table}\n```\n")
+    elapsed = time.time() - started
+    log(f"\npictures: {', '.join(sorted(str(p) for p in pictures.values() if p))}")
+    if runs["HDML"].get("export"):
+        log(f"exported HDML embedder under {runs['HDML']['export']}/")
+    log(f"demo finished in {elapsed / 60:.1f} min")
+    return {"runs": runs, "table": table, "pictures": pictures, "seconds": elapsed}
 
-    # Pictures: a fixed subset of the test classes keeps t-SNE and the grid quick.
+
+def demo_config(hdml, export_dir="saved_models", smoke=False, steps=None):
+    """The ``fashion_mnist_npair`` preset for one arm of the demo (HDML on or off); only
+    the HDML run is exported."""
+    config = config_lib.get_preset("fashion_mnist_npair")
+    config.name = f"fashion_mnist_npair_{'hdml' if hdml else 'baseline'}"
+    config.model.hdml = hdml
+    config.train.export = hdml
+    config.train.export_dir = export_dir
+    config.train.verbose = 2
+    if smoke:
+        config_lib.shrink_for_smoke(config)
+    if steps:
+        config.train.steps = int(steps)
+    config_lib.validate(config)
+    return config
+
+
+def _pictures(models, test_split, data_config, out_dir):
+    """Per model: t-SNE map, retrieval grid and training curves of a fixed subset of the
+    test classes (2,000 images keep t-SNE and the grid quick). Returns name -> path."""
+    from hdml_tf import training
+    from hdml_tf.data import sampling
+    from hdml_tf.evaluation import embed, plots
+
     small = training.subsample_split(test_split, 2000, seed=0)
     pictures = {}
     for name, model in models.items():
-        ev = sampling.eval_dataset(small, batch_size=500, resize=config.data.resize,
-                                   crop=config.data.crop,
+        ev = sampling.eval_dataset(small, batch_size=500, resize=data_config.resize,
+                                   crop=data_config.crop,
                                    preprocessing=model.embedder.preprocessing)
         embeddings, labels = embed(model.embedder, ev)
         tag = name.lower()
@@ -88,17 +112,7 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
             os.path.join(out_dir, "hdml" if name == "HDML" else "baseline", "train_log.csv"),
             os.path.join(out_dir, f"training_curves_{tag}.png"),
             title=f"{name}: loss terms per epoch")
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write("# Fashion-MNIST demo: HDML N-pair vs N-pair baseline\n\n"
-                f"Trained on classes 0-4, evaluated on the unseen classes 5-9 ({evaluated} "
-                f"of {len(test_split)} images, a fixed random subset), in %.\n\n"
-                f"```\n{table}\n```\n")
-    elapsed = time.time() - started
-    log(f"\npictures: {', '.join(sorted(str(p) for p in pictures.values() if p))}")
-    if runs["HDML"].get("export"):
-        log(f"exported HDML embedder under {runs['HDML']['export']}/")
-    log(f"demo finished in {elapsed / 60:.1f} min")
-    return {"runs": runs, "table": table, "pictures": pictures, "seconds": elapsed}
+    return pictures
 
 
 def demo_main(argv):

@@ -98,12 +98,7 @@ def caffe_to_keras_name(caffe_name: str) -> str:
     Raises:
         KeyError: `caffe_name` is not a layer of this network.
     """
-    try:
-        return _CAFFE_TO_KERAS[caffe_name]
-    except KeyError:
-        raise KeyError(
-            f"{caffe_name!r} is not a BVLC GoogLeNet layer of this model"
-        ) from None
+    return _look_up(_CAFFE_TO_KERAS, caffe_name, "a BVLC GoogLeNet layer of this model")
 
 
 def keras_to_caffe_name(keras_name: str) -> str:
@@ -112,12 +107,14 @@ def keras_to_caffe_name(keras_name: str) -> str:
     Raises:
         KeyError: `keras_name` is not a layer of this network.
     """
+    return _look_up(_KERAS_TO_CAFFE, keras_name, "a Keras layer name of InceptionV1")
+
+
+def _look_up(table, name, what):
     try:
-        return _KERAS_TO_CAFFE[keras_name]
+        return table[name]
     except KeyError:
-        raise KeyError(
-            f"{keras_name!r} is not a Keras layer name of InceptionV1"
-        ) from None
+        raise KeyError(f"{name!r} is not {what}") from None
 
 
 def caffe_pool_output_size(size: int, pool_size: int, strides: int, pad: int) -> int:
@@ -405,6 +402,19 @@ LRN_SETTINGS = {
 }
 
 
+def _checked_input_shape(input_shape):
+    """``input_shape`` as a tuple (or None); InceptionV1 takes (H, W, 3), H, W >= 64."""
+    if input_shape is None:
+        return None
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (H, W, 3), got {input_shape}")
+    for d in input_shape[:2]:
+        if d is not None and d < 64:
+            raise ValueError(f"InceptionV1 needs inputs of at least 64x64, got {input_shape}")
+    return input_shape
+
+
 @keras.saving.register_keras_serializable(package="hdml_tf")
 class InceptionV1(keras.Model):
     """BVLC GoogLeNet up to pool5 (1024-d), optionally with the 1000-way classifier.
@@ -461,17 +471,14 @@ class InceptionV1(keras.Model):
         self.num_classes = int(num_classes)
         self.classifier_activation = classifier_activation
         self.dropout_rate = float(dropout_rate)
-        if input_shape is not None:
-            input_shape = tuple(input_shape)
-            if len(input_shape) != 3 or input_shape[-1] != 3:
-                raise ValueError(f"input_shape must be (H, W, 3), got {input_shape}")
-            for d in input_shape[:2]:
-                if d is not None and d < 64:
-                    raise ValueError(
-                        f"InceptionV1 needs inputs of at least 64x64, got {input_shape}"
-                    )
+        input_shape = _checked_input_shape(input_shape)
         self._input_shape_arg = input_shape
+        self._create_layers(lrn)
+        build_hw = input_shape[:2] if input_shape is not None else (None, None)
+        self.build((None, *build_hw, 3))
 
+    def _create_layers(self, lrn):
+        """The Caffe layers, named as in BVLC's deploy.prototxt (``/`` -> ``_``)."""
         policy = self.dtype_policy
         conv = lambda f, k, s=1, p=0, n=None: CaffeConv2D(  # noqa: E731
             f, k, strides=s, pad=p, activation="relu", name=caffe_to_keras_name(n), dtype=policy
@@ -508,10 +515,8 @@ class InceptionV1(keras.Model):
             )
             # Softmax in float32 even under mixed precision (the Keras mixed-precision guide).
             self.classifier_act = keras.layers.Activation(
-                classifier_activation or "linear", name="predictions", dtype="float32"
+                self.classifier_activation or "linear", name="predictions", dtype="float32"
             )
-        build_hw = input_shape[:2] if input_shape is not None else (None, None)
-        self.build((None, *build_hw, 3))
 
     def build(self, input_shape):
         shape = lambda c: (None, None, None, c)  # noqa: E731  (weights ignore H, W)

@@ -167,32 +167,7 @@ def build_backbone(name, weights=None, input_shape=None, *, model_name=None, **k
         FileNotFoundError: `weights` names a file that does not exist.
     """
     spec = get_backbone_spec(name)
-    path = None
-    if weights is None:
-        build_weights = None
-    elif isinstance(weights, str) and weights.lower() == "imagenet":
-        if not spec.has_imagenet and not spec.caffe_weights:
-            raise ValueError(
-                f"No hosted ImageNet weights for backbone {spec.name!r}; use "
-                "weights=None or a .weights.h5/.keras path."
-            )
-        if not spec.has_imagenet:
-            raise ValueError(
-                f"No hosted ImageNet weights for backbone {spec.name!r}. Convert the "
-                "BVLC Caffe GoogLeNet weights (e.g. the HDML authors' "
-                "tf_ckpt_from_caffe.mat) with `hdml-tf weights import <file> -o "
-                "<out>.weights.h5` and pass weights='<out>.weights.h5' (a .mat/.npz/.npy "
-                "path is also accepted directly)."
-            )
-        build_weights = "imagenet"
-    elif isinstance(weights, (str, os.PathLike)):
-        path = _check_weights_path(spec, weights)
-        build_weights = None
-    else:
-        raise ValueError(
-            f"weights must be None, 'imagenet' or a file path; got {weights!r}"
-        )
-
+    build_weights, path = _resolve_weights(spec, weights)
     if model_name is not None:
         kwargs["name"] = model_name
     model = spec.builder(build_weights, input_shape, **kwargs)
@@ -206,6 +181,34 @@ def build_backbone(name, weights=None, input_shape=None, *, model_name=None, **k
     model.feature_dim = spec.feature_dim
     model.preprocessing = spec.preprocessing
     return model
+
+
+def _resolve_weights(spec, weights):
+    """``(weights for the builder, file to load after building)`` of a
+    :func:`build_backbone` ``weights`` argument; raises its ValueError /
+    FileNotFoundError."""
+    if weights is None:
+        return None, None
+    if isinstance(weights, str) and weights.lower() == "imagenet":
+        if not spec.has_imagenet and not spec.caffe_weights:
+            raise ValueError(
+                f"No hosted ImageNet weights for backbone {spec.name!r}; use "
+                "weights=None or a .weights.h5/.keras path."
+            )
+        if not spec.has_imagenet:
+            raise ValueError(
+                f"No hosted ImageNet weights for backbone {spec.name!r}. Convert the "
+                "BVLC Caffe GoogLeNet weights (e.g. the HDML authors' "
+                "tf_ckpt_from_caffe.mat) with `hdml-tf weights import <file> -o "
+                "<out>.weights.h5` and pass weights='<out>.weights.h5' (a .mat/.npz/.npy "
+                "path is also accepted directly)."
+            )
+        return "imagenet", None
+    if isinstance(weights, (str, os.PathLike)):
+        return None, _check_weights_path(spec, weights)
+    raise ValueError(
+        f"weights must be None, 'imagenet' or a file path; got {weights!r}"
+    )
 
 
 def _build_inception_v1(weights, input_shape, **kwargs):

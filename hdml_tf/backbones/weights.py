@@ -248,6 +248,26 @@ def load_caffe_weights(model, path, skip_classifier=None):
         for name, layer in layers.items()
         if not (skip_classifier and name.startswith(_CLASSIFIER_PREFIX))
     }
+    expected, missing, wrong = _check_arrays(targets, arrays)
+    ignored = sorted(k for k in arrays if k not in expected and _is_ignored(k, skip_classifier))
+    unexpected = sorted(k for k in arrays if k not in expected and k not in ignored)
+    if missing or unexpected or wrong:
+        raise _misfit_error(path, model, missing, unexpected, wrong)
+
+    # Convert everything first, so that a failure here also leaves the model untouched.
+    updates = []
+    for name, layer in targets.items():
+        kernel = _to_keras_kernel(arrays[name]).astype(layer.kernel.dtype)
+        bias = arrays[name + _BIAS_SUFFIX].reshape(-1).astype(layer.bias.dtype)
+        updates += [(layer.kernel, kernel), (layer.bias, bias)]
+    for variable, value in updates:
+        variable.assign(value)
+    return {"loaded": sorted(targets), "ignored": ignored}
+
+
+def _check_arrays(targets, arrays):
+    """The file keys the ``targets`` layers need, and which of them are missing or do
+    not fit (a message each): ``(expected set, missing list, wrong list)``."""
     expected = set()
     missing, wrong = [], []
     for name, layer in targets.items():
@@ -271,29 +291,20 @@ def load_caffe_weights(model, path, skip_classifier=None):
                 want = _caffe_kernel_shape(tuple(variable.shape))
                 if array.shape != want:
                     wrong.append(f"{key}: shape {array.shape}, expected {want}")
-    ignored = sorted(k for k in arrays if k not in expected and _is_ignored(k, skip_classifier))
-    unexpected = sorted(k for k in arrays if k not in expected and k not in ignored)
+    return expected, missing, wrong
 
-    if missing or unexpected or wrong:
-        lines = [f"Caffe weights file {os.fspath(path)!r} does not fit model {model.name!r}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing))}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if wrong:
-            lines.append(f"  wrong shapes ({len(wrong)}): " + "; ".join(wrong))
-        lines.append("No weights were assigned.")
-        raise CaffeWeightsError("\n".join(lines))
 
-    # Convert everything first, so that a failure here also leaves the model untouched.
-    updates = []
-    for name, layer in targets.items():
-        kernel = _to_keras_kernel(arrays[name]).astype(layer.kernel.dtype)
-        bias = arrays[name + _BIAS_SUFFIX].reshape(-1).astype(layer.bias.dtype)
-        updates += [(layer.kernel, kernel), (layer.bias, bias)]
-    for variable, value in updates:
-        variable.assign(value)
-    return {"loaded": sorted(targets), "ignored": ignored}
+def _misfit_error(path, model, missing, unexpected, wrong):
+    """One :class:`CaffeWeightsError` naming the file and every problem."""
+    lines = [f"Caffe weights file {os.fspath(path)!r} does not fit model {model.name!r}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {', '.join(sorted(missing))}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
+    if wrong:
+        lines.append(f"  wrong shapes ({len(wrong)}): " + "; ".join(wrong))
+    lines.append("No weights were assigned.")
+    return CaffeWeightsError("\n".join(lines))
 
 
 def save_caffe_weights(model, path, include_classifier=True):
