@@ -40,6 +40,31 @@ def authors_schedule(step: int) -> bool:
     return step % 500 == 0 if step <= 5000 else step % 64 == 0
 
 
+def _check_arguments(split_name, monitor, mode, every_n_epochs, every_n_steps,
+                     save_best_path, allow_test_selection):
+    """The argument checks of `EvaluationCallback` (see its Raises)."""
+    if monitor is not None and _names_test(split_name) and not allow_test_selection:
+        raise ValueError(
+            "refusing to select weights on the test split: monitor a validation "
+            "split held out from the training classes, pass monitor=None to only "
+            "log test metrics, or pass allow_test_selection=True deliberately")
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if every_n_steps is not None and every_n_steps < 1:
+        raise ValueError("every_n_steps must be >= 1")
+    if every_n_epochs < 1:
+        raise ValueError("every_n_epochs must be >= 1")
+    if save_best_path is not None and monitor is None:
+        raise ValueError("save_best_path needs a monitor")
+    if save_best_path is not None and not save_best_path.endswith(".weights.h5"):
+        raise ValueError("save_best_path must end with '.weights.h5' (Keras 3)")
+
+
+def _every(n):
+    """The schedule that evaluates after every n-th step."""
+    return lambda step: step % n == 0
+
+
 class EvaluationCallback(keras.callbacks.Callback):
     """Evaluates retrieval / clustering metrics every N epochs or steps.
 
@@ -106,21 +131,8 @@ class EvaluationCallback(keras.callbacks.Callback):
         **eval_kwargs,
     ):
         super().__init__()
-        if monitor is not None and _names_test(split_name) and not allow_test_selection:
-            raise ValueError(
-                "refusing to select weights on the test split: monitor a validation "
-                "split held out from the training classes, pass monitor=None to only "
-                "log test metrics, or pass allow_test_selection=True deliberately")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError("every_n_steps must be >= 1")
-        if every_n_epochs < 1:
-            raise ValueError("every_n_epochs must be >= 1")
-        if save_best_path is not None and monitor is None:
-            raise ValueError("save_best_path needs a monitor")
-        if save_best_path is not None and not save_best_path.endswith(".weights.h5"):
-            raise ValueError("save_best_path must end with '.weights.h5' (Keras 3)")
+        _check_arguments(split_name, monitor, mode, every_n_epochs, every_n_steps,
+                         save_best_path, allow_test_selection)
         self.data = data
         self.split_name = split_name
         self.prefix = f"{split_name}_" if split_name else ""
@@ -129,8 +141,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.every_n_epochs = int(every_n_epochs)
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         if schedule is None and self.every_n_steps:
-            n = self.every_n_steps
-            schedule = lambda step: step % n == 0  # noqa: E731
+            schedule = _every(self.every_n_steps)
         self.schedule = schedule
         self.monitor = monitor
         self.mode = mode

@@ -1,7 +1,7 @@
 """The pictures people look at: an embedding map, a retrieval grid, training curves.
 
 All functions draw with matplotlib's Agg backend (no display needed), write one PNG and
-return its path.
+return its path. ``hdml-tf demo`` (hdml_tf/demo.py) draws all three from real HDML runs.
 """
 
 from __future__ import annotations
@@ -94,17 +94,11 @@ def plot_embedding_2d(
     Returns:
         `path`.
     """
-    x = np.asarray(embeddings)
-    y = np.asarray(labels).ravel()
-    if x.shape[0] != y.shape[0]:
-        raise ValueError("embeddings and labels have different lengths")
-    if x.shape[0] > max_points:
-        keep = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, False))
-        x, y = x[keep], y[keep]
+    x, y = _subsample(embeddings, labels, max_points, seed)
     xy = embedding_2d(x, method, seed)
     classes = np.unique(y)
     styles = _class_styles(classes.size)
-    name = (lambda c: str(class_names[c])) if class_names is not None else str
+    name = _namer(class_names)
     fig = Figure(figsize=(9, 8), dpi=110)
     ax = fig.subplots()
     size = 28 if x.shape[0] <= 2000 else 12
@@ -116,18 +110,7 @@ def plot_embedding_2d(
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9,
                   markerscale=1.5, frameon=False, title="class")
     else:
-        import matplotlib.patheffects as pe
-
-        # No legend can hold 100 entries: write each class id just above the median of
-        # its points, in a darker shade of the class colour with a white halo, so it
-        # names the cluster without hiding it.
-        for (colour, _), c in zip(styles, classes):
-            med = np.median(xy[y == c], axis=0)
-            ax.annotate(name(c), med, xytext=(0, 5), textcoords="offset points",
-                        fontsize=7, ha="center", va="bottom",
-                        color=tuple(0.6 * np.asarray(colour[:3])),  # darker: legible
-                        fontweight="bold",
-                        path_effects=[pe.withStroke(linewidth=2.5, foreground="white")])
+        _name_clusters(ax, xy, y, classes, styles, name)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title or f"{method.upper()} of {x.shape[0]} embeddings, "
@@ -135,6 +118,39 @@ def plot_embedding_2d(
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _namer(class_names):
+    """Label -> text: the class name when names are given, else the label itself."""
+    return (lambda c: str(class_names[c])) if class_names is not None else str
+
+
+def _subsample(embeddings, labels, max_points, seed):
+    """Checked (embeddings, labels), a seeded random subset in order above max_points."""
+    x = np.asarray(embeddings)
+    y = np.asarray(labels).ravel()
+    if x.shape[0] != y.shape[0]:
+        raise ValueError("embeddings and labels have different lengths")
+    if x.shape[0] > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(x.shape[0], max_points, False))
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _name_clusters(ax, xy, y, classes, styles, name):
+    """Each class's name written at the median of its points (instead of a legend)."""
+    import matplotlib.patheffects as pe
+
+    # No legend can hold 100 entries: write each class id just above the median of
+    # its points, in a darker shade of the class colour with a white halo, so it
+    # names the cluster without hiding it.
+    for (colour, _), c in zip(styles, classes):
+        med = np.median(xy[y == c], axis=0)
+        ax.annotate(name(c), med, xytext=(0, 5), textcoords="offset points",
+                    fontsize=7, ha="center", va="bottom",
+                    color=tuple(0.6 * np.asarray(colour[:3])),  # darker: legible
+                    fontweight="bold",
+                    path_effects=[pe.withStroke(linewidth=2.5, foreground="white")])
 
 
 def _to_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -188,6 +204,34 @@ def plot_retrieval_grid(
         `path`.
     """
     labels = np.asarray(labels).ravel()
+    query_indices, nbrs, sims, g_images, g_labels = _grid_neighbours(
+        images, labels, embeddings, k, num_queries, query_indices, gallery, seed)
+    name = _namer(class_names)
+    show = image_transform or (lambda im: im)
+    rows, cols = len(query_indices), k + 1
+    fig = Figure(figsize=(1.7 * cols, 1.95 * rows + 0.4), dpi=110)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, q in enumerate(query_indices):
+        _draw_image_cell(axes[r, 0], show(images[q]), f"query\nclass {name(labels[q])}",
+                         "black", 2)
+        for c in range(1, cols):
+            j = nbrs[r, c - 1]
+            lab = g_labels[j]
+            ok = lab == labels[q]
+            text = f"{'✓' if ok else '✗'} class {name(lab)}\ncos {sims[r, c - 1]:.2f}"
+            _draw_image_cell(axes[r, c], show(g_images[j]), text,
+                             "#1a9e1a" if ok else "#d62728", 4)
+    fig.suptitle(f"Top-{k} neighbours (green: same class, red: different class)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def _grid_neighbours(images, labels, embeddings, k, num_queries, query_indices, gallery,
+                     seed):
+    """The grid's query rows and, per query, its k neighbours, their similarities, and
+    the gallery (images, labels) they index."""
     n = labels.shape[0]
     if query_indices is None:
         rng = np.random.default_rng(seed)
@@ -203,37 +247,19 @@ def plot_retrieval_grid(
         g_labels = np.asarray(g_labels).ravel()
         table = knn(emb[query_indices], g_emb, k)
         nbrs, sims = table.indices, table.similarities
-    name = (lambda c: str(class_names[c])) if class_names is not None else str
-    show = image_transform or (lambda im: im)
-    rows, cols = len(query_indices), k + 1
-    fig = Figure(figsize=(1.7 * cols, 1.95 * rows + 0.4), dpi=110)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for r, q in enumerate(query_indices):
-        for c in range(cols):
-            ax = axes[r, c]
-            if c == 0:
-                img, colour = images[q], "black"
-                text = f"query\nclass {name(labels[q])}"
-            else:
-                j = nbrs[r, c - 1]
-                lab = g_labels[j]
-                ok = lab == labels[q]
-                colour = "#1a9e1a" if ok else "#d62728"
-                img = g_images[j]
-                text = f"{'✓' if ok else '✗'} class {name(lab)}\ncos {sims[r, c - 1]:.2f}"
-            disp, cmap = _to_display(show(img))
-            ax.imshow(disp, cmap=cmap, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_edgecolor(colour)
-                spine.set_linewidth(4 if c else 2)
-            ax.set_title(text, fontsize=8, color=colour, pad=3)
-    fig.suptitle(f"Top-{k} neighbours (green: same class, red: different class)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return query_indices, nbrs, sims, g_images, g_labels
+
+
+def _draw_image_cell(ax, img, text, colour, frame_width):
+    """One image of the grid, framed and captioned in ``colour``."""
+    disp, cmap = _to_display(img)
+    ax.imshow(disp, cmap=cmap, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(frame_width)
+    ax.set_title(text, fontsize=8, color=colour, pad=3)
 
 
 def read_history(source) -> dict[str, list[float]]:
@@ -301,36 +327,77 @@ def plot_training_curves(
     Returns:
         `path`.
     """
-    h = read_history(history)
-    e = read_history(eval_log) if eval_log is not None else {}
-    if schedule_log is None and isinstance(history, (str, os.PathLike)):
-        # A training workdir keeps the per-step schedule beside the per-epoch log.
-        beside = os.path.join(os.path.dirname(os.fspath(history)), "schedule_log.csv")
-        schedule_log = beside if os.path.exists(beside) else None
-    s = read_history(schedule_log) if schedule_log is not None else h
+    sources = _CurveSources(history, eval_log, schedule_log)
+    panels, metric_src = _curve_panels(sources)
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), dpi=110)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colours = matplotlib.colormaps["tab10"].colors
+    for ax, (kind, what) in zip(axes.flat, panels):
+        if kind == "loss":
+            x_src = _draw_loss_term(ax, sources, what)
+        elif kind == "schedule":
+            x_src = _draw_schedule(ax, sources, what, colours)
+        elif kind == "stats":
+            x_src = _draw_schedule_stats(ax, sources, what, colours)
+        else:
+            x_src = _draw_metrics(ax, sources, kind, what, metric_src, colours)
+        ax.set_xlabel(sources.xlabel(x_src))
+        ax.grid(alpha=0.3)
+        if kind != "stats":
+            ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
 
-    def axis(src):
-        """(x key, label) of a source: its steps when logged, else its epochs."""
+
+class _CurveSources:
+    """The logs a training-curves figure reads (`h` the history, `e` the evaluation log,
+    `s` the schedule log, which is `h` itself when there is none) and each column's x."""
+
+    def __init__(self, history, eval_log, schedule_log):
+        self.h = read_history(history)
+        self.e = read_history(eval_log) if eval_log is not None else {}
+        if schedule_log is None and isinstance(history, (str, os.PathLike)):
+            # A training workdir keeps the per-step schedule beside the per-epoch log.
+            beside = os.path.join(os.path.dirname(os.fspath(history)), "schedule_log.csv")
+            schedule_log = beside if os.path.exists(beside) else None
+        self.s = read_history(schedule_log) if schedule_log is not None else self.h
+
+    @staticmethod
+    def x_key(src):
+        """The x column of a source: its steps when logged, else its epochs, else None."""
         n = max((len(v) for v in src.values()), default=0)
         for key in ("step", "epoch"):
             if key in src and len(src[key]) == n and _has_data(src[key]):
                 return key
         return None
 
-    def xs(src, key):
-        x_key = axis(src)
+    def xs(self, src, key):
+        """The x values of column `key` of `src`."""
+        x_key = self.x_key(src)
         n = len(src[key])
         if x_key is not None:
             vals = np.asarray(src[x_key], float)
             # Keras CSVLogger counts epochs from 0, EvaluationCallback from 1.
-            if x_key == "epoch" and src is h and vals.size and vals[0] == 0:
+            if x_key == "epoch" and src is self.h and vals.size and vals[0] == 0:
                 return vals + 1
             return vals
         return np.arange(1, n + 1)
 
-    def xlabel(src):
-        return "step" if axis(src) == "step" else "epoch"
+    def xlabel(self, src):
+        return "step" if self.x_key(src) == "step" else "epoch"
 
+
+def _curve_panels(sources):
+    """The panels of `plot_training_curves`, in order, as (kind, what) pairs, and
+    {metric column: (source, column)}."""
+    h, e, s = sources.h, sources.e, sources.s
     skip = {"epoch", "step", "lr", "learning_rate", *SCHEDULE_KEYS, *SCHEDULE_STAT_KEYS}
     loss_keys = [k for k in h if k not in skip and not _METRIC_RE.search(k)
                  and ("loss" in k or k.startswith(("j_", "val_j_")))
@@ -359,163 +426,72 @@ def plot_training_curves(
         panels.append(("other", other_keys))
     if not panels:
         raise ValueError("no loss or metric columns found in the history")
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.4 * nrows), dpi=110)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    colours = matplotlib.colormaps["tab10"].colors
-    for ax, (kind, what) in zip(axes.flat, panels):
-        src = h
-        if kind == "loss":
-            for key, style in ((what, "-"), (f"val_{what}", "--")):
-                if key in h and _has_data(h[key]):
-                    ax.plot(xs(h, key), h[key], style, marker=".", label=key)
-            ax.set_title(what)
-        elif kind == "schedule":
-            src = s
-            names = {"lambda": "λ (synthesis)", "w": "w (J_m weight)",
-                     "hardened_fraction": "hardened fraction (d- > d+)"}
-            for i, key in enumerate(what):
-                vals = np.asarray(s[key], float)
-                ok = ~np.isnan(vals)
-                ax.plot(xs(s, key)[ok], vals[ok], marker=".", ms=3, color=colours[i],
-                        label=names[key])
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title("hardness schedule")
-        elif kind == "stats":
-            src = s
-            twin = None
-            for i, key in enumerate(what):
-                # J_avg and J_gen_avg differ by orders of magnitude: own axes.
-                target = ax if i == 0 else (twin := ax.twinx())
-                vals = np.asarray(s[key], float)
-                ok = ~np.isnan(vals)
-                target.plot(xs(s, key)[ok], vals[ok], marker=".", ms=3,
-                            color=colours[3 + i], label=key)
-                target.set_ylabel(key, color=colours[3 + i])
-                # The running means start at their (large) initial value before the
-                # window fills, then fall by orders of magnitude: log scale.
-                if np.all(vals[ok] > 0):
-                    target.set_yscale("log")
-            lines = ax.get_lines() + (twin.get_lines() if twin is not None else [])
-            ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
-            ax.set_title("J_avg, J_gen_avg (drive λ and w)")
-        else:
-            keys = what
-            seen = []
-            for i, key in enumerate(keys):
-                msrc, col = metric_src[key]
-                vals = np.asarray(msrc[col], float)
-                ok = ~np.isnan(vals)
-                seen.append(vals[ok])
-                ax.plot(xs(msrc, col)[ok], vals[ok], marker="o", ms=3,
-                        color=colours[i % 10], label=key)
-            ax.set_title("Recall@K" if kind == "recall" else "MAP@R, R-precision, NMI, F1")
-            # Zoom on the data (metrics of a trained model often sit within a few points
-            # of each other near 1) but never beyond the metric's [0, 1] range.
-            allv = np.concatenate(seen) if seen else np.array([0.0, 1.0])
-            if allv.size:
-                lo, hi = float(allv.min()), float(allv.max())
-                pad = max(0.02, 0.1 * (hi - lo))
-                ax.set_ylim(max(0.0, lo - pad) - 0.005, min(1.0, hi + pad) + 0.005)
-            src = metric_src[keys[0]][0]
-        ax.set_xlabel(xlabel(src))
-        ax.grid(alpha=0.3)
-        if kind != "stats":
-            ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return panels, metric_src
 
 
-def demo(out_dir: str, epochs: int = 15) -> list[str]:
-    """Every picture on scikit-learn's bundled digits (8x8, 10 classes), for eyeballing.
-
-    A small embedder (Dense-ReLU-Dense-UnitNormalization) is trained on classes 0-6 with
-    two loss terms (softmax on the training classes, reconstruction) while an
-    EvaluationCallback scores the held-out classes 7-9, then: training curves, a
-    retrieval grid of held-out queries, a t-SNE map of all ten classes, and a t-SNE map
-    of 100 generated classes (the many-class layout). About a minute on two cores.
-
-    Run: python -m hdml_tf.evaluation.plots OUT_DIR
-    """
-    import keras
-    import tensorflow as tf
-    from sklearn.datasets import load_digits
-
-    from hdml_tf.evaluation.callbacks import EvaluationCallback
-
-    os.makedirs(out_dir, exist_ok=True)
-    keras.utils.set_random_seed(0)
-    digits = load_digits()
-    x = digits.data.astype(np.float32) / 16.0
-    y = digits.target
-    train, held_out = y <= 6, y >= 7
-
-    class Toy(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.embedder = keras.Sequential([
-                keras.Input((64,)), keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(16), keras.layers.UnitNormalization()])
-            self.classifier = keras.layers.Dense(7)
-            self.decoder = keras.layers.Dense(64)
-            self.trackers = [keras.metrics.Mean(n) for n in ("loss", "j_cls", "j_recon")]
-
-        @property
-        def metrics(self):
-            return self.trackers
-
-        def call(self, inputs):
-            return self.embedder(inputs)
-
-        def train_step(self, data):
-            images, labels = data
-            with tf.GradientTape() as tape:
-                z = self.embedder(images, training=True)
-                # scale by 8 because unit-norm embeddings make weak logits
-                j_cls = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    labels, self.classifier(8.0 * z), from_logits=True))
-                j_recon = tf.reduce_mean(tf.square(self.decoder(z) - images))
-                loss = j_cls + j_recon
-            variables = self.trainable_variables
-            self.optimizer.apply(tape.gradient(loss, variables), variables)
-            for tracker, value in zip(self.trackers, (loss, j_cls, j_recon)):
-                tracker.update_state(value)
-            return {t.name: t.result() for t in self.trackers}
-
-    model = Toy()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    csv_path = os.path.join(out_dir, "eval_log.csv")
-    if os.path.exists(csv_path):
-        os.remove(csv_path)
-    callback = EvaluationCallback((x[held_out], y[held_out]), split_name="val",
-                                  ks=(1, 2, 4, 8), monitor="recall@1", csv_path=csv_path)
-    history = model.fit(x[train], y[train], epochs=epochs, batch_size=64, verbose=0,
-                        callbacks=[callback])
-    paths = [plot_training_curves(history, os.path.join(out_dir, "training_curves.png"),
-                                  title="digits demo: loss terms, held-out-class metrics")]
-    emb_held = np.asarray(model.embedder.predict(x[held_out], verbose=0))
-    paths.append(plot_retrieval_grid(digits.images[held_out] / 16.0, y[held_out], emb_held,
-                                     os.path.join(out_dir, "retrieval_grid.png"), k=6,
-                                     num_queries=6, seed=3))
-    emb_all = np.asarray(model.embedder.predict(x, verbose=0))
-    paths.append(plot_embedding_2d(emb_all, y, os.path.join(out_dir, "embedding_map.png"),
-                                   title="t-SNE, digits demo (trained on 0-6)"))
-    rng = np.random.default_rng(0)
-    labels100 = np.repeat(np.arange(100), 20)
-    blobs = rng.standard_normal((100, 32))[labels100] + 0.8 * rng.standard_normal((2000, 32))
-    paths.append(plot_embedding_2d(blobs, labels100,
-                                   os.path.join(out_dir, "embedding_map_100.png")))
-    return paths
+def _draw_loss_term(ax, sources, term):
+    """One loss term, train and `val_` together; returns the source of its x axis."""
+    h = sources.h
+    for key, style in ((term, "-"), (f"val_{term}", "--")):
+        if key in h and _has_data(h[key]):
+            ax.plot(sources.xs(h, key), h[key], style, marker=".", label=key)
+    ax.set_title(term)
+    return h
 
 
-if __name__ == "__main__":
-    import sys
+def _draw_schedule(ax, sources, keys, colours):
+    """λ, w and the hardened fraction, all in [0, 1]."""
+    s = sources.s
+    names = {"lambda": "λ (synthesis)", "w": "w (J_m weight)",
+             "hardened_fraction": "hardened fraction (d- > d+)"}
+    for i, key in enumerate(keys):
+        vals = np.asarray(s[key], float)
+        ok = ~np.isnan(vals)
+        ax.plot(sources.xs(s, key)[ok], vals[ok], marker=".", ms=3, color=colours[i],
+                label=names[key])
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("hardness schedule")
+    return s
 
-    for written in demo(sys.argv[1] if len(sys.argv) > 1 else "evaluation_demo"):
-        print(written)
+
+def _draw_schedule_stats(ax, sources, keys, colours):
+    """J_avg and J_gen_avg, each on its own y axis, with one legend for both."""
+    s = sources.s
+    twin = None
+    for i, key in enumerate(keys):
+        # J_avg and J_gen_avg differ by orders of magnitude: own axes.
+        target = ax if i == 0 else (twin := ax.twinx())
+        vals = np.asarray(s[key], float)
+        ok = ~np.isnan(vals)
+        target.plot(sources.xs(s, key)[ok], vals[ok], marker=".", ms=3,
+                    color=colours[3 + i], label=key)
+        target.set_ylabel(key, color=colours[3 + i])
+        # The running means start at their (large) initial value before the
+        # window fills, then fall by orders of magnitude: log scale.
+        if np.all(vals[ok] > 0):
+            target.set_yscale("log")
+    lines = ax.get_lines() + (twin.get_lines() if twin is not None else [])
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7)
+    ax.set_title("J_avg, J_gen_avg (drive λ and w)")
+    return s
+
+
+def _draw_metrics(ax, sources, kind, keys, metric_src, colours):
+    """Recall@K (``kind`` "recall") or the other metrics, zoomed on their values."""
+    seen = []
+    for i, key in enumerate(keys):
+        msrc, col = metric_src[key]
+        vals = np.asarray(msrc[col], float)
+        ok = ~np.isnan(vals)
+        seen.append(vals[ok])
+        ax.plot(sources.xs(msrc, col)[ok], vals[ok], marker="o", ms=3,
+                color=colours[i % 10], label=key)
+    ax.set_title("Recall@K" if kind == "recall" else "MAP@R, R-precision, NMI, F1")
+    # Zoom on the data (metrics of a trained model often sit within a few points
+    # of each other near 1) but never beyond the metric's [0, 1] range.
+    allv = np.concatenate(seen) if seen else np.array([0.0, 1.0])
+    if allv.size:
+        lo, hi = float(allv.min()), float(allv.max())
+        pad = max(0.02, 0.1 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad) - 0.005, min(1.0, hi + pad) + 0.005)
+    return metric_src[keys[0]][0]
