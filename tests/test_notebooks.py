@@ -217,6 +217,9 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     assert "train:    200 images, 100 classes" in printed  # all training classes
     assert " test:     24 images, 8 classes" in printed
     assert "SMOKE: training skipped" in printed
+    # The bench cell ran (smoke sizes) and printed the expected time of the full run.
+    assert "hdml-tf bench: cub200_npair" in printed
+    assert "expected full run of cub200_npair" in printed
     assert not (out / "cub200_npair").exists()  # nothing was trained
     assert not (out / "cub200_npair_baseline").exists()
     # The evaluation ran: a recall@K row for each K of the preset's paper numbers, the
