@@ -96,9 +96,11 @@ def test_deprecated_metric_names_warn_and_map_to_the_metric():
     images, labels = _toy()
     emb = images.reshape(len(images), -1)
     expected = ev.evaluate_embeddings(emb, labels, (1,), ("recall", "map@r", "r_precision"))
-    with pytest.warns(DeprecationWarning, match="'mapr'"):
+    with pytest.warns(DeprecationWarning) as record:
         got = ev.evaluate_embeddings(emb, labels, (1,), ("Recall@K", "MAPR", "rp"))
     assert got == expected
+    assert [str(w.message).split(" is deprecated")[0] for w in record] == [
+        "the metric name 'recall@k'", "the metric name 'mapr'", "the metric name 'rp'"]
     with pytest.warns(DeprecationWarning, match="'r-precision'"):
         assert ev.evaluate_embeddings(emb, labels, (1,), ("r-precision",)) == {
             "r_precision": expected["r_precision"]}
