@@ -29,15 +29,23 @@ and height from its header and refuses, before decoding anything, an image over
 ``INVALID_ARGUMENT`` error naming the batch index, the declared size and the limit;
 the next request is served normally.
 
-The export is written to a hidden temporary directory beside the version directories
-and renamed into place only when it is complete (and, unless ``verify=False``, only
-after the written SavedModel has been reloaded and checked against the Keras
-embedder), so TF Serving, which polls the base directory for integer names, never
-sees a half-written version.
+The SavedModel itself is written by ``keras.export.ExportArchive`` (one endpoint per
+signature, see :func:`build_archive`). On top of it this module adds what TF Serving
+deployments need: the export is written to a hidden temporary directory beside the
+version directories and renamed into place only when it is complete (and, unless
+``verify=False``, only after the written SavedModel has been reloaded and checked
+against the Keras embedder), so TF Serving, which polls the base directory for
+integer names, never sees a half-written version; the warmup file; the metadata; the
+input limits and the batch-index errors.
 
-Models trained under mixed precision are rebuilt with a float32 dtype policy before
-export (the weights are float32 already), so the SavedModel computes and serves
-float32; models created under a distribution strategy export their plain weights.
+Models trained under mixed precision are rebuilt and switched to a float32 dtype
+policy before export (the weights are float32 already), so the SavedModel computes
+and serves float32; models created under a distribution strategy export their plain
+weights.
+
+From Python: :func:`export_run` (what ``hdml-tf export`` does, with its report lines),
+:func:`export_checkpoint` (a workdir or ``.keras`` file) and :func:`export_embedder`
+(a model in memory).
 """
 
 from __future__ import annotations
@@ -165,7 +173,7 @@ def _embedder_of(model, where):
                       "model or Embedder")
 
 
-def read_run_files(directory, config_path=None):
+def _read_run_files(directory, config_path=None):
     """``(config, split_info, metrics)`` from a run directory's JSON files.
 
     ``hdml-tf train`` writes ``config.json`` as ``{"config": <experiment config>,
@@ -217,7 +225,7 @@ def load_checkpoint(checkpoint, config_path=None, model=None, config=None):
     if model is None:
         model = _load_model(checkpoint, model_path)
     embedder, image_shape = _embedder_of(model, repr(model_path))
-    found, split_info, metrics = read_run_files(directory, config_path)
+    found, split_info, metrics = _read_run_files(directory, config_path)
     if config is None:
         config = found
     elif hasattr(config, "to_dict"):
@@ -273,30 +281,19 @@ def _class_split(config, split_info=None):
 # ----------------------------------------------------------------- float32 rebuild
 
 
-def _float32_policies(obj):
-    """Copy of a serialised Keras config with every mixed-precision policy -> float32."""
-    if isinstance(obj, dict):
-        if (obj.get("class_name") in ("DTypePolicy", "FloatDTypePolicy")
-                and isinstance(obj.get("config"), dict)
-                and str(obj["config"].get("name", "")).startswith("mixed_")):
-            return dict(obj, config=dict(obj["config"], name="float32"))
-        out = {}
-        for key, value in obj.items():
-            if key == "dtype" and isinstance(value, str) and value.startswith("mixed_"):
-                out[key] = "float32"
-            else:
-                out[key] = _float32_policies(value)
-        return out
-    if isinstance(obj, list):
-        return [_float32_policies(v) for v in obj]
-    return obj
+def _layers(model):
+    """Every Keras layer of ``model``, itself included.
+
+    Keras 3 has no public recursive layer iterator: ``Model.layers`` is one level
+    deep, and ``tf.train.TrackableView`` misses layers held in Python lists (it finds
+    7 of SmallCNN's 27 layers, 13 of InceptionV1's 87), so this is Keras' own walk.
+    """
+    return list(model._flatten_layers(include_self=True, recursive=True))
 
 
 def _policy_names(model):
-    names = {getattr(model.dtype_policy, "name", str(model.dtype_policy))}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        names.add(getattr(layer.dtype_policy, "name", str(layer.dtype_policy)))
-    return sorted(names)
+    return sorted({getattr(layer.dtype_policy, "name", str(layer.dtype_policy))
+                   for layer in _layers(model)})
 
 
 def _copy_weights(source, target):
@@ -321,11 +318,12 @@ def _copy_weights(source, target):
 def serving_embedder(embedder, image_size):
     """A float32, strategy-free copy of ``embedder`` for export.
 
-    The embedder is rebuilt from its Keras config with every mixed-precision dtype
-    policy replaced by float32 (and the global policy set to float32 while it is
-    built, for sub-layers created without an explicit dtype), then its weights are
-    copied. Mixed-precision variables are float32 already, so nothing is rounded;
-    variables created under a distribution strategy are read as plain values.
+    The embedder is rebuilt from its Keras config (with the global policy float32
+    while it is built, for sub-layers created without an explicit dtype), every layer
+    whose dtype policy is a mixed-precision one is switched to float32 through Keras'
+    public ``layer.dtype_policy`` setter before the copy first runs, and the weights
+    are copied. Mixed-precision variables are float32 already, so nothing is
+    rounded; variables created under a distribution strategy are read as plain values.
 
     Args:
       embedder: a built ``hdml_tf.models.Embedder``.
@@ -343,15 +341,18 @@ def serving_embedder(embedder, image_size):
     if tf.distribute.has_strategy():
         raise ExportError("export must run outside a distribution strategy scope "
                           "(the exported model is single-device)")
-    config = _float32_policies(keras.saving.serialize_keras_object(embedder))
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        clone = keras.saving.deserialize_keras_object(config)
-        # Calling (not only build) creates every variable, whatever the layer kind.
-        clone(tf.zeros((1,) + tuple(image_size) + (3,), tf.float32), training=False)
+        clone = keras.saving.deserialize_keras_object(
+            keras.saving.serialize_keras_object(embedder))
     finally:
         keras.config.set_dtype_policy(previous)
+    for layer in _layers(clone):
+        if layer.dtype_policy.name.startswith("mixed_"):
+            layer.dtype_policy = "float32"
+    # Calling (not only build) creates every variable, whatever the layer kind.
+    clone(tf.zeros((1,) + tuple(image_size) + (3,), tf.float32), training=False)
     _copy_weights(embedder, clone)
     bad = [p for p in _policy_names(clone) if p != "float32"]
     if bad:
@@ -410,8 +411,12 @@ def _check_limits(limits, what):
     return checked
 
 
-class ServingModule(tf.Module):
-    """The exported object: the float32 embedder and its two serving functions.
+class ServingGraph:
+    """The two serving functions over a float32 embedder.
+
+    Plain Python: :func:`build_archive` hands ``serve_images`` and ``serve_bytes`` to
+    ``keras.export.ExportArchive``, which traces them and saves the variables they
+    read.
 
     Args:
       embedder: a float32 ``Embedder`` (see :func:`serving_embedder`).
@@ -425,25 +430,17 @@ class ServingModule(tf.Module):
 
     def __init__(self, embedder, resize, crop, preprocessing,
                  max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH):
-        super().__init__(name="hdml_embedder")
         from hdml_tf.data import preprocess
 
         self._preprocess = preprocess
         self.embedder = embedder
-        # Tracked explicitly so the SavedModel holds every variable the functions read.
-        self.embedder_variables = [v.value for v in embedder.weights]
         self.resize, self.crop = tuple(resize), tuple(crop)
         self.preprocessing = preprocess.preprocessing_mode(preprocessing)
         self.embedding_dim = int(embedder.embedding_dim)
         self.max_pixels, self.max_batch = int(max_pixels), int(max_batch)
-        self.serve_images = tf.function(
-            self._serve_images, input_signature=[
-                tf.TensorSpec([None, crop[0], crop[1], 3], tf.float32, name=INPUT_IMAGES)])
-        self.serve_bytes = tf.function(
-            self._serve_bytes, input_signature=[
-                tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
 
-    def _embed(self, images):
+    def embed(self, images):
+        """``{"embedding": z}`` for float32 RGB 0-255 images of the crop size."""
         def run():
             z = self.embedder(self._preprocess.normalize(images, self.preprocessing),
                               training=False)
@@ -458,13 +455,18 @@ class ServingModule(tf.Module):
                     lambda: tf.zeros([0, self.embedding_dim], tf.float32))
         return {OUTPUT_EMBEDDING: z}
 
-    def _serve_images(self, images):
+    def decode(self, contents):
+        """One encoded image -> float32 (crop, crop, 3), as evaluation prepares it."""
+        image = self._preprocess.decode_image(contents, channels=3)
+        return self._preprocess.eval_transform(image, resize=self.resize, crop=self.crop)
+
+    def serve_images(self, images):
         with tf.control_dependencies([
                 _check_batch(images, self.max_batch, SIGNATURE_IMAGES, INPUT_IMAGES)]):
             images = tf.identity(images)
-        return self._embed(images)
+        return self.embed(images)
 
-    def _serve_bytes(self, image_bytes):
+    def serve_bytes(self, image_bytes):
         # In order: the batch size, the formats, then the sizes from the headers; the
         # decode below depends on all three, so nothing is decoded before they pass.
         with tf.control_dependencies([
@@ -474,19 +476,28 @@ class ServingModule(tf.Module):
                         image_bytes, self.max_pixels,
                         f"{SIGNATURE_BYTES}: input {INPUT_BYTES}")]):
                     image_bytes = tf.identity(image_bytes)
-
-        def one(contents):
-            image = self._preprocess.decode_image(contents, channels=3)
-            return self._preprocess.eval_transform(image, resize=self.resize,
-                                                   crop=self.crop)
-
-        images = tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec(
+        images = tf.map_fn(self.decode, image_bytes, fn_output_signature=tf.TensorSpec(
             [self.crop[0], self.crop[1], 3], tf.float32))
-        return self._embed(images)
+        return self.embed(images)
 
-    def signatures(self):
-        return {SIGNATURE_IMAGES: self.serve_images.get_concrete_function(),
-                SIGNATURE_BYTES: self.serve_bytes.get_concrete_function()}
+
+def build_archive(graph):
+    """A ``keras.export.ExportArchive`` holding ``graph``'s two signatures.
+
+    The endpoint names are the signature keys (``serving_default``, ``serve_bytes``),
+    so ExportArchive adds no alias; the input ``TensorSpec`` names are the signature
+    input names.
+    """
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(graph.embedder)
+    archive.add_endpoint(SIGNATURE_IMAGES, graph.serve_images, input_signature=[
+        tf.TensorSpec([None, graph.crop[0], graph.crop[1], 3], tf.float32,
+                      name=INPUT_IMAGES)])
+    archive.add_endpoint(SIGNATURE_BYTES, graph.serve_bytes, input_signature=[
+        tf.TensorSpec([None], tf.string, name=INPUT_BYTES)])
+    return archive
 
 
 # ------------------------------------------------------------------------- extras
@@ -566,15 +577,13 @@ def _check_clone(embedder, clone, crop, preprocessing, source_policies):
                           "faithfully")
 
 
-def _verify(path, embedder, module, probe_images, probe_bytes, atol=1e-4):
+def _verify(path, graph, probe_images, probe_bytes, atol=1e-4):
     """Reload the written SavedModel and compare both signatures with Keras."""
     loaded = tf.saved_model.load(path)
-    expected = module._embed(tf.constant(probe_images))[OUTPUT_EMBEDDING].numpy()
+    expected = graph.embed(tf.constant(probe_images))[OUTPUT_EMBEDDING].numpy()
     got = loaded.signatures[SIGNATURE_IMAGES](
         **{INPUT_IMAGES: tf.constant(probe_images)})[OUTPUT_EMBEDDING].numpy()
-    decoded = module._preprocess.eval_transform(
-        module._preprocess.decode_image(probe_bytes), module.resize, module.crop)
-    expected_bytes = module._embed(decoded[None])[OUTPUT_EMBEDDING].numpy()
+    expected_bytes = graph.embed(graph.decode(probe_bytes)[None])[OUTPUT_EMBEDDING].numpy()
     got_bytes = loaded.signatures[SIGNATURE_BYTES](
         **{INPUT_BYTES: tf.constant([probe_bytes])})[OUTPUT_EMBEDDING].numpy()
     for name, a, b in ((SIGNATURE_IMAGES, got, expected),
@@ -628,6 +637,120 @@ def _move_into_place(temp_dir, base_dir, version):
 # ------------------------------------------------------------------------ export
 
 
+def _checked_arguments(model, resize, crop, preprocessing, warmup, limits):
+    """``(embedder, resize, crop, preprocessing, limits)`` checked, else ExportError."""
+    from hdml_tf import models
+    from hdml_tf.data import preprocess
+
+    if warmup not in _WARMUP_MODES:
+        raise ExportError(f"warmup={warmup!r}: expected one of {_WARMUP_MODES}")
+    embedder = model.embedder if isinstance(model, models.HDML) else model
+    if not isinstance(embedder, models.Embedder):
+        raise ExportError(f"expected an hdml_tf Embedder or HDML model, got "
+                          f"{type(model).__name__}")
+    resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
+    if crop is None or resize is None:
+        raise ExportError("resize and crop must be given (the evaluation protocol's "
+                          "sizes, e.g. resize=256, crop=227)")
+    if crop[0] > resize[0] or crop[1] > resize[1]:
+        raise ExportError(f"crop {crop} is larger than resize {resize}")
+    limits = _check_limits(limits, "the serving limits")
+    preprocessing = preprocess.preprocessing_mode(
+        preprocessing or getattr(embedder, "preprocessing", None) or "none")
+    if warmup == "require":
+        try:
+            importlib.import_module("tensorflow_serving.apis.prediction_log_pb2")
+        except ImportError as err:
+            raise ExportError(_SERVING_API_HINT) from err
+    return embedder, resize, crop, preprocessing, limits
+
+
+def _signature_metadata(graph):
+    """The two signatures' inputs and outputs, as stored in the metadata."""
+    output = {OUTPUT_EMBEDDING: {"dtype": "float32", "shape": [-1, graph.embedding_dim]}}
+    return {
+        SIGNATURE_IMAGES: {
+            "inputs": {INPUT_IMAGES: {"dtype": "float32",
+                                      "shape": [-1, graph.crop[0], graph.crop[1], 3],
+                                      "meaning": "RGB, 0-255, resized and centre-cropped"}},
+            "outputs": output},
+        SIGNATURE_BYTES: {
+            "inputs": {INPUT_BYTES: {"dtype": "string", "shape": [-1],
+                                     "meaning": "encoded JPEG/PNG/GIF/BMP/WebP"}},
+            "outputs": output},
+    }
+
+
+def _metadata(graph, model_name, *, source, config, class_split, metrics,
+              source_policies, warmup_written):
+    """``assets.extra/hdml_tf_metadata.json``: what was exported, from what, how."""
+    return {
+        "format": METADATA_FORMAT,
+        "model_name": model_name,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "source": source,
+        "signatures": _signature_metadata(graph),
+        "preprocessing": {"resize": list(graph.resize), "crop": list(graph.crop),
+                          "normalize": graph.preprocessing, "interpolation": "bilinear"},
+        "limits": {
+            "max_pixels": graph.max_pixels,
+            "max_pixels_applies_to": f"{SIGNATURE_BYTES}: each image, height x width as "
+                                     "declared by its header, checked before decoding",
+            "max_batch": graph.max_batch,
+            "max_batch_applies_to": "both signatures: images per request",
+        },
+        "embedding_dim": graph.embedding_dim,
+        "l2_normalized": True,
+        "serving_dtype": "float32",
+        "source_dtype_policies": source_policies,
+        "warmup_requests": warmup_written,
+        "config": config,
+        "class_split": class_split if class_split is not None else _class_split(config),
+        "metrics": metrics,
+        "versions": _versions(),
+    }
+
+
+def _write_warmup_file(extra, model_name, crop, probe_bytes, warmup):
+    """Write the warmup file unless ``warmup == "skip"``; True if it was written."""
+    if warmup == "skip":
+        return False
+    try:
+        write_warmup(os.path.join(extra, WARMUP_FILENAME), model_name, crop, probe_bytes)
+        return True
+    except ImportError as err:
+        if warmup == "require":
+            raise ExportError(_SERVING_API_HINT) from err
+        warnings.warn(f"no warmup file written: {_SERVING_API_HINT}", stacklevel=4)
+        return False
+
+
+def _write_version(temp_dir, graph, model_name, warmup, verify, info):
+    """Write the SavedModel, the warmup file and the metadata into ``temp_dir``, then
+    (with ``verify``) reload it and compare it with ``graph``."""
+    build_archive(graph).write_out(temp_dir, verbose=False)
+    extra = os.path.join(temp_dir, "assets.extra")
+    os.makedirs(extra, exist_ok=True)
+    probe_images = _probe_images(graph.crop, 2)
+    probe_bytes = _encode_png(_probe_images(graph.resize, 1, seed=1)[0])
+    written = _write_warmup_file(extra, model_name, graph.crop, probe_bytes, warmup)
+    metadata = _metadata(graph, model_name, warmup_written=written, **info)
+    with open(os.path.join(extra, METADATA_FILENAME), "w", encoding="utf-8") as f:
+        json.dump(_json_safe(metadata), f, indent=2, sort_keys=True)
+    if verify:
+        _verify(temp_dir, graph, probe_images, probe_bytes)
+
+
+def _base_dir(out_dir, version):
+    """The model base directory, created; an explicit existing version is refused."""
+    base_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(base_dir, exist_ok=True)
+    if version is not None and os.path.exists(os.path.join(base_dir, str(int(version)))):
+        raise ExportError(f"version {int(version)} already exists in {base_dir!r}; "
+                          "versions are never overwritten")
+    return base_dir
+
+
 def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=None,
                     class_split=None, metrics=None, source=None, version=None,
                     warmup="auto", verify=True, max_pixels=DEFAULT_MAX_PIXELS,
@@ -642,11 +765,9 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
       crop: int or (H, W): the centre crop, i.e. the model's input size.
       preprocessing: a ``normalize`` mode ("caffe", "tf", "torch", "none"); default
         ``model.preprocessing``.
-      config: the experiment config dict (stored in the metadata).
-      class_split: the class split (dataset, class names per split) for the metadata;
-        default: what ``config`` says about it.
-      metrics: evaluation metrics dict (stored in the metadata).
-      source: where the model came from (stored in the metadata).
+      config, class_split, metrics, source: stored in the metadata (the experiment
+        config dict; the class split, by default what ``config`` says about it; the
+        evaluation metrics; where the model came from).
       version: an explicit version number (must not exist); default the next one.
       warmup: "auto" (write the warmup file if tensorflow-serving-api is installed,
         else warn), "require" (fail without it) or "skip".
@@ -664,104 +785,22 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
       ExportError: bad arguments, a failed check, or an existing explicit version.
         On any failure (or interruption) nothing is left in ``out_dir``.
     """
-    from hdml_tf import models
-    from hdml_tf.data import preprocess
-
-    if warmup not in _WARMUP_MODES:
-        raise ExportError(f"warmup={warmup!r}: expected one of {_WARMUP_MODES}")
-    embedder = model.embedder if isinstance(model, models.HDML) else model
-    if not isinstance(embedder, models.Embedder):
-        raise ExportError(f"expected an hdml_tf Embedder or HDML model, got "
-                          f"{type(model).__name__}")
-    resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
-    if crop is None or resize is None:
-        raise ExportError("resize and crop must be given (the evaluation protocol's "
-                          "sizes, e.g. resize=256, crop=227)")
-    if crop[0] > resize[0] or crop[1] > resize[1]:
-        raise ExportError(f"crop {crop} is larger than resize {resize}")
-    limits = _check_limits({"max_pixels": max_pixels, "max_batch": max_batch},
-                           "the serving limits")
-    preprocessing = preprocess.preprocessing_mode(
-        preprocessing or getattr(embedder, "preprocessing", None) or "none")
-    if warmup == "require":
-        try:
-            importlib.import_module("tensorflow_serving.apis.prediction_log_pb2")
-        except ImportError as err:
-            raise ExportError(_SERVING_API_HINT) from err
-
+    embedder, resize, crop, preprocessing, limits = _checked_arguments(
+        model, resize, crop, preprocessing, warmup,
+        {"max_pixels": max_pixels, "max_batch": max_batch})
     source_policies = _policy_names(embedder)
     clone = serving_embedder(embedder, crop)
     if verify:
         _check_clone(embedder, clone, crop, preprocessing, source_policies)
-    module = ServingModule(clone, resize, crop, preprocessing, **limits)
-    base_dir = os.path.abspath(os.fspath(out_dir))
-    os.makedirs(base_dir, exist_ok=True)
-    if version is not None and os.path.exists(os.path.join(base_dir, str(int(version)))):
-        raise ExportError(f"version {int(version)} already exists in {base_dir!r}; "
-                          "versions are never overwritten")
+    graph = ServingGraph(clone, resize, crop, preprocessing, **limits)
+    base_dir = _base_dir(out_dir, version)
     # Same parent as the version directories, so the final rename is atomic; the dot
     # prefix keeps TF Serving (which loads integer names only) from looking at it.
     temp_dir = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=base_dir)
     try:
-        tf.saved_model.save(module, temp_dir, signatures=module.signatures())
-        extra = os.path.join(temp_dir, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        probe_images = _probe_images(crop, 2)
-        probe_bytes = _encode_png(_probe_images(resize, 1, seed=1)[0])
-        warmup_written = False
-        if warmup != "skip":
-            try:
-                write_warmup(os.path.join(extra, WARMUP_FILENAME),
-                             os.path.basename(base_dir), crop, probe_bytes)
-                warmup_written = True
-            except ImportError as err:
-                if warmup == "require":
-                    raise ExportError(_SERVING_API_HINT) from err
-                warnings.warn(f"no warmup file written: {_SERVING_API_HINT}",
-                              stacklevel=2)
-        metadata = {
-            "format": METADATA_FORMAT,
-            "model_name": os.path.basename(base_dir),
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "source": source,
-            "signatures": {
-                SIGNATURE_IMAGES: {
-                    "inputs": {INPUT_IMAGES: {"dtype": "float32",
-                                              "shape": [-1, crop[0], crop[1], 3],
-                                              "meaning": "RGB, 0-255, resized and "
-                                                         "centre-cropped"}},
-                    "outputs": {OUTPUT_EMBEDDING: {"dtype": "float32",
-                                                   "shape": [-1, module.embedding_dim]}}},
-                SIGNATURE_BYTES: {
-                    "inputs": {INPUT_BYTES: {"dtype": "string", "shape": [-1],
-                                             "meaning": "encoded JPEG/PNG/GIF/BMP/WebP"}},
-                    "outputs": {OUTPUT_EMBEDDING: {"dtype": "float32",
-                                                   "shape": [-1, module.embedding_dim]}}},
-            },
-            "preprocessing": {"resize": list(resize), "crop": list(crop),
-                              "normalize": preprocessing, "interpolation": "bilinear"},
-            "limits": {
-                "max_pixels": limits["max_pixels"],
-                "max_pixels_applies_to": f"{SIGNATURE_BYTES}: each image, height x width "
-                                         "as declared by its header, checked before "
-                                         "decoding",
-                "max_batch": limits["max_batch"],
-                "max_batch_applies_to": "both signatures: images per request",
-            },
-            "embedding_dim": module.embedding_dim,
-            "l2_normalized": True,
-            "serving_dtype": "float32",
-            "source_dtype_policies": source_policies,
-            "warmup_requests": warmup_written,
-            "config": config,
-            "class_split": class_split if class_split is not None else _class_split(config),
-            "metrics": metrics,
-            "versions": _versions(),
-        }
-        with open(os.path.join(extra, METADATA_FILENAME), "w", encoding="utf-8") as f:
-            json.dump(_json_safe(metadata), f, indent=2, sort_keys=True)
-        if verify:
-            _verify(temp_dir, clone, module, probe_images, probe_bytes)
+        _write_version(temp_dir, graph, os.path.basename(base_dir), warmup, verify, dict(
+            source=source, config=config, class_split=class_split, metrics=metrics,
+            source_policies=source_policies))
         return _move_into_place(temp_dir, base_dir, version)
     finally:
         # Reached on success too: then temp_dir has been renamed and is gone.
