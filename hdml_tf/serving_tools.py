@@ -251,46 +251,20 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False,
     chunks, kept, skipped = [], [], []
     bar = _Progress(len(files), "embed", enabled=progress)
     for start in range(0, len(files), batch_size):
-        batch = files[start:start + batch_size]
-        contents, readable = [], []
-        for name in batch:
-            try:
-                with open(name, "rb") as f:
-                    data = f.read()
-            except OSError as err:
-                if strict:
-                    raise
-                skipped.append((name, str(err)))
-                continue
-            # Unknown formats and unreadable headers are left to the model, whose
-            # message says which it is; only a readable, oversized header stops here.
-            size = image_size(data) if max_pixels is not None else None
-            if size is not None and size[0] * size[1] > max_pixels:
-                reason = (f"declares {size[0]}x{size[1]} pixels (height x width), over the "
-                          f"limit of {max_pixels}; not decoded")
-                if strict:
-                    raise tf.errors.InvalidArgumentError(None, None, f"{name}: {reason}")
+        names, contents = [], []
+        for name in files[start:start + batch_size]:
+            data, reason = _read_image(name, strict, max_pixels)
+            if data is None:
                 skipped.append((name, reason))
-                continue
-            contents.append(data)
-            readable.append(name)
-        if readable:
-            try:
-                chunks.append(run(contents))
-                kept += readable
-            except tf.errors.InvalidArgumentError:
-                # One bad file fails its whole batch: redo it one file at a time so
-                # that only the bad files are dropped, and say which they are.
-                for name, data in zip(readable, contents):
-                    try:
-                        chunks.append(run([data]))
-                        kept.append(name)
-                    except tf.errors.InvalidArgumentError as err:
-                        reason = _reason(err.message)
-                        if strict:  # one line, not the graph's op trace
-                            raise tf.errors.InvalidArgumentError(
-                                None, None, f"{name}: {reason}") from None
-                        skipped.append((name, reason))
+            else:
+                names.append(name)
+                contents.append(data)
+        if names:
+            batch_chunks, batch_kept, batch_skipped = _embed_batch(run, names, contents,
+                                                                   strict)
+            chunks += batch_chunks
+            kept += batch_kept
+            skipped += batch_skipped
         bar.update(min(start + batch_size, len(files)))
     bar.close()
     if chunks:
@@ -298,6 +272,60 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False,
     else:
         embeddings = np.zeros((0, 0), np.float32)
     return embeddings, kept, skipped
+
+
+def _read_image(name, strict, max_pixels):
+    """``(bytes, None)`` for a file to embed, ``(None, reason)`` for one to skip.
+
+    Raises:
+      OSError or tensorflow.errors.InvalidArgumentError: with ``strict``, for an
+        unreadable file or a header over ``max_pixels``.
+    """
+    import tensorflow as tf
+
+    try:
+        with open(name, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        if strict:
+            raise
+        return None, str(err)
+    # Unknown formats and unreadable headers are left to the model, whose
+    # message says which it is; only a readable, oversized header stops here.
+    size = image_size(data) if max_pixels is not None else None
+    if size is not None and size[0] * size[1] > max_pixels:
+        reason = (f"declares {size[0]}x{size[1]} pixels (height x width), over the "
+                  f"limit of {max_pixels}; not decoded")
+        if strict:
+            raise tf.errors.InvalidArgumentError(None, None, f"{name}: {reason}")
+        return None, reason
+    return data, None
+
+
+def _embed_batch(run, names, contents, strict):
+    """``(chunks, kept, skipped)`` of one batch.
+
+    One bad file fails its whole batch: then the batch is redone one file at a time
+    so that only the bad files are dropped, and the reason says which they are.
+    """
+    import tensorflow as tf
+
+    try:
+        return [run(contents)], list(names), []
+    except tf.errors.InvalidArgumentError:
+        pass
+    chunks, kept, skipped = [], [], []
+    for name, data in zip(names, contents):
+        try:
+            chunks.append(run([data]))
+            kept.append(name)
+        except tf.errors.InvalidArgumentError as err:
+            reason = _reason(err.message)
+            if strict:  # one line, not the graph's op trace
+                raise tf.errors.InvalidArgumentError(None, None,
+                                                     f"{name}: {reason}") from None
+            skipped.append((name, reason))
+    return chunks, kept, skipped
 
 
 def _reason(message):
