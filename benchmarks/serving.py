@@ -90,9 +90,9 @@ def main(argv=None):
     if args.checkpoint:
         loaded_ckpt = export.load_checkpoint(args.checkpoint)
         embedder = loaded_ckpt["embedder"]
-        cfg = loaded_ckpt["config"] or {}
-        args.resize = export._config_get(cfg, "data", "resize") or args.resize
-        args.crop = export._config_get(cfg, "data", "crop") or args.crop
+        data = (loaded_ckpt["config"] or {}).get("data") or {}
+        args.resize = data.get("resize") or args.resize
+        args.crop = data.get("crop") or args.crop
     else:
         embedder = build_embedder(args.backbone, args.crop, args.embedding_dim)
     mode = preprocess.preprocessing_mode(embedder.preprocessing)
