@@ -436,6 +436,39 @@ def test_embedder_keras_file_without_config_needs_sizes(tmp_path):
     assert os.path.basename(out) == "1"
 
 
+def test_export_run_with_the_model_in_memory(model, workdir, tmp_path, monkeypatch):
+    """``export_run`` given the model and config a caller has (as training does): the
+    workdir's model.keras is not loaded again, the three report lines go to ``log``,
+    the metadata holds the given config (turned into a dict by its ``to_dict``) and
+    the class split of config.json, and the export serves the model in memory."""
+    def no_load(*args, **kwargs):
+        raise AssertionError("model.keras was loaded although the model was given")
+
+    class Config:  # the shape of hdml_tf.config's typed configs
+        def to_dict(self):
+            return {"name": "in_memory", "data": {"name": "cub200", "resize": RESIZE,
+                                                  "crop": CROP, "val_fraction": 0.25}}
+
+    monkeypatch.setattr(export, "_load_model", no_load)
+    lines = []
+    path = export.export_run(workdir, str(tmp_path / "m"), log=lines.append, model=model,
+                             config=Config(), warmup="skip", verify=False)
+    assert lines == [f"exported {path}",
+                     "  signatures: serving_default(images) and "
+                     "serve_bytes(image_bytes) -> embedding",
+                     "  limits: max_batch=128 images per request, "
+                     "max_pixels=50000000 per image"]
+    with open(os.path.join(path, "assets.extra", export.METADATA_FILENAME)) as f:
+        meta = json.load(f)
+    assert meta["config"]["name"] == "in_memory"
+    assert meta["class_split"] == {"dataset": "cub200", "val_fraction": 0.25,
+                                   "num_classes": NUM_CLASSES, "class_names": CLASS_NAMES}
+    images = np.random.default_rng(4).uniform(0, 255, (2, CROP, CROP, 3)).astype(np.float32)
+    want = model.embedder(preprocess.normalize(images, "caffe"), training=False).numpy()
+    got = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(got["embedding"].numpy(), want, atol=1e-5, rtol=0)
+
+
 def test_cli_errors_name_the_path(tmp_path, capsys):
     empty = tmp_path / "workdir"
     empty.mkdir()
