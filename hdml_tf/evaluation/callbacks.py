@@ -160,6 +160,7 @@ class EvaluationCallback(keras.callbacks.Callback):
         self._latest: dict[str, float] = {}
         self._step = 0
         self._epoch = 0
+        self._last_batch = -1  # the epoch's last batch index seen
         self._writer = None
         self._restored = False
 
@@ -276,9 +277,13 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._last_batch = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
+        # Steps advance by the batch index, not by calls: with N steps per execution
+        # Keras (and hdml-tf train) call this once per execution, with its last batch.
+        self._step += batch - self._last_batch
+        self._last_batch = batch
         if self.schedule is not None and self.schedule(self._step):
             self._run()
 
