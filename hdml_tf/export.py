@@ -54,7 +54,6 @@ import datetime
 import importlib
 import json
 import os
-import pkgutil
 import platform
 import shutil
 import sys
@@ -104,16 +103,6 @@ class ExportError(RuntimeError):
 # --------------------------------------------------------------------- checkpoints
 
 
-def _register_serializables():
-    """Import every module that registers Keras classes a checkpoint may name."""
-    importlib.import_module("hdml_tf.models")
-    package = importlib.import_module("hdml_tf.backbones")
-    # Backbones added later (e.g. small networks for demos) register themselves on
-    # import; load them all so any saved backbone class can be deserialised.
-    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-        importlib.import_module(info.name)
-
-
 def _read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -146,7 +135,6 @@ def _model_file(checkpoint):
 def _load_model(checkpoint, model_path):
     """The Keras model of a training workdir (through the one workdir loader,
     ``restore_model``) or of a ``.keras`` file."""
-    _register_serializables()
     import keras
 
     try:
