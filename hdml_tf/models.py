@@ -861,7 +861,7 @@ class HDML(keras.Model):
         return cls(**config)
 
     def get_build_config(self):
-        shape = getattr(self, "_image_shape", None)
+        shape = self.image_shape
         return {"input_shape": list(shape)} if shape is not None else {}
 
     def build_from_config(self, config):

@@ -1,5 +1,6 @@
 """The HDML keras.Model: gradient routing, statistics, NaN steps, saving, fitting."""
 
+import copy
 import json
 
 import numpy as np
@@ -334,9 +335,10 @@ def test_stat_init_is_a_deprecated_alias():
     config = model.get_config()
     assert "stat_init" not in config
     oldest = {k: v for k, v in config.items() if k not in ("j_avg_init", "j_gen_avg_init")}
-    restored = HDML.from_config(dict(oldest, stat_init=3.0))
+    # Deserialising consumes the nested embedder config: a deep copy for each.
+    restored = HDML.from_config(copy.deepcopy(dict(oldest, stat_init=3.0)))
     assert (restored.j_avg_init, restored.j_gen_avg_init) == (3.0, 3.0)
-    saved = HDML.from_config(dict(config, stat_init=1e6))  # resolved values win
+    saved = HDML.from_config(copy.deepcopy(dict(config, stat_init=1e6)))  # resolved win
     assert (saved.j_avg_init, saved.j_gen_avg_init) == (5.0, 5.0)
 
 
@@ -411,3 +413,29 @@ def test_tf_checkpoint_restores_everything(tmp_path):
     make_checkpoint(model).restore(path).assert_consumed()
     for variable, value in zip(variables, saved):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
+
+
+def test_model_keras_written_before_the_compile_contract_loads(tmp_path):
+    """A model.keras written by the code before HDML compiled Keras without an
+    optimizer and before HDMLParams (commit 6f9f950; tests/fixtures/
+    hdml_model_keras_v0.keras, 3 training steps) loads with every weight, statistic and
+    optimizer slot, embeds as it did, and trains on."""
+    import pathlib
+
+    fixture = pathlib.Path(__file__).parent / "fixtures" / "hdml_model_keras_v0"
+    expected = np.load(f"{fixture}.npz")
+    loaded = keras.models.load_model(f"{fixture}.keras")
+    state = _all_variables(loaded)
+    assert len(state) == len([k for k in expected.files if k.startswith("state_")])
+    for i, variable in enumerate(state):
+        np.testing.assert_array_equal(variable.numpy(), expected[f"state_{i}"],
+                                      err_msg=variable.path)
+    assert int(loaded.metric_optimizer.iterations.numpy()) == 3
+    np.testing.assert_array_equal(loaded.embedder(expected["images"]).numpy(),
+                                  expected["embeddings"])
+    assert loaded.weight_decay == 1e-3 and loaded.params.generator_hidden == 16
+    x = tuple(expected["images"][:2] for _ in range(2))
+    labels = np.arange(2, dtype=np.int32)
+    logs = loaded.train_on_batch(x, (labels, labels), return_dict=True)
+    assert np.isfinite(logs["j_metric"])
+    assert int(loaded.metric_optimizer.iterations.numpy()) == 4
