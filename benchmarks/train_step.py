@@ -47,12 +47,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Cars196's official settings (HDML_SPEC.md), so both steps carry the weight decay and
-# the N-pair L2 term they carry in a real run.
-OFFICIAL = dict(alpha=90.0, beta=1e4, lambda_gen=0.5, softmax_factor=1e4, l2_reg=3e-3,
-                weight_decay=5e-3)
-
-
 def load_average():
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
@@ -79,11 +73,11 @@ def build(backbone_name, hdml, size, embedding_dim, num_classes, seed=0):
 
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(backbone_name, input_shape=(size, size, 3))
+    # HDML's and compile's defaults (hdml_tf.params) are Cars196's official settings,
+    # so both steps carry the weight decay and the N-pair L2 term of a real run.
     model = HDML(Embedder(backbone, embedding_dim=embedding_dim), num_classes=num_classes,
-                 loss="npair", hdml=hdml, **OFFICIAL)
-    model.compile(metric_optimizer=keras.optimizers.Adam(7e-5),
-                  generator_optimizer=keras.optimizers.Adam(1e-2),
-                  classifier_optimizer=keras.optimizers.Adam(1e-3))
+                 loss="npair", hdml=hdml)
+    model.compile()  # Adam 7e-5 (metric), 1e-2 (generator), 1e-3 (classifier)
     model.build((None, size, size, 3))  # and the optimizers (compiled first)
     return model
 

@@ -8,6 +8,10 @@ supported route there, and using it everywhere keeps single- and multi-device ru
 identical.) Keras callbacks still do the progress bar, CSV, TensorBoard and periodic
 evaluation, through ``keras.callbacks.CallbackList``.
 
+`train` is three steps: `setup` (config -> data, model, checkpoint, resume, callbacks:
+a `Run`), `run_loop` (the steps) and `finish` (final model, test metrics, export).
+What a checkpoint holds and how a workdir is restored: :mod:`hdml_tf.checkpoints`.
+
 Workdir layout:
   config.json                 the resolved experiment config
   checkpoints/ckpt-*          tf.train.Checkpoint: model (weights, running statistics),
@@ -23,16 +27,19 @@ Killed at any moment (even ``kill -9``) and run again with the same workdir, tra
 resumes from the last checkpoint.
 """
 
+import dataclasses
 import json
 import os
+import shutil
 import sys
-import tempfile
 import time
+import typing
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from hdml_tf import checkpoints
 from hdml_tf import config as config_lib
 
 EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
@@ -137,8 +144,6 @@ def evaluation_dataset(config, split, preprocessing):
 
 def subsample_split(split, count, seed):
     """A fixed random subset of ``count`` images of an ImageDataset (all if fewer)."""
-    import dataclasses
-
     if count >= len(split):
         return split
     keep = np.sort(np.random.default_rng(seed).choice(len(split), count, replace=False))
@@ -190,67 +195,9 @@ def build_model(config, num_classes):
     return model
 
 
-def _by_path(variables):
-    """Variables keyed by their unique Keras path ('/' is not allowed in names)."""
-    named = {}
-    for variable in variables:
-        key = variable.path.replace("/", ".")
-        if key in named:
-            raise RuntimeError(f"two variables share the path {variable.path!r}")
-        named[key] = variable
-    return named
-
-
-def make_checkpoint(model):
-    """A tf.train.Checkpoint of every model and optimizer variable, named by path.
-
-    Keras 3 objects are only partly visible to tf.train.Checkpoint's object-graph
-    tracking (a nested backbone's BatchNorm statistics were missed), so the variables
-    are listed explicitly: weights, running statistics, all three optimizers' state.
-    """
-    return tf.train.Checkpoint(
-        model=_by_path(model.variables),
-        metric_optimizer=_by_path(model.metric_optimizer.variables),
-        generator_optimizer=_by_path(model.generator_optimizer.variables),
-        classifier_optimizer=_by_path(model.classifier_optimizer.variables),
-        step=tf.Variable(0, dtype=tf.int64, trainable=False))
-
-
-def _atomic_save(model, path):
-    """model.save to a temporary file in the same folder, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder)
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def restore_model(workdir):
-    """The HDML model of a workdir: ``model.keras`` if present, else the config plus
-    the latest checkpoint."""
-    import hdml_tf.models  # noqa: F401  (registers the classes)
-    import hdml_tf.backbones.small_cnn  # noqa: F401
-
-    path = os.path.join(workdir, "model.keras")
-    if os.path.exists(path):
-        return keras.models.load_model(path)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{workdir} is not a training workdir: no model.keras and "
-                                "no config.json")
-    with open(config_path) as f:
-        saved = json.load(f)
-    config = config_lib.from_dict(saved["config"])
-    model = build_model(config, saved["num_classes"])
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
-        raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-    make_checkpoint(model).restore(latest).expect_partial()
-    return model
+# Checkpoints moved to hdml_tf.checkpoints; the names stay importable from here.
+make_checkpoint = checkpoints.make_checkpoint
+restore_model = checkpoints.restore_model
 
 
 # ----------------------------------------------------------------------- train
@@ -359,7 +306,7 @@ class _Checkpointer(keras.callbacks.Callback):
         kept = {int(path.rsplit("-", 1)[1]) for path in self.manager.checkpoints}
         for state in self.states:
             state.prune(kept)
-        _atomic_save(self.model, os.path.join(self.workdir, "model.keras"))
+        checkpoints.atomic_save(self.model, os.path.join(self.workdir, "model.keras"))
 
 
 class _AppendingCSVLogger(keras.callbacks.CSVLogger):
@@ -416,8 +363,39 @@ def _write_json(path, payload):
     os.replace(tmp, path)
 
 
+@dataclasses.dataclass
+class Run:
+    """One experiment ready to train: what `setup` builds, `run_loop` advances and
+    `finish` reports on.
+
+    ``steps`` runs ``count`` training steps in one call (``steps(iterator, count)``)
+    and returns the last step's logs; ``logs`` and ``train_seconds`` are filled by
+    `run_loop`.
+    """
+
+    config: typing.Any
+    workdir: str
+    strategy: tf.distribute.Strategy
+    chief: bool
+    scratch: str  # where this worker writes: the workdir on the chief
+    splits: dict
+    model: keras.Model
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    start_step: int
+    iterator: typing.Any
+    steps: typing.Callable
+    callbacks: keras.callbacks.CallbackList
+    states: list  # EvaluationState of each evaluation callback
+    log: typing.Callable = print
+    logs: dict = dataclasses.field(default_factory=dict)
+    train_seconds: float = 0.0
+
+
 def train(config, workdir, strategy=None, devices=None, log=print, return_model=False):
     """Run (or resume) one experiment in ``workdir``; returns the results dict.
+
+    `setup`, then `run_loop`, then `finish`.
 
     Args:
       config: a validated ExperimentConfig.
@@ -427,24 +405,37 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
       log: where progress lines go.
       return_model: return ``(results, model)`` instead of ``results``.
     """
-    os.makedirs(workdir, exist_ok=True)
+    run = setup(config, workdir, strategy=strategy, devices=devices, log=log)
+    run_loop(run)
+    results = finish(run)
+    return (results, run.model) if return_model else results
+
+
+def _check_workdir(config, workdir):
+    """Refuse a workdir that holds a run with another config."""
     config_path = os.path.join(workdir, "config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            previous = json.load(f)["config"]
-        if previous != json.loads(config.to_json()):
-            changed = sorted(f"{s}.{k}" for s in previous if isinstance(previous[s], dict)
-                             for k in previous[s]
-                             if previous[s][k] != json.loads(config.to_json())[s].get(k))
-            raise config_lib.ConfigError(
-                f"{workdir} holds a run with a different config (changed: "
-                f"{', '.join(changed) or 'name'}); use a new --workdir")
+    if not os.path.exists(config_path):
+        return
+    with open(config_path) as f:
+        previous = json.load(f)["config"]
+    current = json.loads(config.to_json())
+    if previous != current:
+        changed = sorted(f"{s}.{k}" for s in previous if isinstance(previous[s], dict)
+                         for k in previous[s] if previous[s][k] != current[s].get(k))
+        raise config_lib.ConfigError(
+            f"{workdir} holds a run with a different config (changed: "
+            f"{', '.join(changed) or 'name'}); use a new --workdir")
+
+
+def setup(config, workdir, strategy=None, devices=None, log=print):
+    """Everything a run needs before its first step, resumed from the workdir's latest
+    checkpoint if there is one. Arguments as `train`; returns a `Run`."""
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir(config, workdir)
     keras.utils.set_random_seed(config.train.seed)
     strategy = strategy or build_strategy(config.train.strategy, devices)
-    chief = is_chief(strategy)
-    scratch = _scratch_dir(workdir, strategy)
-    replicas = strategy.num_replicas_in_sync
-    per_batch = config_lib.classes_per_batch(config)
+    chief, scratch = is_chief(strategy), _scratch_dir(workdir, strategy)
+    per_batch, replicas = config_lib.classes_per_batch(config), strategy.num_replicas_in_sync
     if per_batch % replicas:
         raise config_lib.ConfigError(
             f"data.batch_size: {per_batch} classes per batch do not split evenly over "
@@ -454,31 +445,52 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     num_classes = splits["train"].num_classes
     config_lib.check_against_dataset(config, num_classes)
     if chief:
-        _write_json(config_path, {"config": config.to_dict(), "num_classes": num_classes,
-                                  "class_names": {k: list(map(str, v.class_names))
-                                                  for k, v in splits.items()}})
-
+        _write_json(os.path.join(workdir, "config.json"), {
+            "config": config.to_dict(), "num_classes": num_classes,
+            "class_names": {k: list(map(str, v.class_names)) for k, v in splits.items()}})
     with strategy.scope():
         model = build_model(config, num_classes)
-        checkpoint = make_checkpoint(model)
+        checkpoint = checkpoints.make_checkpoint(model)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(scratch, "checkpoints"),
                                          max_to_keep=config.train.keep_checkpoints)
-    # Every worker resumes from the chief's checkpoints.
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    start_step = _resume(checkpoint, workdir, config.train.steps_per_epoch, log)
+
+    preprocessing = model.embedder.preprocessing
+    iterator = _distributed_iterator(config, strategy, splits["train"], preprocessing,
+                                     start_step)
+    callbacks, states = _callbacks(config, workdir, splits, preprocessing, chief,
+                                   start_step)
+    callbacks.append(_Checkpointer(manager, checkpoint, scratch,
+                                   config.train.steps_per_epoch, states))
+    t = config.train
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=t.verbose > 0, model=model,
+        verbose=t.verbose, epochs=-(-t.steps // t.steps_per_epoch),
+        steps=t.steps_per_epoch)
+    return Run(config=config, workdir=workdir, strategy=strategy, chief=chief,
+               scratch=scratch, splits=splits, model=model, checkpoint=checkpoint,
+               manager=manager, start_step=start_step, iterator=iterator,
+               steps=_step_function(model, strategy, t.xla), callbacks=callback_list,
+               states=states, log=log)
+
+
+def _resume(checkpoint, workdir, steps_per_epoch, log):
+    """Restore the latest checkpoint of ``workdir`` (every worker resumes from the
+    chief's) into ``checkpoint``; returns the step to start from."""
+    latest = checkpoints.latest(os.path.join(workdir, "checkpoints"))
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        checkpoints.restore(checkpoint, latest).assert_existing_objects_matched()
         log(f"resumed from {latest} at step {int(checkpoint.step.numpy())}")
     start_step = int(checkpoint.step.numpy())
-    t = config.train
-    steps_per_epoch = t.steps_per_epoch
     if start_step % steps_per_epoch:
         raise RuntimeError(f"checkpoint step {start_step} is not a multiple of "
                            f"train.steps_per_epoch={steps_per_epoch}")
-    epochs = -(-t.steps // steps_per_epoch)
-    initial_epoch = start_step // steps_per_epoch
+    return start_step
 
-    preprocessing = model.embedder.preprocessing
-    dataset = training_dataset(config, splits["train"], preprocessing, start_batch=start_step)
+
+def _distributed_iterator(config, strategy, train_split, preprocessing, start_step):
+    """The training batches from ``start_step`` on, distributed over the replicas."""
+    dataset = training_dataset(config, train_split, preprocessing, start_batch=start_step)
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         # Every worker draws the same seeded global batches; DATA sharding hands each
         # worker its slice of every batch (pairs stay aligned: the layout is nested).
@@ -486,7 +498,12 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.DATA)
         dataset = dataset.with_options(options)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    return iter(strategy.experimental_distribute_dataset(dataset))
+
+
+def _step_function(model, strategy, xla):
+    """``steps(iterator, count)``: ``count`` train steps in one ``tf.function`` call
+    (the host waits for logs once per call); the last step's logs."""
 
     # train_step has no data-dependent Python control flow (it uses tf.cond itself),
     # so AutoGraph has nothing to convert.
@@ -494,9 +511,7 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
     def replica_step(batch):
         return model.train_step(batch)
 
-    step_fn = replica_step
-    if t.xla:
-        step_fn = tf.function(replica_step, jit_compile=True)
+    step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
 
     def one_step(it):
         logs = strategy.run(step_fn, args=(next(it),))
@@ -505,74 +520,77 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
 
     @tf.function
     def distributed_steps(it, count):
-        """``count`` steps in one call: the host waits (for logs) once per call."""
         logs = one_step(it)
         for _ in tf.range(count - 1):
             logs = one_step(it)
         return logs
 
-    callbacks, states = _callbacks(config, workdir, splits, preprocessing, chief,
-                                   start_step)
-    callbacks.append(_Checkpointer(manager, checkpoint, scratch, steps_per_epoch, states))
-    callback_list = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=t.verbose > 0, model=model,
-        verbose=t.verbose, epochs=epochs, steps=steps_per_epoch)
+    return distributed_steps
 
-    log(f"training {config.name}: {t.steps} steps from step {start_step}, "
-        f"{replicas} replica(s), HDML {'on' if config.model.hdml else 'off'}")
+
+def run_loop(run):
+    """Train from ``run.start_step`` to ``config.train.steps``, with the callbacks
+    (logs, evaluations, a checkpoint at each epoch end) seeing every step."""
+    config, model, callbacks = run.config, run.model, run.callbacks
+    t = config.train
+    run.log(f"training {config.name}: {t.steps} steps from step {run.start_step}, "
+            f"{run.strategy.num_replicas_in_sync} replica(s), "
+            f"HDML {'on' if config.model.hdml else 'off'}")
     started = time.time()
-    callback_list.on_train_begin()
+    callbacks.on_train_begin()
     logs = {}
     boundaries = _boundary_checks(config)
-    for epoch in range(initial_epoch, epochs):
+    for epoch in range(run.start_step // t.steps_per_epoch, -(-t.steps // t.steps_per_epoch)):
         model.reset_metrics()
-        callback_list.on_epoch_begin(epoch)
-        first = epoch * steps_per_epoch  # global step before this epoch
-        steps_here = min(steps_per_epoch, t.steps - first)
+        callbacks.on_epoch_begin(epoch)
+        first = epoch * t.steps_per_epoch  # global step before this epoch
+        steps_here = min(t.steps_per_epoch, t.steps - first)
         step = 0
         while step < steps_here:
             count = _steps_to_boundary(first + step, t.steps_per_execution,
                                        first + steps_here, boundaries)
-            logs = {k: float(v) for k, v in
-                    distributed_steps(iterator, tf.constant(count)).items()}
+            logs = {k: float(v) for k, v in run.steps(run.iterator, tf.constant(count)).items()}
             model.check_progress()  # a stalled metric step ends the run before a save
             # Callbacks see every step (progress, counters); the logs are the last
             # step's, and every step a callback acts on ends a call (a boundary).
             for batch in range(step, step + count):
-                callback_list.on_train_batch_begin(batch)
-                callback_list.on_train_batch_end(batch, logs)
+                callbacks.on_train_batch_begin(batch)
+                callbacks.on_train_batch_end(batch, logs)
             step += count
-        callback_list.on_epoch_end(epoch, dict(logs))
+        callbacks.on_epoch_end(epoch, dict(logs))
         if model.stop_training:
             break
-    callback_list.on_train_end(logs)
-    train_seconds = time.time() - started
+    callbacks.on_train_end(logs)
+    run.logs, run.train_seconds = logs, time.time() - started
 
-    results = {"train_seconds": train_seconds, "steps": t.steps,
-               "final_logs": logs, "statistics": model.statistics()}
-    _atomic_save(model, os.path.join(scratch, "model.keras"))
-    if not chief:
-        import shutil
 
-        shutil.rmtree(scratch, ignore_errors=True)  # the chief holds the run
-        return (results, model) if return_model else results
-    test_metrics = evaluate_model(model, config, splits["test"])
+def finish(run):
+    """Save the final model, evaluate it on the test split, write ``metrics.json``,
+    log the summary and export (``train.export``); returns the results dict."""
+    config, model = run.config, run.model
+    results = {"train_seconds": run.train_seconds, "steps": config.train.steps,
+               "final_logs": run.logs, "statistics": model.statistics()}
+    checkpoints.atomic_save(model, os.path.join(run.scratch, "model.keras"))
+    if not run.chief:
+        shutil.rmtree(run.scratch, ignore_errors=True)  # the chief holds the run
+        return results
+    test_metrics = evaluate_model(model, config, run.splits["test"])
     results["test"] = test_metrics  # the headline: the final checkpoint
     results["paper"] = dict(config.paper)
     tables = {config.name: test_metrics}
-    for state in states:
+    for state in run.states:
         if state.name == "authors_eval":
             selected = _authors_selected(state.callback)
             results["authors_selected"] = selected
             if selected:
                 tables["authors' protocol"] = selected["metrics"]
-    _write_json(os.path.join(workdir, "metrics.json"), results)
-    log(summary_table(tables, paper=config.paper))
+    _write_json(os.path.join(run.workdir, "metrics.json"), results)
+    run.log(summary_table(tables, paper=config.paper))
     if "authors_selected" in results:
-        log(_authors_note(results["authors_selected"]))
-    if t.export:
-        results["export"] = export_workdir(workdir, config, log=log)
-    return (results, model) if return_model else results
+        run.log(_authors_note(results["authors_selected"]))
+    if config.train.export:
+        results["export"] = export_workdir(run.workdir, config, log=run.log, model=model)
+    return results
 
 
 def _boundary_checks(config):
@@ -674,17 +692,22 @@ def evaluate_model(model, config, split):
                     kmeans_nredo=config.train.kmeans_restarts)
 
 
-def export_workdir(workdir, config, log=print):
-    """Export the embedder to ``<export_dir>/<export_name>/<version>/``."""
+def export_workdir(workdir, config, log=print, model=None):
+    """Export the embedder to ``<export_dir>/<export_name>/<version>/``.
+
+    ``model``: the run's HDML model, if in memory (else ``model.keras`` is read).
+    Returns the model base directory, or None when the export failed (the run's
+    results stand; the error is printed as ``hdml-tf export`` prints it).
+    """
+    from hdml_tf import export as export_lib
+
+    out = os.path.join(config.train.export_dir, config.train.export_name or config.name)
     try:
-        from hdml_tf import export as export_lib
-    except ImportError as error:  # pragma: no cover - the module ships with the package
-        log(f"export skipped: {error}")
+        export_lib.export_run(workdir, out, log=log, model=model, config=config)
+    except (export_lib.ExportError, ValueError) as error:
+        print(f"hdml-tf export: error: {error}", file=sys.stderr)
         return None
-    name = config.train.export_name or config.name
-    out = os.path.join(config.train.export_dir, name)
-    code = export_lib.export_main(["--checkpoint", workdir, "--out", out])
-    return out if code == 0 else None
+    return out
 
 
 def summary_table(results, paper=None, keys=None):

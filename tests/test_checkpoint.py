@@ -1,4 +1,4 @@
-"""hdml_tf.training.make_checkpoint and restore_model on their own.
+"""hdml_tf.checkpoints: make_checkpoint, restore and restore_model on their own.
 
 The model is what ``hdml-tf train`` builds (``build_model``) with the ``small_cnn``
 backbone: BatchNorm statistics inside a nested Keras model, which Keras 3 objects hide
@@ -6,10 +6,10 @@ from tf.train.Checkpoint's object-graph tracking. Every BatchNorm statistic is
 randomised before saving, so one that a save or a restore misses cannot come back
 equal by chance (fresh layers hold mean 0, variance 1).
 
-A resume or an export restores in a new process. Optimizer variables are keyed by
-their path, which starts with the optimizer's name, numbered per process (``adam``,
-``adam_1``, ...), so before building the restoring model the tests reset Keras's name
-counters (``keras.backend.clear_session``) as a new process starts with them reset.
+A resume or an export usually restores in a new process, where Keras's name counters
+start again (``keras.backend.clear_session`` does the same here); a second ``train``
+in one process restores with the counters moved on (optimizers ``adam_3``, ...), which
+the tests without ``clear_session`` cover.
 """
 
 import json
@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hdml_tf import checkpoints
 from hdml_tf import config as config_lib
 from hdml_tf import training
 from tests.conftest import randomise_batchnorm
@@ -71,12 +72,12 @@ def test_make_checkpoint_restores_into_a_fresh_model(tmp_path):
     """A resumed run builds a new model and restores into it: every variable, the
     nested backbone's BatchNorm statistics and all three optimizers' slots included."""
     model = _trained_model()
-    path = training.make_checkpoint(model).save(str(tmp_path / "ckpt"))
+    path = checkpoints.make_checkpoint(model).save(str(tmp_path / "ckpt"))
     keras.backend.clear_session()  # a new process
     fresh = training.build_model(_config(), NUM_CLASSES)
     assert not np.array_equal(fresh.embedder.backbone.non_trainable_variables[0].numpy(),
                               model.embedder.backbone.non_trainable_variables[0].numpy())
-    training.make_checkpoint(fresh).restore(path).assert_consumed()
+    checkpoints.restore(checkpoints.make_checkpoint(fresh), path).assert_consumed()
     _assert_same_state(fresh, model)
     np.testing.assert_array_equal(fresh.embedder(_images()).numpy(),
                                   model.embedder(_images()).numpy())
@@ -84,7 +85,7 @@ def test_make_checkpoint_restores_into_a_fresh_model(tmp_path):
 
 def test_make_checkpoint_keys_every_variable_by_its_path():
     model = _trained_model()
-    checkpoint = training.make_checkpoint(model)
+    checkpoint = checkpoints.make_checkpoint(model)
     keys = set(checkpoint.model)
     assert keys == {v.path.replace("/", ".") for v in model.variables}
     assert {k for k in keys if "moving_" in k and k.startswith("small_cnn.")}
@@ -94,7 +95,7 @@ def test_make_checkpoint_keys_every_variable_by_its_path():
 def test_restore_model_prefers_model_keras(tmp_path):
     model = _trained_model()
     model.save(str(tmp_path / "model.keras"))
-    restored = training.restore_model(str(tmp_path))
+    restored = checkpoints.restore_model(str(tmp_path))
     _assert_same_state(restored, model)
     np.testing.assert_array_equal(restored.embedder(_images()).numpy(),
                                   model.embedder(_images()).numpy())
@@ -106,14 +107,14 @@ def test_restore_model_from_config_and_the_latest_checkpoint(tmp_path):
     model = _trained_model(seed=1)
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"config": _config().to_dict(), "num_classes": NUM_CLASSES}, f)
-    checkpoint = training.make_checkpoint(model)
+    checkpoint = checkpoints.make_checkpoint(model)
     manager = tf.train.CheckpointManager(checkpoint, str(tmp_path / "checkpoints"), 3)
     manager.save(checkpoint_number=2)
     randomise_batchnorm(model, seed=2)  # the newer checkpoint holds other statistics
     model.embedder.head.fc.kernel.assign(model.embedder.head.fc.kernel * 2.0)
     manager.save(checkpoint_number=4)
     keras.backend.clear_session()  # a new process
-    restored = training.restore_model(str(tmp_path))
+    restored = checkpoints.restore_model(str(tmp_path))
     _assert_same_state(restored, model)
     np.testing.assert_array_equal(restored.embedder(_images()).numpy(),
                                   model.embedder(_images()).numpy())
@@ -121,11 +122,53 @@ def test_restore_model_from_config_and_the_latest_checkpoint(tmp_path):
 
 def test_restore_model_errors_name_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model.keras and no config.json"):
-        training.restore_model(str(tmp_path))
+        checkpoints.restore_model(str(tmp_path))
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"config": _config().to_dict(), "num_classes": NUM_CLASSES}, f)
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-        training.restore_model(str(tmp_path))
+        checkpoints.restore_model(str(tmp_path))
     os.makedirs(tmp_path / "checkpoints")
     with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
-        training.restore_model(str(tmp_path))
+        checkpoints.restore_model(str(tmp_path))
+
+
+def _legacy_checkpoint(model):
+    """make_checkpoint as written before hdml_tf.checkpoints: optimizer variables
+    keyed by their full per-process path (``adam_1.iteration``, ...)."""
+    by_path = lambda variables: {v.path.replace("/", "."): v for v in variables}  # noqa: E731
+    return tf.train.Checkpoint(
+        model=by_path(model.variables),
+        metric_optimizer=by_path(model.metric_optimizer.variables),
+        generator_optimizer=by_path(model.generator_optimizer.variables),
+        classifier_optimizer=by_path(model.classifier_optimizer.variables),
+        step=tf.Variable(0, dtype=tf.int64, trainable=False))
+
+
+@pytest.mark.parametrize("writer", ["current", "legacy"])
+def test_restore_in_the_same_process_without_clearing_keras_names(tmp_path, writer):
+    """A second model in one process has other optimizer names (``adam_3`` where the
+    saved one had ``adam``): its restore still matches every variable, from a
+    checkpoint of today's format and from one written before it (numbered keys)."""
+    model = _trained_model()
+    make = checkpoints.make_checkpoint if writer == "current" else _legacy_checkpoint
+    path = make(model).save(str(tmp_path / "ckpt"))
+    fresh = training.build_model(_config(), NUM_CLASSES)  # no clear_session
+    assert fresh.metric_optimizer.name != model.metric_optimizer.name
+    checkpoints.restore(checkpoints.make_checkpoint(fresh), path).assert_consumed()
+    _assert_same_state(fresh, model)
+
+
+def test_optimizer_keys_do_not_depend_on_the_process():
+    model = _trained_model()
+    keys = {name: set(getattr(checkpoints.make_checkpoint(model), name))
+            for name in checkpoints.OPTIMIZERS}
+    fresh = training.build_model(_config(), NUM_CLASSES)  # other optimizer names
+    assert keys == {name: set(getattr(checkpoints.make_checkpoint(fresh), name))
+                    for name in checkpoints.OPTIMIZERS}
+    assert not any(key.split(".")[0][-1].isdigit() for group in keys.values()
+                   for key in group)
+
+
+def test_training_reexports_the_checkpoint_functions():
+    assert training.make_checkpoint is checkpoints.make_checkpoint
+    assert training.restore_model is checkpoints.restore_model
