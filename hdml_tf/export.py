@@ -56,7 +56,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import warnings
 
