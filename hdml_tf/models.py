@@ -721,9 +721,11 @@ class HDML(keras.Model):
                 finite = tf.math.is_finite(value)
                 tracker.update_state(tf.where(finite, value, 0.0),
                                      sample_weight=tf.cast(finite, tf.float32))
-        return self._logs()
+        return self.logs()
 
-    def _logs(self):
+    def logs(self):
+        """What `train_step` returns, read from the model's state: the trackers'
+        means, the running statistics and the non-finite counters."""
         logs = {name: t.result() for name, t in self._trackers.items()}
         logs["nonfinite_steps"] = tf.identity(self.nonfinite_steps)
         if self.hdml:

@@ -339,9 +339,14 @@ class _ScheduleLog(keras.callbacks.Callback):
     def __init__(self, path, every, start_step):
         super().__init__()
         self.path, self.every, self.step = path, int(every), int(start_step)
+        self.last_batch = -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.last_batch = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        self.step += batch - self.last_batch  # one call per execution of N steps
+        self.last_batch = batch
         if self.step % self.every or not self.model.hdml:
             return
         import csv
@@ -503,7 +508,13 @@ def _distributed_iterator(config, strategy, train_split, preprocessing, start_st
 
 def _step_function(model, strategy, xla):
     """``steps(iterator, count)``: ``count`` train steps in one ``tf.function`` call
-    (the host waits for logs once per call); the last step's logs."""
+    (the host waits for logs once per call); the logs after the last step.
+
+    Every step runs in the body of the same ``tf.range`` loop, whatever ``count`` is
+    (a tensor: one trace), so a run computes the same floats at every
+    ``train.steps_per_execution`` (a first step outside the loop would be a second
+    graph, which TensorFlow's optimizer rewrites differently: not bit-identical).
+    """
 
     # train_step has no data-dependent Python control flow (it uses tf.cond itself),
     # so AutoGraph has nothing to convert.
@@ -513,24 +524,20 @@ def _step_function(model, strategy, xla):
 
     step_fn = tf.function(replica_step, jit_compile=True) if xla else replica_step
 
-    def one_step(it):
-        logs = strategy.run(step_fn, args=(next(it),))
-        # Every replica holds the same (globally reduced) values: take the first.
-        return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
-
     @tf.function
     def distributed_steps(it, count):
-        logs = one_step(it)
-        for _ in tf.range(count - 1):
-            logs = one_step(it)
-        return logs
+        for _ in tf.range(count):
+            strategy.run(step_fn, args=(next(it),))
+        logs = strategy.run(model.logs)
+        # Every replica holds the same (globally reduced) values: take the first.
+        return {k: strategy.experimental_local_results(v)[0] for k, v in logs.items()}
 
     return distributed_steps
 
 
 def run_loop(run):
     """Train from ``run.start_step`` to ``config.train.steps``, with the callbacks
-    (logs, evaluations, a checkpoint at each epoch end) seeing every step."""
+    (logs, evaluations, a checkpoint at each epoch end) at the end of each call."""
     config, model, callbacks = run.config, run.model, run.callbacks
     t = config.train
     run.log(f"training {config.name}: {t.steps} steps from step {run.start_step}, "
@@ -551,11 +558,11 @@ def run_loop(run):
                                        first + steps_here, boundaries)
             logs = {k: float(v) for k, v in run.steps(run.iterator, tf.constant(count)).items()}
             model.check_progress()  # a stalled metric step ends the run before a save
-            # Callbacks see every step (progress, counters); the logs are the last
-            # step's, and every step a callback acts on ends a call (a boundary).
-            for batch in range(step, step + count):
-                callbacks.on_train_batch_begin(batch)
-                callbacks.on_train_batch_end(batch, logs)
+            # As in Keras' fit with steps_per_execution: one call, one pair of batch
+            # hooks, with the call's first and last batch index; every step a
+            # callback acts on ends a call (a boundary).
+            callbacks.on_train_batch_begin(step)
+            callbacks.on_train_batch_end(step + count - 1, logs)
             step += count
         callbacks.on_epoch_end(epoch, dict(logs))
         if model.stop_training:
