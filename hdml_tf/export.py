@@ -133,16 +133,14 @@ def _model_file(checkpoint):
 
 def _load_model(checkpoint, model_path):
     """The Keras model of a training workdir (through the one workdir loader,
-    ``restore_model``) or of a ``.keras`` file."""
+    ``hdml_tf.checkpoints.restore_model``) or of a ``.keras`` file."""
     import keras
+
+    from hdml_tf import checkpoints
 
     try:
         if os.path.isdir(checkpoint):
-            try:
-                from hdml_tf.checkpoints import restore_model
-            except ImportError:  # the loader's home before hdml_tf.checkpoints
-                from hdml_tf.training import restore_model
-            return restore_model(os.fspath(checkpoint))
+            return checkpoints.restore_model(os.fspath(checkpoint))
         return keras.saving.load_model(model_path, compile=False)
     except Exception as err:  # keep Keras' message, add which file it was
         raise ExportError(f"could not load {model_path!r}: {err}") from err
