@@ -27,10 +27,11 @@ float resize result directly, so cached and uncached batches agree to within the
 rounding (|difference| <= 0.5 on the 0-255 scale), with the same images in the same
 order and the same crop and flip.
 
-Bad images are handled as in the uncached pipeline (named in a
+Bad images: building the cache is the pass that decodes every image before the first
+batch, so it is where the undecodable ones are found (named in a
 ``CorruptImageWarning`` and in ``data.skipped``, or an error naming the file when
-``strict``), but found up front, so no batch is ever dropped. A disk cache remembers
-its bad images and reports them again when it is reused.
+``strict``; ``hdml_tf.data.corrupt_images``). A disk cache remembers its bad images
+and reports them again when it is reused.
 """
 
 from __future__ import annotations
@@ -39,13 +40,12 @@ import hashlib
 import json
 import os
 import shutil
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
-from hdml_tf.data import preprocess
-from hdml_tf.data.base import CorruptImageWarning, ImageDataset
+from hdml_tf.data import corrupt_images, preprocess
+from hdml_tf.data.base import ImageDataset
 
 STORAGES = ("auto", "memory", "disk")
 _FORMAT = 1  # bump when the on-disk layout changes
@@ -166,53 +166,35 @@ class DecodedCache:
         return self.load(tf.constant(index, tf.int64)).numpy()
 
 
-def _decode_all(data, size, decode, check, num_parallel_calls):
-    """Yield (indices, uint8 images) for every decodable image, in order, 256 at a
-    time. ``decode`` may fail in-graph; ``check`` is told about every kept element
-    and reports the ones dropped before it."""
-    n = len(data)
-    ds = tf.data.Dataset.range(n + 1)  # + 1: a sentinel that reveals a bad last image
+def _decoded(source, size, strict, bad, num_parallel_calls):
+    """Yield (indices, uint8 images at ``size``) for every decodable image, in order,
+    256 at a time; each undecodable one is reported (``corrupt_images.report``) into
+    ``bad`` first."""
+    def resized(image):
+        return tf.cast(tf.round(preprocess.resize_image(image, size)), tf.uint8)
 
-    @tf.autograph.experimental.do_not_convert
-    def load(i):
-        image = tf.cond(i < n, lambda: decode(tf.minimum(i, n - 1)),
-                        lambda: tf.zeros([1, 1, 3], tf.uint8))
-        return i, tf.cast(tf.round(preprocess.resize_image(image, size)), tf.uint8)
-
-    ds = ds.map(load, num_parallel_calls=num_parallel_calls, deterministic=True).ignore_errors()
-    ds = ds.map(lambda i, image: (check(i), image)).batch(256)
-    for idx, images in ds.as_numpy_iterator():
-        keep = idx < n
-        yield idx[keep], images[keep]
+    return corrupt_images.decode_each(source, resized, strict=strict, bad=bad,
+                                      num_parallel_calls=num_parallel_calls)
 
 
 def _report_known_bad(data, bad: dict, strict: bool):
     """A reused disk cache's bad images, reported as the decoding pass reports them."""
     for i, reason in sorted(bad.items()):
-        name = data.describe(i)
-        if strict:
-            raise ValueError(f"cannot decode image {name!r}: {reason}")
-        data.skipped[name] = reason
-        warnings.warn(f"skipped undecodable image {name!r} ({reason}); {len(data.skipped)} "
-                      f"image(s) skipped so far (known to the decoded cache)",
-                      CorruptImageWarning, stacklevel=3)
+        corrupt_images.report(data, i, reason, strict, set(),
+                              note=" (known to the decoded cache)")
 
 
-def build(data: ImageDataset, resize, *, decode, check, bad: set, strict: bool = False,
-          storage: str = "auto", memory_budget=None, cache_dir=None,
+def build(source, resize, *, strict: bool = False, storage: str = "auto",
+          memory_budget=None, cache_dir=None,
           num_parallel_calls=tf.data.AUTOTUNE) -> DecodedCache:
-    """Decode and resize every image of ``data`` once.
+    """Decode and resize every image of ``source.data`` once.
 
     Args:
-        data: the split to cache (its ``skipped`` dict receives the bad images).
+        source: the images (``corrupt_images.ImageSource``); its ``data`` is the split
+            to cache, whose ``skipped`` dict receives the bad images.
         resize: int or (h, w), the size the training transform resizes to.
-        decode: graph function, int64 index -> uint8 (H, W, 3); may fail in-graph
-            for an undecodable image (the pipeline's image source).
-        check: graph hook, int64 element number -> the same, that reports (warns,
-            records in ``data.skipped`` and ``bad``, or raises when strict) the
-            elements dropped before it.
-        bad: the set ``check`` adds bad image indices to.
-        strict: raise on a bad image known from a reused disk cache.
+        strict: raise, naming the file, on an undecodable image (also one known from
+            a reused disk cache) instead of reporting and leaving it out.
         storage: "auto" (by ``memory_budget``), "memory" or "disk".
         memory_budget: bytes for ``storage="auto"``; None: ``default_memory_budget()``.
         cache_dir: folder for disk caches; None: ``default_cache_dir()``.
@@ -223,32 +205,39 @@ def build(data: ImageDataset, resize, *, decode, check, bad: set, strict: bool =
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    data = source.data
     size = _size(resize)
     if storage == "auto":
         storage = choose_storage(len(data), size, memory_budget)
+    bad: set = set()
+    decoded = _decoded(source, size, strict, bad, num_parallel_calls)
     if storage == "memory":
         with tf.device("/CPU:0"):
             # Not under a distribution strategy's scope: one copy, on the host.
             pixels = tf.Variable(tf.zeros([len(data), *size, 3], tf.uint8), trainable=False,
                                  name="decoded_cache")
-            for idx, images in _decode_all(data, size, decode, check, num_parallel_calls):
-                if len(idx):
-                    pixels.scatter_nd_update(idx[:, None], images)
+            for idx, images in decoded:
+                pixels.scatter_nd_update(idx[:, None], images)
         return DecodedCache(data, size, "memory", bad, pixels=pixels)
-
     folder = os.path.join(cache_dir or default_cache_dir(), fingerprint(data, size))
     manifest = os.path.join(folder, "manifest.json")
     if os.path.exists(manifest):
         with open(manifest) as f:
             known = {int(i): r for i, r in json.load(f)["bad"].items()}
         _report_known_bad(data, known, strict)
-        bad.update(known)
-        return DecodedCache(data, size, "disk", bad, path=folder)
+        return DecodedCache(data, size, "disk", known, path=folder)
+    _write_disk_cache(data, folder, size, decoded, bad)
+    return DecodedCache(data, size, "disk", bad, path=folder)
+
+
+def _write_disk_cache(data, folder, size, decoded, bad):
+    """One raw file per image and a manifest naming the bad ones, written under a
+    temporary name and renamed into place when complete."""
     partial = f"{folder}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial)
     try:
-        for idx, images in _decode_all(data, size, decode, check, num_parallel_calls):
+        for idx, images in decoded:
             for i, image in zip(idx, images):
                 image.tofile(os.path.join(partial, f"{int(i):07d}.u8"))
     except BaseException:
@@ -261,4 +250,3 @@ def build(data: ImageDataset, resize, *, decode, check, bad: set, strict: bool =
         os.replace(partial, folder)
     except OSError:  # another process finished the same cache first: use theirs
         shutil.rmtree(partial, ignore_errors=True)
-    return DecodedCache(data, size, "disk", bad, path=folder)

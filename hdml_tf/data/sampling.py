@@ -24,26 +24,25 @@ positives. A flat ``[anchors; positives]`` batch would be split into replica 0 =
 anchors, replica 1 = positives, silently breaking the pairs. Choose P (or T, K)
 divisible by the number of replicas.
 
-Bad images: an image that cannot be decoded does not stop training. The batch that
-holds it is dropped, the file is recorded in ``data.skipped`` (path -> reason) and
-named in a ``CorruptImageWarning``, and the samplers stop drawing it. With
-``strict=True`` the pipeline raises instead, naming the file. With ``cache=True``
-all images are decoded once up front, so bad files are known before the first batch
-and the batch stream stays exactly reproducible.
+Bad images (``hdml_tf.data.corrupt_images``): every training image is decoded once
+before the sampler is built (with ``cache=True``, building the decoded cache is that
+pass). An undecodable one does not stop training: it is recorded in ``data.skipped``
+(path -> reason), named in a ``CorruptImageWarning``, and the sampler is built
+without it, so the batches stay a pure function of (seed, batch number, the files),
+resumed or not. With ``strict=True`` the pipeline raises instead, naming the file.
 """
 
 from __future__ import annotations
 
-import re
-import threading
+import itertools
 import warnings
 from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
 
-from hdml_tf.data import decoded_cache, preprocess
-from hdml_tf.data.base import CorruptImageWarning, DataWarning, ImageDataset
+from hdml_tf.data import corrupt_images, decoded_cache, preprocess
+from hdml_tf.data.base import DataWarning, ImageDataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -305,146 +304,6 @@ class MPerClassSampler:
             yield np.array([i for c in classes for i in pools.next_images(c, self.m)], np.int64)
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-class _Source:
-    """Graph-side access to the pixels of an ImageDataset, plus Python-side diagnosis.
-
-    Decoding runs in graph ops (parallel, no GIL). TF cannot catch an error inside a
-    graph, so a failed decode surfaces as an error of the tf.data element that holds
-    the image; the pipelines drop that element with ``ignore_errors`` and a cheap
-    per-element Python hook (``_Tracker``) notices the missing element, re-decodes
-    its images in Python to name the bad file, records it and warns (or raises, when
-    ``strict``).
-    """
-
-    def __init__(self, data: ImageDataset):
-        self.data = data
-        if data.images is not None:
-            self.pixels = tf.constant(data.images)
-        elif data.paths is not None:
-            self.paths = tf.constant([str(p) for p in data.paths], tf.string)
-        else:
-            self.encoded = tf.constant(list(data.encoded), tf.string)
-
-    @property
-    def can_fail(self) -> bool:
-        return self.data.images is None
-
-    def load(self, index) -> tf.Tensor:
-        """index: int64 scalar tensor -> uint8 (H, W, 3). Raises in-graph if undecodable."""
-        if self.data.images is not None:
-            return preprocess.to_rgb(tf.gather(self.pixels, index))
-        if self.data.paths is not None:
-            contents = tf.io.read_file(tf.gather(self.paths, index))
-        else:
-            contents = tf.gather(self.encoded, index)
-        # Over the limit fails the element before decoding, like an undecodable file.
-        return preprocess.decode_image(contents, max_pixels=preprocess.TRAIN_MAX_PIXELS)
-
-    def diagnose(self, i: int):
-        """None if image i reads and decodes (and is within TRAIN_MAX_PIXELS), else the
-        reason (for messages)."""
-        try:
-            if self.data.paths is not None:
-                with open(self.data.paths[i], "rb") as f:
-                    contents = f.read()
-            else:
-                contents = self.data.encoded[i]
-            height, width = preprocess.encoded_image_size(contents).numpy().tolist()
-            if height * width > preprocess.TRAIN_MAX_PIXELS and height > 0:
-                return (f"declares {height}x{width} pixels (height x width), over the "
-                        f"limit of {preprocess.TRAIN_MAX_PIXELS}; not decoded")
-            preprocess.decode_image(tf.constant(contents))
-            return None
-        except Exception as e:  # noqa: BLE001 - any failure to read or decode
-            return _clean_reason(e)
-
-
-def _clean_reason(error) -> str:
-    """The useful part of a TF op error ("Unknown image file format. ..."), or str(error)."""
-    text = (getattr(error, "message", None) or str(error) or type(error).__name__).strip()
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text.splitlines()[-1])
-    return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
-
-
-class _Tracker:
-    """Finds the elements ``ignore_errors`` dropped, from gaps in a running counter.
-
-    ``members(k)`` gives the image indices of element k (one image for evaluation,
-    a whole batch for training). Bad images go to ``data.skipped`` and ``bad`` (the
-    samplers' exclusion set), with a ``CorruptImageWarning`` naming each file.
-    """
-
-    def __init__(self, source: _Source, strict: bool, bad: set, members):
-        self.source = source
-        self.strict = strict
-        self.bad = bad
-        self.members = members
-        self.expected = 0
-        self._lock = threading.Lock()
-
-    def _check(self, k):
-        k = int(k.numpy()) if hasattr(k, "numpy") else int(k)
-        with self._lock:
-            dropped = range(self.expected, k)
-            self.expected = k + 1
-        for j in dropped:
-            self._report(j)
-        return np.int64(k)
-
-    def _report(self, j):
-        data = self.source.data
-        named = []
-        for i in self.members(j):
-            i = int(i)
-            if i in self.bad:
-                named.append(data.describe(i))
-                continue
-            reason = self.source.diagnose(i)
-            if reason is None:
-                continue
-            name = data.describe(i)
-            if self.strict:
-                raise ValueError(f"cannot decode image {name!r}: {reason}")
-            with self._lock:
-                self.bad.add(i)
-                data.skipped[name] = reason
-                count = len(data.skipped)
-            named.append(name)
-            warnings.warn(f"skipped undecodable image {name!r} ({reason}); {count} image(s) "
-                          f"skipped so far", CorruptImageWarning)
-        if not named:
-            warnings.warn(f"{data.name}: input element {j} failed for a reason that did not "
-                          f"reproduce when its images were decoded again; skipped", DataWarning)
-
-    def check(self, k):
-        """Graph hook: k (int64 scalar) -> k, after reporting elements dropped before it."""
-        out = tf.py_function(self._check, [k], tf.int64)
-        out.set_shape([])
-        return out
-
-
-class _BatchLog:
-    """The sampler's recent batches, so a dropped batch can be diagnosed."""
-
-    def __init__(self):
-        self._batches = {}
-        self._lock = threading.Lock()
-
-    def record(self, b, idx):
-        with self._lock:
-            self._batches[b] = idx
-            if b % 1024 == 0:  # the pipeline never runs 1024 batches ahead of the hook
-                for old in [k for k in self._batches if k < b - 1024]:
-                    del self._batches[old]
-
-    def members(self, b):
-        with self._lock:
-            return self._batches.get(b, ())
-
-
 def _sentinel_image(size):
     """A black image big enough to pass the transforms (for end-of-data sentinels)."""
     h, w = (size, size) if isinstance(size, int) else (size if size is not None else (1, 1))
@@ -453,7 +312,7 @@ def _sentinel_image(size):
 
 def _training_pipeline(
     data: ImageDataset,
-    sampler,
+    make_sampler,
     batch_size: int,
     structure,
     *,
@@ -468,36 +327,42 @@ def _training_pipeline(
     prefetch,
     start_batch: int = 0,
 ):
-    """Shared tf.data plumbing: sampled index batches -> per-batch inner dataset that
-    decodes and augments its images in parallel -> drop batches with a bad image ->
-    normalise -> structure."""
+    """Shared tf.data plumbing: find the undecodable images, build the sampler
+    (``make_sampler(exclude)``) without them, then sampled index batches -> per-batch
+    inner dataset that decodes and augments its images in parallel -> normalise ->
+    structure."""
     mode = preprocess.preprocessing_mode(preprocessing)
+    sampler = make_sampler(frozenset())  # checks the arguments before any image is decoded
+    files = corrupt_images.ImageSource(data)
     resize_now = resize
     if cache:
-        # Decoded once, up front (hdml_tf/data/decoded_cache.py): bad files are known
-        # before the first batch and never drawn.
-        files = _Source(data)
+        # Decoded once, up front (hdml_tf/data/decoded_cache.py): that pass finds the
+        # bad files.
         source = decoded_cache.build(
-            data, resize, decode=files.load, bad=sampler.exclude, strict=strict,
-            check=_Tracker(files, strict, sampler.exclude, lambda j: (j,)).check,
-            storage="auto" if cache is True else cache, num_parallel_calls=num_parallel_calls)
+            files, resize, strict=strict, storage="auto" if cache is True else cache,
+            num_parallel_calls=num_parallel_calls)
+        bad = frozenset(source.bad)
         resize_now = None  # already at the resize size
     else:
-        source = _Source(data)
+        source = files
+        bad = corrupt_images.scan(files, strict=strict, num_parallel_calls=num_parallel_calls)
+    if bad:
+        # Decided before the first batch, so the stream is a pure function of (seed,
+        # batch number, the files); the left-out classes were named above already.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            sampler = make_sampler(bad)
     labels_t = tf.constant(data.labels, tf.int32)
-    log = _BatchLog()
-    tracker = _Tracker(source, strict, sampler.exclude, log.members)
+
+    def flat(group):
+        return np.concatenate(group) if isinstance(group, tuple) else group
 
     def indices():
         for b, group in enumerate(sampler):
             # Resuming: drawing indices is cheap numpy, so the skipped batches cost no
             # decoding, and b keeps counting so augmentation seeds stay the same.
-            if b < start_batch:
-                continue
-            flat = np.concatenate(group) if isinstance(group, tuple) else group
-            if source.can_fail:
-                log.record(b, flat)
-            yield np.int64(b), flat
+            if b >= start_batch:
+                yield np.int64(b), flat(group)
 
     ds = tf.data.Dataset.from_generator(indices, output_signature=(
         tf.TensorSpec((), tf.int64), tf.TensorSpec((batch_size,), tf.int64)))
@@ -511,8 +376,6 @@ def _training_pipeline(
         return image, tf.gather(labels_t, index)
 
     def decode_batch(b, idx):
-        # One inner dataset per batch: an undecodable image fails this batch's single
-        # element only, so the following batches stay aligned.
         counters = b * batch_size + tf.range(batch_size, dtype=tf.int64)
         inner = tf.data.Dataset.from_tensor_slices((idx, counters))
         inner = inner.map(load_one, num_parallel_calls=num_parallel_calls, deterministic=True)
@@ -522,18 +385,14 @@ def _training_pipeline(
     ds = ds.interleave(decode_batch, cycle_length=2, block_length=1,
                        num_parallel_calls=2, deterministic=True)
     if source.can_fail:
+        # Every image decoded in the scan: a failure now is an error naming the file.
+        tracker = corrupt_images.Tracker(
+            source, True, lambda b: flat(next(itertools.islice(iter(sampler), b, None))),
+            scanned=True, first=start_batch)
         ds = ds.ignore_errors().map(lambda b, x, y: (tracker.check(b), x, y))
     ds = ds.map(lambda b, images, labels: structure(preprocess.normalize(images, mode), labels),
                 num_parallel_calls=num_parallel_calls, deterministic=True)
     return ds.prefetch(prefetch)
-
-
-def _strictness(strict: bool, skip_corrupt) -> bool:
-    if skip_corrupt is None:
-        return bool(strict)
-    if strict and skip_corrupt:
-        raise ValueError("strict=True contradicts skip_corrupt=True")
-    return not skip_corrupt
 
 
 def _split(n_groups):
@@ -546,14 +405,19 @@ def _split(n_groups):
 
 
 def _tuple_sampler(kind, data, per_batch, groups, seed):
-    """The sampler named by ``kind`` ("queue" or "authors") for N-pair / triplet."""
-    common = dict(seed=seed, class_names=data.class_names, exclude=set())
-    if kind == "authors":
-        return AuthorsSampler(data.labels, per_batch, groups, **common)
-    if kind != "queue":
+    """exclude -> the sampler named by ``kind`` ("queue" or "authors") for N-pair /
+    triplet."""
+    if kind not in ("queue", "authors"):
         raise ValueError(f"sampler={kind!r}: expected 'queue' or 'authors'")
-    cls = NPairSampler if groups == 2 else TripletSampler
-    return cls(data.labels, per_batch, **common)
+
+    def make(exclude):
+        common = dict(seed=seed, class_names=data.class_names, exclude=exclude)
+        if kind == "authors":
+            return AuthorsSampler(data.labels, per_batch, groups, **common)
+        cls = NPairSampler if groups == 2 else TripletSampler
+        return cls(data.labels, per_batch, **common)
+
+    return make
 
 
 def npair_dataset(
@@ -588,10 +452,12 @@ def npair_dataset(
         preprocessing: ``normalize`` mode, backbone name or backbone object
             (``backbone.preprocessing``), e.g. "caffe" for inception_v1.
         cache: decode and resize every image once before training (uint8, N *
-            resize^2 * 3 bytes), so an epoch only crops, flips and normalises; bad
-            files are found up front. True (or "auto") keeps the pixels in memory when
-            they fit the budget, else on disk; "memory" / "disk" force one
-            (``hdml_tf.data.decoded_cache``).
+            resize^2 * 3 bytes), so an epoch only crops, flips and normalises. True
+            (or "auto") keeps the pixels in memory when they fit the budget, else on
+            disk; "memory" / "disk" force one
+            (``hdml_tf.data.decoded_cache``). Without the cache every image is
+            still decoded once before the first batch, to find the undecodable ones
+            (``corrupt_images.scan``).
         strict: raise (naming the file) on an undecodable image instead of skipping.
         skip_corrupt: alias kept for callers that think in the opposite sense;
             when given, ``strict = not skip_corrupt``.
@@ -606,7 +472,7 @@ def npair_dataset(
         tf.data.Dataset of ``((anchors, positives), (anchor_labels, positive_labels))``:
         float32 (P, crop, crop, 3) and int32 (P,).
     """
-    strict = _strictness(strict, skip_corrupt)
+    strict = corrupt_images.strictness(strict, skip_corrupt)
     sampler = _tuple_sampler(sampler, data, num_pairs, 2, seed)
     return _training_pipeline(
         data, sampler, 2 * num_pairs, _split(2), resize=resize, crop=crop, flip=flip,
@@ -640,7 +506,7 @@ def triplet_dataset(
         tf.data.Dataset of ``((anchors, positives, negatives), (anchor_labels,
         positive_labels, negative_labels))``: float32 (T, crop, crop, 3), int32 (T,).
     """
-    strict = _strictness(strict, skip_corrupt)
+    strict = corrupt_images.strictness(strict, skip_corrupt)
     sampler = _tuple_sampler(sampler, data, num_triplets, 3, seed)
     return _training_pipeline(
         data, sampler, 3 * num_triplets, _split(3), resize=resize, crop=crop, flip=flip,
@@ -675,9 +541,12 @@ def m_per_class_dataset(
         tf.data.Dataset of ``(images, labels)``: float32 (K*m, crop, crop, 3), int32
         (K*m,), class k in rows k*m .. k*m + m - 1.
     """
-    strict = _strictness(strict, skip_corrupt)
-    sampler = MPerClassSampler(data.labels, classes_per_batch, images_per_class, seed=seed,
-                               class_names=data.class_names, exclude=set())
+    strict = corrupt_images.strictness(strict, skip_corrupt)
+
+    def sampler(exclude):
+        return MPerClassSampler(data.labels, classes_per_batch, images_per_class, seed=seed,
+                                class_names=data.class_names, exclude=exclude)
+
     return _training_pipeline(
         data, sampler, classes_per_batch * images_per_class, lambda x, y: (x, y),
         resize=resize, crop=crop, flip=flip, preprocessing=preprocessing, seed=seed,
@@ -715,9 +584,9 @@ def eval_dataset(
         tf.data.Dataset of ``(images, labels)``: float32 (<=batch_size, crop, crop, 3),
         int32; the last batch may be smaller.
     """
-    strict = _strictness(strict, skip_corrupt)
+    strict = corrupt_images.strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
-    source = _Source(data)
+    source = corrupt_images.ImageSource(data)
     labels_t = tf.constant(data.labels, tf.int32)
     n = len(data)
 
@@ -736,7 +605,7 @@ def eval_dataset(
         ds = tf.data.Dataset.range(n).map(load_one, num_parallel_calls=num_parallel_calls,
                                           deterministic=True)
     else:
-        tracker = _Tracker(source, strict, set(), lambda j: (j,))
+        tracker = corrupt_images.Tracker(source, strict, lambda j: (j,))
         ds = tf.data.Dataset.range(n + 1).map(load_one, num_parallel_calls=num_parallel_calls,
                                               deterministic=True).ignore_errors()
 

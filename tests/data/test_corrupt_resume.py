@@ -11,6 +11,7 @@ Every image of the generated tree is a solid colour of its own, so the index of 
 image a batch holds is read back from its pixels (crop and flip keep a solid colour).
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -82,10 +83,6 @@ def _drawn(make, train, palette, steps, **kw):
     return batches, [str(w.message) for w in caught]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2: undecodable images are added to the "
-                   "sampler's live exclude set while batches are drawn, so with cache=False "
-                   "the batch stream depends on decode timing and a resumed run, starting "
-                   "with an empty set, draws other batches")
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_resumed_run_draws_the_batches_of_an_uninterrupted_run(tree, layout):
     train, bad, palette = tree
@@ -107,3 +104,16 @@ def test_resumed_run_draws_the_batches_of_an_uninterrupted_run(tree, layout):
             for _ in range(STEPS)]
     assert [b.tolist() for b in full] == [b.tolist() for b in want]
     assert not any(bad in b for b in full)
+
+
+def test_a_file_that_breaks_after_the_scan_is_an_error_naming_it(tree):
+    """Skipping it then would change every batch after it: an error, strict or not."""
+    train, bad, _ = tree
+    with pytest.warns(data.CorruptImageWarning):
+        ds = data.npair_dataset(train, 3, seed=SEED, resize=12, crop=10, preprocessing="none")
+    victim = train.paths[0]
+    with open(victim, "wb") as f:
+        f.write(b"changed on disk")
+    with pytest.raises(Exception, match=re.escape(repr(victim)) + ".*changed on disk since"):
+        for _ in ds.take(STEPS):
+            pass

@@ -51,9 +51,10 @@ def test_file_pipeline_with_a_bad_file_per_replica(strategy, tmp_path):
     root = make_folder(str(tmp_path), {f"c{i}": (i + 1, 3) for i in range(6)})
     (tmp_path / "c2" / "zz_bad.jpg").write_bytes(b"garbage")
     ds_data = data.load_dataset("folder", "all", root=root)
-    ds = data.npair_dataset(ds_data, 4, seed=0, resize=12, crop=10, preprocessing="none").take(6)
-    with pytest.warns(data.CorruptImageWarning, match="zz_bad.jpg"):
-        batches = list(strategy.experimental_distribute_dataset(ds))
+    with pytest.warns(data.CorruptImageWarning, match="zz_bad.jpg"):  # before the first batch
+        ds = data.npair_dataset(ds_data, 4, seed=0, resize=12, crop=10,
+                                preprocessing="none").take(6)
+    batches = list(strategy.experimental_distribute_dataset(ds))
     assert len(batches) == 6
     for (a, p), (la, lp) in batches:
         for ai, pi, lai, lpi in zip(*(_replicas(strategy, v) for v in (a, p, la, lp))):
