@@ -208,8 +208,8 @@ def _presets(args, parser):
     from hdml_tf import config as config_lib
 
     if args.name:
-        print(config_lib.get_preset(args.name).to_json())
-        return 0
+        return _config_errors(parser.prog,
+                              lambda: print(config_lib.get_preset(args.name).to_json()))
     print(f"{'preset':<22} {'fidelity':<9} description")
     for name in config_lib.available_presets():
         module = importlib.import_module(f"hdml_tf.configs.{name}")

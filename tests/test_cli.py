@@ -103,3 +103,16 @@ def test_old_entry_points_warn_and_run_the_command(old, capsys):
         function(["--help"])
     assert exit_.value.code == 0
     assert capsys.readouterr().out.startswith("usage: ")
+
+
+@pytest.mark.parametrize("args", [("presets", "no_such_preset"),
+                                  ("train", "--config", "no_such_preset", "--workdir", "x")])
+def test_an_unknown_preset_is_one_line_naming_it(args, capsys):
+    from hdml_tf import cli
+
+    assert cli.main(list(args)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "'no_such_preset'" in lines[0], captured.err
+    assert "Traceback" not in captured.err
