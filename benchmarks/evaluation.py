@@ -17,7 +17,7 @@ seed, and reports:
     stage's own increment is peak - base.
 
 Stages:
-  recall / ours-faiss, ours-numpy: `hdml_tf.evaluation.recall_at_k` (neighbour table +
+  recall / ours-faiss, ours-numpy: `hdml_tf.evaluation.evaluate_embeddings` recall (neighbour table +
       metric) with each backend.
   recall / faiss-flat: a bare faiss IndexFlatIP search of all queries at once with
       k = K+1 and the metric computed directly (the library baseline).
@@ -80,15 +80,18 @@ def stage(name, n, d, classes, ks):
     import faiss  # noqa: F401
 
     from hdml_tf import evaluation as ev
+    from hdml_tf.evaluation import clustering
 
     x, y = make_data(n, d, classes)
     extra = {}
     base = _rss_mb()
     t0 = time.perf_counter()
     if name == "ours-faiss":
-        res = ev.recall_at_k(x, y, ks, backend="faiss")
+        res = ev.evaluate_embeddings(x, y, ks, ("recall",), backend="faiss")
+        res = {k: res[f"recall@{k}"] for k in ks}
     elif name == "ours-numpy":
-        res = ev.recall_at_k(x, y, ks, backend="numpy")
+        res = ev.evaluate_embeddings(x, y, ks, ("recall",), backend="numpy")
+        res = {k: res[f"recall@{k}"] for k in ks}
     elif name == "faiss-flat":
         index = faiss.IndexFlatIP(d)
         index.add(x)
@@ -110,7 +113,7 @@ def stage(name, n, d, classes, ks):
         res = ev.evaluate_embeddings(x, y, ks, ("recall", "map@r", "r_precision"))
         extra["t_retrieval"] = time.perf_counter() - t
         t = time.perf_counter()
-        res.update(ev.clustering_metrics(x, y))
+        res.update(clustering.clustering_metrics(x, y))
         extra["t_clustering"] = time.perf_counter() - t
     elif name.startswith("kmeans-niter"):
         # faiss directly, to read how many iterations it ran (len(obj)): it stops early
@@ -120,8 +123,8 @@ def stage(name, n, d, classes, ks):
                           max_points_per_centroid=1 << 30, min_points_per_centroid=1)
         km.train(x)
         _, assign = km.index.search(x, 1)
-        res = {"nmi": ev.nmi_from_clusters(y, assign.ravel()),
-               "f1": ev.pairwise_f1_from_clusters(y, assign.ravel())}
+        res = {"nmi": clustering.nmi_from_clusters(y, assign.ravel()),
+               "f1": clustering.pairwise_f1_from_clusters(y, assign.ravel())}
         extra["iterations_run"] = len(km.obj)
     else:
         raise ValueError(name)

@@ -70,7 +70,10 @@ def _register_stand_ins():
 
     def stand_in(class_name, module_name):
         def from_config(cls, config):
-            real = getattr(importlib.import_module(module_name), class_name)
+            # Importing the module registers the real class over this stand-in; look
+            # it up by its registered name (a renamed class keeps its saved name).
+            importlib.import_module(module_name)
+            real = keras.saving.get_registered_object(f"hdml_tf>{class_name}")
             return real.from_config(config)
 
         def get_config(self):  # never instantiated; the decorator requires it
