@@ -11,7 +11,9 @@ Registered names: ``cub200``, ``cars196``, ``sop``, ``inshop``, ``folder``,
 more. Splits are by class (zero-shot); ``val_fraction`` holds out training classes
 as a "val" split.
 
-Batches (``hdml_tf.data.sampling``)::
+Batches: the samplers (``samplers.py``: seeded streams of image indices), the tf.data
+pipelines (``pipeline.py``), corrupt-image handling (``corrupt_images.py``: undecodable
+images found before sampling, ``strict``), the decoded cache (``decoded_cache.py``)::
 
     ds = data.npair_dataset(train, num_pairs=64, seed=0, preprocessing="caffe")
     # ((anchors, positives), (anchor_labels, positive_labels)), infinite
@@ -27,7 +29,8 @@ from __future__ import annotations
 from typing import Callable
 
 from hdml_tf.data import (
-    cars196, cub, digits, fashion_mnist, folder, inshop, preprocess, sampling, sop,
+    cars196, corrupt_images, cub, digits, fashion_mnist, folder, inshop, pipeline, preprocess,
+    samplers, sampling, sop,
 )
 from hdml_tf.data.base import (
     CorruptImageWarning,
@@ -39,14 +42,19 @@ from hdml_tf.data.base import (
 from hdml_tf.data.preprocess import (
     decode_image, eval_transform, normalize, preprocessing_mode, train_transform,
 )
-from hdml_tf.data.sampling import (
-    MPerClassSampler,
-    NPairSampler,
-    TripletSampler,
+from hdml_tf.data.pipeline import (
     eval_dataset,
     m_per_class_dataset,
     npair_dataset,
+    training_pipeline,
     triplet_dataset,
+)
+from hdml_tf.data.samplers import (
+    AuthorsSampler,
+    MPerClassSampler,
+    NPairSampler,
+    Sampler,
+    TripletSampler,
 )
 
 _REGISTRY: dict = {
@@ -93,9 +101,10 @@ def load_dataset(name: str, split: str, root: str | None = None, **kwargs) -> Im
 
 
 __all__ = [
-    "CorruptImageWarning", "DataWarning", "DatasetNotFoundError", "ImageDataset",
-    "MPerClassSampler", "NPairSampler", "TripletSampler", "available_datasets",
-    "decode_image", "eval_dataset", "eval_transform", "load_dataset", "m_per_class_dataset",
-    "normalize", "npair_dataset", "preprocessing_mode", "register_dataset", "split_classes",
-    "train_transform", "triplet_dataset", "preprocess", "sampling",
+    "AuthorsSampler", "CorruptImageWarning", "DataWarning", "DatasetNotFoundError",
+    "ImageDataset", "MPerClassSampler", "NPairSampler", "Sampler", "TripletSampler",
+    "available_datasets", "decode_image", "eval_dataset", "eval_transform", "load_dataset",
+    "m_per_class_dataset", "normalize", "npair_dataset", "preprocessing_mode",
+    "register_dataset", "split_classes", "train_transform", "training_pipeline",
+    "triplet_dataset", "corrupt_images", "pipeline", "preprocess", "samplers", "sampling",
 ]

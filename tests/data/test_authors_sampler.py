@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from hdml_tf.data.sampling import AuthorsSampler, NPairSampler
+from hdml_tf.data.samplers import AuthorsSampler, NPairSampler
 
 LABELS = np.repeat(np.arange(12), 5)  # 12 classes x 5 images
 

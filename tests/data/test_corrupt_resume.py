@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from hdml_tf import data
-from hdml_tf.data.sampling import AuthorsSampler, MPerClassSampler, NPairSampler, TripletSampler
+from hdml_tf.data.samplers import AuthorsSampler, MPerClassSampler, NPairSampler, TripletSampler
 from tests.data.helpers_data import write_image
 
 CLASSES, PER_CLASS = 6, 4

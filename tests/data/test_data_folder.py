@@ -94,7 +94,7 @@ def test_strict_mode_raises_naming_the_file(folder_root):
     with pytest.raises(ValueError, match="broken.jpg") as error:
         data.npair_dataset(ds_data, 5, seed=0, resize=12, crop=10, strict=True)
     assert "\n" not in str(error.value)
-    with pytest.raises(ValueError, match="broken.jpg"):
+    with pytest.deprecated_call(), pytest.raises(ValueError, match="broken.jpg"):
         data.npair_dataset(ds_data, 5, seed=0, resize=12, crop=10, skip_corrupt=False)
 
 

@@ -62,6 +62,23 @@ def test_triplet_sampler():
         assert np.all(LABELS[n] != LABELS[a]) and 5 not in LABELS[n]
 
 
+def test_batch_index_and_excluded_images():
+    """``batch(i)`` is the stream's batch i; excluded images are never drawn, and a
+    class left with one drawable image is left out, by name."""
+    sampler = data.NPairSampler(LABELS, 3, seed=0)
+    stream = _take(sampler, 6)
+    for i in (0, 5):
+        assert np.array_equal(np.concatenate(sampler.batch(i)), np.concatenate(stream[i]))
+    with pytest.warns(data.DataWarning, match=r"3 class\(es\) with fewer than 2 decodable.*"
+                                              r"\['1', '3', '5'\]"):
+        without = data.NPairSampler(LABELS, 3, seed=0, exclude={3, 9})
+    assert without.classes.tolist() == [0, 2, 4]
+    for a, p in _take(without, 20):
+        assert not {3, 9} & set(a.tolist() + p.tolist())
+    with pytest.raises(ValueError, match="num_pairs=4"):
+        data.NPairSampler(LABELS, 4, seed=0, exclude={3, 9})
+
+
 def test_m_per_class_sampler():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
