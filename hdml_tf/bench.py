@@ -53,7 +53,7 @@ DATASETS = {
 }
 _DEFAULT_FACTS = dict(train=10000, test=10000, classes=100, size=(500, 375))
 # `hdml-tf bench --smoke`: tiny sizes (seconds, for CI); the user's --set still applies.
-SMOKE_OVERRIDES = ["model.backbone=small_cnn", "model.lrn=caffe", "data.batch_size=8",
+SMOKE_OVERRIDES = ["model.backbone=small_cnn", "model.lrn=caffe",
                    "data.resize=36", "data.crop=32", "model.embedding_dim=16",
                    "model.generator_hidden=32", "data.eval_batch_size=8"]
 SMOKE_TIMING = dict(warmup=1, repeats=2, steps=1)
@@ -170,14 +170,22 @@ def _peak_memory(device_type):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def _batch(pairs, crop, num_classes, seed=0):
+def _batch(config, num_classes, seed=0):
+    """A training batch of the preset's layout: N-pair (anchors, positives) or triplet
+    (anchors, positives, negatives), each tuple's anchor of its own class."""
     import tensorflow as tf
 
+    from hdml_tf import config as config_lib
+    from hdml_tf import params
+
+    tuples = config_lib.classes_per_batch(config)
+    crop = config.data.crop
     rng = np.random.default_rng(seed)
-    labels = rng.choice(num_classes, pairs, replace=False).astype(np.int32)
-    images = [rng.uniform(-120, 120, (pairs, crop, crop, 3)).astype(np.float32)
-              for _ in range(2)]
-    return tf.nest.map_structure(tf.constant, ((images[0], images[1]), (labels, labels)))
+    labels = rng.choice(num_classes, tuples, replace=False).astype(np.int32)
+    groups = [labels, labels, np.roll(labels, 1)][:params.tuple_size(config.model.loss)]
+    images = tuple(rng.uniform(-120, 120, (tuples, crop, crop, 3)).astype(np.float32)
+                   for _ in groups)
+    return tf.nest.map_structure(tf.constant, (images, tuple(groups)))
 
 
 def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batch,
@@ -200,7 +208,7 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
     finally:
         keras.config.set_dtype_policy(previous)
     d = config.data
-    batch = _batch(d.batch_size // 2, d.crop, num_classes)
+    batch = _batch(config, num_classes)
     step = tf.function(model.train_step, jit_compile=variant.xla)
     embed = tf.function(lambda x: model.embedder(x, training=False), jit_compile=variant.xla)
     eval_images = tf.concat(batch[0], 0)[:eval_batch]
@@ -276,19 +284,22 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
     """Measure, print the table, and return the rows (dicts) for callers and tests."""
     import tensorflow as tf
 
+    from hdml_tf import config as config_lib
+
     d = config.data
     facts = dict(DATASETS.get(d.name, _DEFAULT_FACTS))
     gpus = tf.config.list_logical_devices("GPU")
     device_type = "GPU" if gpus else "CPU"
-    pairs = d.batch_size // 2
-    num_classes = max(pairs, int(round(facts["classes"] * (1 - d.val_fraction))))
+    tuples = config_lib.classes_per_batch(config)
+    pairs = d.batch_size // 2  # the input pipeline is timed with N-pair batches
+    num_classes = max(tuples, int(round(facts["classes"] * (1 - d.val_fraction))))
     if smoke:
         facts["size"] = (64, 48)
     load_start = load_average()
     out(f"hdml-tf bench: {config.name} on {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{device_type}{' ' + gpus[0].name if gpus else ''}, TF {tf.__version__}, "
         f"load average {load_start:.1f} at start")
-    out(f"step: {config.model.backbone}, batch {d.batch_size} ({pairs} pairs), "
+    out(f"step: {config.model.backbone}, batch {d.batch_size} ({tuples} {'pairs' if config.model.loss == 'npair' else 'triplets'}), "
         f"{d.crop}x{d.crop} px, {num_classes} classes; {warmup} warm-up + {repeats} x "
         f"{steps} timed steps per row, median repeat")
     if xla is None:  # XLA rows where users train: on a GPU (on a CPU the compile dominates)
@@ -425,10 +436,13 @@ def bench_config(spec, overrides=(), smoke=False):
         hdml_tf.config.ConfigError: unknown preset, bad override or invalid config.
     """
     from hdml_tf import config as config_lib
+    from hdml_tf import params
 
     overrides = list(overrides)
     if smoke:
-        overrides = SMOKE_OVERRIDES + overrides
+        # Four tuples: 8 images for N-pair, 12 for triplet.
+        size = 4 * params.tuple_size(config_lib.load_config(spec).model.loss)
+        overrides = SMOKE_OVERRIDES + [f"data.batch_size={size}"] + overrides
     return config_lib.load_config(spec, overrides, smoke=smoke)
 
 

@@ -91,3 +91,14 @@ def test_cli_lists_and_dispatches_bench(capsys):
     assert exit_.value.code == 0
     assert "--smoke" in capsys.readouterr().out
     assert cli.main(["bench", "--config", "no_such_preset"]) == 2
+
+
+def test_a_triplet_preset_is_timed_with_triplet_batches(capsys):
+    """The step is timed on a batch of the preset's own layout (three groups for a
+    triplet model), and --smoke picks a batch size the loss accepts."""
+    assert cli.main(["bench", "--config", "cub200_triplet", "--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "batch 12 (4 triplets)" in out
+    _, rows = table(out.splitlines())
+    steps = [r for r in rows if r["measurement"] in ("baseline step", "HDML step")]
+    assert len(steps) == 4 and all(r["skipped"].startswith("0/") for r in steps)
