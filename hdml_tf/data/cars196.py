@@ -125,22 +125,14 @@ def load(
     keep = base.split_classes(TRAIN_CLASSES, TEST_CLASSES, split, val_fraction, val_seed)
     base_dir = base.find_dir_with(root, "cars_annos.mat", ["", "stanford_cars", "cars196"])
     if base_dir is None:
-        builder = _tfds.prepared_builder("cars196", tfds_data_dir) if use_tfds else None
-        if builder is None:
-            raise base.DatasetNotFoundError(
+        return _tfds.load_prepared(
+            "cars196", NAME, split, keep, use_tfds=use_tfds, data_dir=tfds_data_dir,
+            expected_counts=EXPECTED_COUNTS, num_classes=NUM_CLASSES,
+            check_counts=check_counts, val_fraction=val_fraction, count_present=True, missing=(
                 f"cars196: expected {os.path.join(root, 'cars_annos.mat')} and "
                 f"{os.path.join(root, 'car_ims')}/ (the Stanford Cars full-dataset release), "
                 f"and no prepared tfds 'cars196' was found (tfds cannot download it: its "
-                f"source URL is dead; place the files manually)"
-            )
-        enc, labels0, names = _tfds.read_encoded(builder, ["train", "test"])
-        class_ids = labels0 + 1
-        data = base.build(NAME, split, class_ids, keep, {i + 1: n for i, n in enumerate(names)},
-                          encoded=enc, root=builder.data_dir)
-        base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(np.unique(class_ids)),
-                          check_counts, val_fraction)
-        return data
-
+                f"source URL is dead; place the files manually)"))
     mat_path = os.path.join(base_dir, "cars_annos.mat")
     rel, class_ids, _, names = read_annotations(mat_path)
     names_by_id = {i + 1: n for i, n in enumerate(names)}

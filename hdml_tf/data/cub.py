@@ -78,21 +78,23 @@ def load(
     keep = base.split_classes(TRAIN_CLASSES, TEST_CLASSES, split, val_fraction, val_seed)
     base_dir = base.find_dir_with(root, "images.txt", ["CUB_200_2011", ""])
     if base_dir is None:
-        builder = _tfds.prepared_builder("caltech_birds2011", tfds_data_dir) if use_tfds else None
-        if builder is None:
-            raise base.DatasetNotFoundError(
+        return _tfds.load_prepared(
+            "caltech_birds2011", NAME, split, keep, use_tfds=use_tfds, data_dir=tfds_data_dir,
+            expected_counts=EXPECTED_COUNTS, num_classes=NUM_CLASSES,
+            check_counts=check_counts, val_fraction=val_fraction, missing=(
                 f"cub200: expected {os.path.join(root, 'CUB_200_2011', 'images.txt')} (the "
-                f"extracted CUB_200_2011.tgz: images.txt, image_class_labels.txt, classes.txt, "
-                f"images/), and no prepared tfds 'caltech_birds2011' was found"
-            )
-        enc, labels0, names = _tfds.read_encoded(builder, ["train", "test"])
-        class_ids = labels0 + 1  # tfds labels are 0-based; CUB ids are 1..200
-        data = base.build(NAME, split, class_ids, keep, {i + 1: n for i, n in enumerate(names)},
-                          encoded=enc, root=builder.data_dir)
-        base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(names),
-                          check_counts, val_fraction)
-        return data
+                f"extracted CUB_200_2011.tgz: images.txt, image_class_labels.txt, "
+                f"classes.txt, images/), and no prepared tfds 'caltech_birds2011' was found"))
+    paths, class_ids, class_names, images_txt = _read_archive(base_dir)
+    data = base.build(NAME, split, class_ids, keep, class_names, paths=paths, root=base_dir)
+    base.require_listed_files(NAME, data.paths, images_txt)
+    base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(class_names),
+                      check_counts, val_fraction)
+    return data
 
+
+def _read_archive(base_dir):
+    """(image paths, class ids, class id -> name, images.txt) from the archive's lists."""
     hint = "The CUB_200_2011 directory is incomplete."
     images_txt = os.path.join(base_dir, "images.txt")
     labels_txt = base.require_file(os.path.join(base_dir, "image_class_labels.txt"), "cub200", hint)
@@ -110,8 +112,4 @@ def load(
     if unknown:
         raise ValueError(f"cub200: class ids {unknown[:5]} are not in {classes_txt}")
     paths = np.array([os.path.join(base_dir, "images", rel_paths[i]) for i in ids], dtype=object)
-    data = base.build(NAME, split, class_ids, keep, class_names, paths=paths, root=base_dir)
-    base.require_listed_files(NAME, data.paths, images_txt)
-    base.check_counts(NAME, data, EXPECTED_COUNTS, NUM_CLASSES, len(class_names),
-                      check_counts, val_fraction)
-    return data
+    return paths, class_ids, class_names, images_txt

@@ -76,51 +76,9 @@ def load(
     if not os.path.isdir(root):
         raise base.DatasetNotFoundError(f"folder: expected a directory {root!r} with one "
                                         f"sub-directory of images per class, not found")
-    classes = sorted(d for d in os.listdir(root)
-                     if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise base.DatasetNotFoundError(f"folder: {root!r} has no class sub-directories "
-                                        f"(<root>/<class name>/<image files>)")
     exts = tuple(e.lower() for e in extensions)
-    paths, class_ids, ignored = [], [], []
-    for cid, cname in enumerate(classes):
-        cdir = os.path.join(root, cname)
-        for dirpath, dirnames, filenames in os.walk(cdir):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if fname.startswith("."):
-                    continue
-                if fname.lower().endswith(exts):
-                    paths.append(os.path.join(dirpath, fname))
-                    class_ids.append(cid)
-                else:
-                    ignored.append(os.path.join(dirpath, fname))
-    if not paths:
-        raise base.DatasetNotFoundError(
-            f"folder: no image files ({', '.join(exts)}) under {root!r}")
-    ids = np.arange(len(classes))
-    if split_file is not None:
-        assignment = read_split_file(base.require_file(split_file, "folder split file"))
-        unknown = sorted(set(assignment) - set(classes))
-        unlisted = [c for c in classes if c not in assignment]
-        if unknown or unlisted:
-            raise ValueError(f"folder: split file {split_file!r} and {root!r} disagree: "
-                             f"classes not on disk {unknown[:5]}, "
-                             f"classes not in the file {unlisted[:5]}")
-        by = {s: np.array([i for i, c in enumerate(classes) if assignment[c] == s], np.int64)
-              for s in ("train", "val", "test")}
-        if len(by["val"]):
-            if val_fraction:
-                raise ValueError("folder: the split file lists 'val' classes; leave val_fraction=0")
-            keep = {"train": by["train"], "val": by["val"], "test": by["test"],
-                    "all": ids}.get(split)
-            if keep is None:
-                raise ValueError(f"split must be one of {base.SPLITS}, got {split!r}")
-        else:
-            keep = base.split_classes(by["train"], by["test"], split, val_fraction, val_seed)
-    else:
-        n_train = (len(classes) + 1) // 2
-        keep = base.split_classes(ids[:n_train], ids[n_train:], split, val_fraction, val_seed)
+    classes, paths, class_ids, ignored = _list_images(root, exts)
+    keep = _class_split(root, classes, split, split_file, val_fraction, val_seed)
     data = base.build(NAME, split, np.array(class_ids), keep, dict(enumerate(classes)),
                       paths=np.array(paths, dtype=object), root=root)
     if ignored:
@@ -134,3 +92,53 @@ def load(
         for p in ignored:
             data.skipped[p] = "not an image file extension"
     return data
+
+
+def _list_images(root, exts):
+    """(sorted class names, image paths, their class positions, non-image files);
+    ``exts``: lower-case image extensions."""
+    classes = sorted(d for d in os.listdir(root)
+                     if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise base.DatasetNotFoundError(f"folder: {root!r} has no class sub-directories "
+                                        f"(<root>/<class name>/<image files>)")
+    paths, class_ids, ignored = [], [], []
+    for cid, cname in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, cname)):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(f for f in filenames if not f.startswith(".")):
+                if fname.lower().endswith(exts):
+                    paths.append(os.path.join(dirpath, fname))
+                    class_ids.append(cid)
+                else:
+                    ignored.append(os.path.join(dirpath, fname))
+    if not paths:
+        raise base.DatasetNotFoundError(
+            f"folder: no image files ({', '.join(exts)}) under {root!r}")
+    return classes, paths, class_ids, ignored
+
+
+def _class_split(root, classes, split, split_file, val_fraction, val_seed):
+    """The class positions of ``split``: from the split file, else the sorted names cut
+    in two (the first half, rounded up, trains)."""
+    ids = np.arange(len(classes))
+    if split_file is None:
+        n_train = (len(classes) + 1) // 2
+        return base.split_classes(ids[:n_train], ids[n_train:], split, val_fraction, val_seed)
+    assignment = read_split_file(base.require_file(split_file, "folder split file"))
+    unknown = sorted(set(assignment) - set(classes))
+    unlisted = [c for c in classes if c not in assignment]
+    if unknown or unlisted:
+        raise ValueError(f"folder: split file {split_file!r} and {root!r} disagree: "
+                         f"classes not on disk {unknown[:5]}, "
+                         f"classes not in the file {unlisted[:5]}")
+    by = {s: np.array([i for i, c in enumerate(classes) if assignment[c] == s], np.int64)
+          for s in ("train", "val", "test")}
+    if not len(by["val"]):
+        return base.split_classes(by["train"], by["test"], split, val_fraction, val_seed)
+    if val_fraction:
+        raise ValueError("folder: the split file lists 'val' classes; leave val_fraction=0")
+    keep = {"train": by["train"], "val": by["val"], "test": by["test"], "all": ids}.get(split)
+    if keep is None:
+        raise ValueError(f"split must be one of {base.SPLITS}, got {split!r}")
+    return keep

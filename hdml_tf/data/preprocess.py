@@ -112,6 +112,11 @@ def _jpeg_size(padded, length, is_jpeg):
     return size
 
 
+def _signed32(v):
+    """A little-endian 32-bit field read as unsigned -> its two's-complement value."""
+    return tf.where(v >= 2**31, v - 2**32, v)
+
+
 def encoded_image_size(contents) -> tf.Tensor:
     """Height and width each encoded image declares in its header, without decoding.
 
@@ -155,15 +160,12 @@ def encoded_image_size(contents) -> tf.Tensor:
     vp8x = webp & starts(b"VP8X", 12) & (length >= 30)
     jpeg = starts(b"\xff\xd8\xff")
 
-    def signed32(v):
-        return tf.where(v >= 2**31, v - 2**32, v)
-
     vp8l_bits = le(21, 4)
     # (condition, height, width), first match wins; BMP height < 0 means top-down rows.
     table = [
         (png, be(20, 4), be(16, 4)),
         (gif, le(8, 2), le(6, 2)),
-        (bmp, tf.abs(signed32(le(22, 4))), signed32(le(18, 4))),
+        (bmp, tf.abs(_signed32(le(22, 4))), _signed32(le(18, 4))),
         (vp8, le(28, 2) % 16384, le(26, 2) % 16384),  # 14 bits + 2 scale bits,
         (vp8l, vp8l_bits // 16384 % 16384 + 1, vp8l_bits % 16384 + 1),  # 14 bits each,
         (vp8x, le(27, 3) + 1, le(24, 3) + 1),
