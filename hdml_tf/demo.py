@@ -90,13 +90,13 @@ def _pictures(models, test_split, data_config, out_dir):
     """Per model: t-SNE map, retrieval grid and training curves of a fixed subset of the
     test classes (2,000 images keep t-SNE and the grid quick). Returns name -> path."""
     from hdml_tf import training
-    from hdml_tf.data import sampling
+    from hdml_tf.data import pipeline
     from hdml_tf.evaluation import embed, plots
 
     small = training.subsample_split(test_split, 2000, seed=0)
     pictures = {}
     for name, model in models.items():
-        ev = sampling.eval_dataset(small, batch_size=500, resize=data_config.resize,
+        ev = pipeline.eval_dataset(small, batch_size=500, resize=data_config.resize,
                                    crop=data_config.crop,
                                    preprocessing=model.embedder.preprocessing)
         embeddings, labels = embed(model.embedder, ev)

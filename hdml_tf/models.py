@@ -9,7 +9,7 @@ Batches are nested so that ``tf.distribute`` splits them pair-wise:
   N-pair:  ``((anchors, positives), (anchor_labels, positive_labels))``
   triplet: ``((anchors, positives, negatives), (anchor_labels, positive_labels,
   negative_labels))``
-(``hdml_tf.data.sampling`` produces exactly these).
+(``hdml_tf.data.pipeline`` produces exactly these).
 
 Under a distribution strategy each replica embeds its share of the batch; N-pair
 embeddings and labels are gathered across replicas (``all_gather``) so the in-batch
@@ -458,7 +458,7 @@ class HDML(keras.Model):
                       "((anchors, positives, negatives), (anchor_labels, positive_labels,"
                       " negative_labels))")
             raise ValueError(f"loss={self.loss_type!r} expects batches laid out as "
-                             f"{layout}; see hdml_tf.data.sampling")
+                             f"{layout}; see hdml_tf.data.pipeline")
         labels = [tf.cast(tf.reshape(l, [-1]), tf.int32) for l in labels]
         return list(images), labels
 

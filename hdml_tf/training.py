@@ -121,24 +121,24 @@ def load_splits(config):
 
 
 def training_dataset(config, train_split, preprocessing, start_batch=0):
-    from hdml_tf.data import sampling
+    from hdml_tf.data import pipeline
 
     d = config.data
     common = dict(seed=config.train.seed, resize=d.resize, crop=d.crop, flip=d.flip,
                   preprocessing=preprocessing, cache=d.cache, start_batch=start_batch,
                   sampler=d.sampler)
-    build = {"npair": sampling.npair_dataset, "triplet": sampling.triplet_dataset}
+    build = {"npair": pipeline.npair_dataset, "triplet": pipeline.triplet_dataset}
     return build[config.model.loss](train_split, config_lib.classes_per_batch(config),
                                     **common)
 
 
 def evaluation_dataset(config, split, preprocessing):
-    from hdml_tf.data import sampling
+    from hdml_tf.data import pipeline
 
     d = config.data
     if d.max_eval_images and len(split) > d.max_eval_images:
         split = subsample_split(split, d.max_eval_images, config.train.seed)
-    return sampling.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
+    return pipeline.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
                                  crop=d.crop, preprocessing=preprocessing)
 
 
