@@ -70,10 +70,13 @@ def _register_stand_ins():
 
     def stand_in(class_name, module_name):
         def from_config(cls, config):
-            # Importing the module registers the real class over this stand-in; look
-            # it up by its registered name (a renamed class keeps its saved name).
-            importlib.import_module(module_name)
-            real = keras.saving.get_registered_object(f"hdml_tf>{class_name}")
+            # The real class is the one the module registered under this name (a
+            # renamed class keeps its saved name; a load in progress may still see
+            # this stand-in in its custom-object scope, so not get_registered_object).
+            module = importlib.import_module(module_name)
+            registered = f"hdml_tf>{class_name}"
+            real = next(v for v in vars(module).values() if isinstance(v, type)
+                        and keras.saving.get_registered_name(v) == registered)
             return real.from_config(config)
 
         def get_config(self):  # never instantiated; the decorator requires it
