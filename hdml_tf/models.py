@@ -153,8 +153,11 @@ class Embedder(keras.Model):
         # Kept in the config: a keras.applications backbone loses its Python
         # attributes when saved and loaded.
         self.preprocessing = preprocessing or getattr(backbone, "preprocessing", "none")
+        # H computes in float32 whatever F computes in: its output is the embedding the
+        # losses, the synthesis and retrieval compare (Keras' mixed-precision advice for
+        # output layers). bfloat16 embeddings cost NMI/F1 (benchmarks/precision.py).
         self.head = EmbeddingHead(self.embedding_dim, synchronized_bn=synchronized_bn,
-                                  name="head", dtype=self.dtype_policy)
+                                  name="head", dtype="float32")
 
     def build(self, input_shape):
         if not self.backbone.built:
