@@ -23,8 +23,8 @@ table's "steps/call" column is the mean measured from the run's own call sizes.
 
     python benchmarks/train_loop.py                        # Fashion-MNIST preset, N = 1 vs 50
     python benchmarks/train_loop.py --set train.log_every=50     # calls of 50 steps
-    python benchmarks/train_loop.py --config cub200_npair --data-root DIR \\
-        --short 2 --long 6 --repeats 1 --set data.batch_size=128 ...   # (slow on CPU)
+    python benchmarks/train_loop.py --config cub200_npair --set data.name=folder \\
+        --set data.root=DIR --short 2 --long 6 --repeats 2 --bare-steps 4   # slow on CPU
 """
 
 from __future__ import annotations
@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     ap.add_argument("--short", type=int, default=100, help="steps of the short run")
     ap.add_argument("--long", type=int, default=400, help="steps of the long run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--bare-steps", type=int, default=50,
+                    help="steps per call of the bare step (fewer where a step takes seconds)")
     args = ap.parse_args(argv)
     if args.long <= args.short:
         ap.error("--long must exceed --short")
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
     loop = {n: [] for n in args.per_execution}
     per_call = {n: [] for n in args.per_execution}
     for repeat in range(args.repeats):
-        bare.append(bare_step_ms(args.config, overrides, repeats=1))
+        bare.append(bare_step_ms(args.config, overrides, per_call=args.bare_steps))
         print(f"  repeat {repeat + 1}, bare step: {bare[-1]:.2f} ms", flush=True)
         for n in args.per_execution:
             short, _ = train_seconds(args.config, overrides, args.short, n)
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     print(f"\n{args.config}, batch {batch}, {config.data.crop} px, overrides {overrides}; "
           f"load average {load_start:.1f} -> {load_average():.1f}; {args.repeats} repeats, "
           "medians")
-    print(f"bare step (one batch in memory, 50 steps a call): {bare:.2f} ms")
+    print(f"bare step (one batch in memory, {args.bare_steps} steps a call): {bare:.2f} ms")
     print(f"\n| N (steps_per_execution) | steps/call | loop ms/step | images/s | "
           f"overhead ms/step | overhead / N={args.per_execution[0]} |")
     print("|---|---|---|---|---|---|")
