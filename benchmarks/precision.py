@@ -5,8 +5,8 @@ has settled, i.e. at most the first ~10 steps) and under ``mixed_bfloat16`` (0),
 same runs' final metrics within noise of float32.
 
 For every precision and seed, one full ``training.train`` run of the preset (the
-embedder computes in the precision; the generator, the classifier and every loss stay
-float32), read back from its ``metrics.json``:
+backbone computes in the precision; the embedding head, the generator, the classifier
+and every loss stay float32), read back from its ``metrics.json``:
 
 * skipped: steps each optimizer skipped over the whole run (``*_skipped_steps``: a
   non-finite objective) and the metric optimizer's loss-scale skips (float16 only: the

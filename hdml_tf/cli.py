@@ -115,7 +115,7 @@ def _train_parser(prog):
     parser.add_argument("--strategy", choices=config_lib.STRATEGIES,
                         help="overrides train.strategy")
     parser.add_argument("--precision", choices=config_lib.PRECISIONS,
-                        help="the embedder's compute precision (train.precision)")
+                        help="the backbone's compute precision (train.precision)")
     parser.add_argument("--mixed-precision", action="store_true",
                         help="same as --precision mixed_float16")
     parser.add_argument("--xla", action="store_true", help="XLA-compile the step")

@@ -111,8 +111,9 @@ class TrainConfig:
     strategy: str = "auto"
     # "float32", "mixed_float16" (GPUs; the metric loss is loss-scaled) or
     # "mixed_bfloat16" (TPUs, recent GPUs, CPUs with AVX512-BF16; no loss scaling).
-    # Only the embedder computes in half precision: the generator, the classifier and
-    # every loss stay float32 (J_soft's scale of 1e4 overflows float16 gradients).
+    # Only the backbone computes in half precision: the embedding head, the generator,
+    # the classifier and every loss stay float32 (J_soft's scale of 1e4 overflows
+    # float16 gradients; bfloat16 embeddings cost NMI/F1).
     precision: str = "float32"
     mixed_precision: bool = False  # deprecated alias of precision="mixed_float16"
     xla: bool = False

@@ -174,7 +174,8 @@ def build_model(config, num_classes):
                                   input_shape=(d.crop, d.crop, 3), **backbone_kwargs)
         embedder = Embedder(backbone, embedding_dim=m.embedding_dim, synchronized_bn=sync_bn)
         model = HDML(embedder, num_classes, synchronized_bn=sync_bn, **m.hdml_kwargs(),
-                     # G, C and the losses in float32 whatever the embedder computes in.
+                     # G, C and the losses in float32 whatever the backbone computes in
+                     # (the Embedder keeps its head in float32 itself).
                      dtype="float32" if precision != "float32" else None)
     finally:
         keras.config.set_dtype_policy(previous_policy)
