@@ -130,6 +130,9 @@ class Embedder(keras.Model):
 
     This is the model that is evaluated and exported. Training uses the raw z
     (``embed_raw``); evaluation and serving use the normalised output of ``call``.
+    Under a mixed dtype policy only the backbone computes in half precision; the head
+    computes in float32 (its variables are float32 under every policy, so weights move
+    between policies unchanged).
 
     Args:
       backbone: a keras.Model from preprocessed images (batch, H, W, 3) to pooled
