@@ -10,7 +10,9 @@ and every loss stay float32), read back from its ``metrics.json``:
 
 * skipped: steps each optimizer skipped over the whole run (``*_skipped_steps``: a
   non-finite objective) and the metric optimizer's loss-scale skips (float16 only: the
-  ``LossScaleOptimizer`` lowering its scale after an overflow);
+  ``LossScaleOptimizer`` lowering its scale after an overflow); and how many of all
+  those came after step 10, when the loss scale has settled (``schedule_log.csv``'s
+  cumulative counts);
 * the final test metrics; each half precision's paired difference to float32 (same
   seed, so the same batches), mean and two-sided 95% Student t interval over seeds.
 
@@ -64,6 +66,24 @@ def run(config_name, precision, seed, workdir, extra):
         return json.load(f)
 
 
+def late_skips(workdir, after=10):
+    """Loss-scale and objective skips after step ``after`` (``schedule_log.csv``'s
+    cumulative counts, written every ``train.log_every`` steps), or None without a log."""
+    import csv
+
+    path = os.path.join(workdir, "schedule_log.csv")
+    if not os.path.exists(path):
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "loss_scale_skips" not in rows[0]:
+        return None  # a log written before the skip columns existed
+    at = [r for r in rows if int(r["step"]) <= after]
+    base = at[-1] if at else {"loss_scale_skips": 0, "skipped_steps": 0}
+    return sum(int(float(rows[-1][k])) - int(float(base[k]))
+               for k in ("loss_scale_skips", "skipped_steps"))
+
+
 def interval(differences):
     """Mean and two-sided 95% t interval of paired differences."""
     from scipy import stats
@@ -86,25 +106,30 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     results = {p: {} for p in args.precisions}
+    late = {p: {} for p in args.precisions}
     for seed in args.seeds:  # seeds outer: a load change hits every precision alike
         for precision in args.precisions:
             start = time.time()
-            results[precision][seed] = run(
-                args.config, precision, seed,
-                os.path.join(args.workdir, precision, f"seed{seed}"), args.set)
+            workdir = os.path.join(args.workdir, precision, f"seed{seed}")
+            results[precision][seed] = run(args.config, precision, seed, workdir, args.set)
+            late[precision][seed] = late_skips(workdir)
             print(f"  {precision}, seed {seed}: "
                   f"{results[precision][seed]['train_seconds']:.0f} s training "
                   f"({time.time() - start:.0f} s with set-up and evaluation)", flush=True)
     print(f"\n{args.config}, seeds {args.seeds}, overrides {args.set or 'none'}; "
           f"load average {os.getloadavg()[0]:.1f} at the end")
-    print("\n| precision | steps | " + " | ".join(SKIPS) + " | train s (median) |")
-    print("|---|---:|" + "---:|" * len(SKIPS) + "---:|")
+    print("\n| precision | steps | " + " | ".join(SKIPS)
+          + " | any skip after step 10 | train s (median) |")
+    print("|---|---:|" + "---:|" * len(SKIPS) + "---:|---:|")
     for precision, runs in results.items():
         stats_ = [r["statistics"] for r in runs.values()]
         skips = [", ".join(f"{int(s.get(k, 0))}" for s in stats_) for k in SKIPS]
+        after = ", ".join("?" if v is None else str(v) for v in late[precision].values())
         print(f"| {precision} | {runs[args.seeds[0]]['steps']} | " + " | ".join(skips)
-              + f" | {statistics.median(r['train_seconds'] for r in runs.values()):.0f} |")
-    print("(skips: one value per seed, over the whole run)")
+              + f" | {after} | "
+              f"{statistics.median(r['train_seconds'] for r in runs.values()):.0f} |")
+    print("(skips: one value per seed, over the whole run; 'after step 10' from "
+          "schedule_log.csv, '?' for a run logged before it had skip columns)")
     print("\n| metric | " + " | ".join(f"{p} mean" for p in args.precisions)
           + " | " + " | ".join(f"{p} - float32 [95% t]" for p in args.precisions
                                if p != "float32") + " |")

@@ -333,9 +333,13 @@ class _AppendingCSVLogger(keras.callbacks.CSVLogger):
 class _ScheduleLog(keras.callbacks.Callback):
     """``schedule_log.csv``: every ``every`` steps, the λ and w the next step uses,
     J_avg, J_gen_avg, and the share of candidate negatives the last step's synthesis
-    moved (d- > d+): HDML's hardness schedule as it happens."""
+    moved (d- > d+): HDML's hardness schedule as it happens. Also the steps skipped so
+    far: ``skipped_steps`` (a non-finite objective, any optimizer) and
+    ``loss_scale_skips`` (float16: a loss-scaled gradient overflowed), so a log shows
+    when steps were skipped, not only how many."""
 
-    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction")
+    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction",
+              "skipped_steps", "loss_scale_skips")
 
     def __init__(self, path, every, start_step):
         super().__init__()
@@ -353,7 +357,11 @@ class _ScheduleLog(keras.callbacks.Callback):
         import csv
 
         stats = self.model.statistics()
-        row = {"step": self.step, **{k: stats[k] for k in self.FIELDS[1:]}}
+        row = {"step": self.step, **{k: stats[k] for k in self.FIELDS[1:-2]},
+               "skipped_steps": sum(v for k, v in stats.items()
+                                    if k.endswith("_skipped_steps")),
+               "loss_scale_skips": sum(v for k, v in stats.items()
+                                       if k.endswith("_loss_scale_skips"))}
         new = not os.path.exists(self.path)
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)

@@ -8,6 +8,7 @@ step (XLA), finite losses, checkpoints, and float32 embeddings from ``model.kera
 from the exported SavedModel.
 """
 
+import csv
 import glob
 import json
 import os
@@ -74,7 +75,7 @@ def _check_run(workdir, results, model, atol=1e-6):
 def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(tmp_path, mixed_precision=True, export=True,
-                     export_dir=str(tmp_path / "exports"))
+                     export_dir=str(tmp_path / "exports"), log_every=1)
     results, model = training.train(config, workdir, log=lambda *a: None,
                                     return_model=True)
 
@@ -100,6 +101,15 @@ def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     skipped = np.log2(opt.initial_scale / float(opt.dynamic_scale.numpy()))
     assert int(opt.iterations.numpy()) + skipped == config.train.steps
     assert model.statistics()["metric_loss_scale_skips"] == skipped
+    # schedule_log.csv says when: cumulative skips after every step (log_every=1).
+    with open(os.path.join(workdir, "schedule_log.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(1, config.train.steps + 1))
+    per_row = [int(r["loss_scale_skips"]) for r in rows]
+    print("loss-scale skips after each step:", per_row)
+    assert per_row[-1] == skipped
+    assert all(b - a in (0, 1) for a, b in zip([0] + per_row, per_row))
+    assert {r["skipped_steps"] for r in rows} == {"0"}
     x = tf.constant(_images())
     assert model.embedder.embed_raw(x, training=False).dtype == tf.float32
     # model.keras reloads with the mixed policy: the same float16 computation.
