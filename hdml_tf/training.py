@@ -345,6 +345,7 @@ class _ScheduleLog(keras.callbacks.Callback):
         super().__init__()
         self.path, self.every, self.step = path, int(every), int(start_step)
         self.last_batch = -1
+        self.header_checked = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.last_batch = -1
@@ -363,11 +364,33 @@ class _ScheduleLog(keras.callbacks.Callback):
                "loss_scale_skips": sum(v for k, v in stats.items()
                                        if k.endswith("_loss_scale_skips"))}
         new = not os.path.exists(self.path)
+        if not new and not self.header_checked:
+            _widen_csv(self.path, self.FIELDS)  # a run resumed from an older version
+        self.header_checked = True
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             if new:
                 writer.writeheader()
             writer.writerow(row)
+
+
+def _widen_csv(path, fields):
+    """Rewrite a CSV log whose header lacks some of ``fields`` with all of them (the
+    old rows get empty cells), so appended rows match the header."""
+    import csv
+
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if list(reader.fieldnames or []) == list(fields):
+            return
+        rows = list(reader)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fields), restval="",
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _write_json(path, payload):
