@@ -217,13 +217,20 @@ def _truncate_csv(path, keep):
     if fields is None:
         return
     kept = [row for row in rows if keep(row)]
-    if len(kept) == len(rows):
-        return
+    if len(kept) < len(rows):
+        _rewrite_csv(path, fields, kept)
+
+
+def _rewrite_csv(path, fields, rows):
+    """Replace a CSV log atomically by ``rows`` under the header ``fields`` (cells a
+    row lacks are left empty)."""
+    import csv
+
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
+        writer = csv.DictWriter(f, fieldnames=list(fields), restval="", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(kept)
+        writer.writerows(rows)
     os.replace(tmp, path)
 
 
@@ -358,11 +365,12 @@ class _ScheduleLog(keras.callbacks.Callback):
         import csv
 
         stats = self.model.statistics()
-        row = {"step": self.step, **{k: stats[k] for k in self.FIELDS[1:-2]},
-               "skipped_steps": sum(v for k, v in stats.items()
-                                    if k.endswith("_skipped_steps")),
-               "loss_scale_skips": sum(v for k, v in stats.items()
-                                       if k.endswith("_loss_scale_skips"))}
+        stats.update(step=self.step,
+                     skipped_steps=sum(v for k, v in stats.items()
+                                       if k.endswith("_skipped_steps")),
+                     loss_scale_skips=sum(v for k, v in stats.items()
+                                          if k.endswith("_loss_scale_skips")))
+        row = {k: stats[k] for k in self.FIELDS}
         new = not os.path.exists(self.path)
         if not new and not self.header_checked:
             _widen_csv(self.path, self.FIELDS)  # a run resumed from an older version
@@ -384,13 +392,7 @@ def _widen_csv(path, fields):
         if list(reader.fieldnames or []) == list(fields):
             return
         rows = list(reader)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), restval="",
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    _rewrite_csv(path, fields, rows)
 
 
 def _write_json(path, payload):
