@@ -20,8 +20,10 @@ so light tools (``embed``, ``search``) start fast and import no training code:
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
 
 TensorFlow's start-up lines (the absl "before absl::InitializeLog()" notice, oneDNN,
-"Could not find cuda drivers", the CPU feature guard) are kept off a command's output;
-``hdml-tf --verbose <command>`` or ``HDML_TF_VERBOSE=1`` shows them.
+"Could not find cuda drivers", the CPU feature guard, the cuInit failure of a machine
+without a GPU) are kept off a command's output: the entry point imports TensorFlow and
+starts its devices once, with stderr filtered; ``hdml-tf --verbose <command>`` or
+``HDML_TF_VERBOSE=1`` shows them.
 """
 
 import argparse
@@ -33,28 +35,35 @@ import re
 import shlex
 import sys
 import tempfile
+import textwrap
 import warnings
 from typing import Callable
 
-from hdml_tf.import_hooks import around_import
-
-# TensorFlow logs these while its shared libraries load, through absl before TF's own
-# logging reads TF_CPP_MIN_LOG_LEVEL, so only filtering them out of stderr removes them.
+# TensorFlow logs these while its shared libraries load and while its CUDA platform
+# starts (the cuInit failure of a machine without a GPU driver), through absl before
+# TF's own logging reads TF_CPP_MIN_LOG_LEVEL: only filtering stderr removes them.
 _STARTUP_NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called"
     r"|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] "  # absl INFO / WARNING records
+    r"|E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "
     r"|To enable the following instructions: .* rebuild TensorFlow")
 
 
-def _quietly(load):
-    """Load with stderr (fd 2) captured, then write back all but the start-up noise:
-    errors and anything else TensorFlow prints while loading stay visible."""
+def _start_tensorflow_quietly():
+    """Import TensorFlow and start its devices with stderr (fd 2) captured, then write
+    back all but the start-up noise: errors and anything else stay visible."""
+    # 2 hides TF's own INFO and WARNING records and keeps its errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile("w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            load()
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the CUDA platform starts (cuInit) here
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -66,14 +75,15 @@ def _quietly(load):
             sys.stderr.flush()
 
 
-def _quiet_tensorflow_startup():
-    """Hide TensorFlow's start-up logs unless the user asked for them."""
-    # 2 hides TF's own INFO and WARNING records and keeps its errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    around_import("tensorflow", _quietly)
-
-
 # ---------------------------------------------------------------- shared pieces
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as a command prints them: ``hdml-tf: warning: ...``, wrapped to 100
+    columns, without the source line Python would show."""
+    text = textwrap.fill(f"hdml-tf: warning: {message}", width=100,
+                         subsequent_indent="  ", break_on_hyphens=False)
+    print(text, file=file or sys.stderr)
 
 
 def _fail(prog, message, code):
@@ -329,7 +339,9 @@ def _embed_parser(prog):
     parser.add_argument("--images", required=True, nargs="+",
                         help="image files, folders (recursive) or .txt lists of paths")
     parser.add_argument("--out", required=True, help="output .npz")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per request (default and upper bound: the export's "
+                             "max_batch)")
     parser.add_argument("--strict", action="store_true",
                         help="fail on an undecodable or oversized image instead of "
                              "skipping it")
@@ -345,18 +357,17 @@ def _embed(args, parser):
         files = tools.list_images(args.images)
         if not files:
             raise FileNotFoundError(f"no images found in {args.images}")
-        model_path, function = tools.load_signature(args.model)
-        limits = tools.model_limits(model_path)
+        model = tools.load_model(args.model)
         embeddings, kept, skipped = tools.embed_files(
-            function, files, min(args.batch_size, limits["max_batch"]), strict=args.strict,
-            progress=not args.quiet, max_pixels=args.max_pixels or limits["max_pixels"])
+            model, files, args.batch_size, strict=args.strict, progress=not args.quiet,
+            max_pixels=args.max_pixels)
     except Exception as err:  # noqa: BLE001 -- a CLI reports, it does not trace back
         return _fail(parser.prog, f"error: {err}", 1)
     for name, reason in skipped:
         print(f"{parser.prog}: skipped {name}: {reason}", file=sys.stderr)
     if not kept:
         return _fail(parser.prog, "error: no image could be embedded", 1)
-    tools.save_embeddings(args.out, embeddings, kept, skipped, model=model_path)
+    tools.save_embeddings(args.out, embeddings, kept, skipped, model=model.path)
     print(f"wrote {args.out}: {len(kept)} embeddings of dimension {embeddings.shape[1]}"
           + (f", {len(skipped)} skipped" if skipped else ""))
     return 0
@@ -384,11 +395,8 @@ def _search(args, parser):
     try:
         gallery, gallery_paths = tools.load_embeddings(args.gallery)
         queries = tools.list_images(args.query)
-        model_path, function = tools.load_signature(args.model)
-        limits = tools.model_limits(model_path)
-        embeddings, kept, _ = tools.embed_files(
-            function, queries, min(32, limits["max_batch"]), strict=True,
-            max_pixels=args.max_pixels or limits["max_pixels"])
+        embeddings, kept, _ = tools.embed_files(tools.load_model(args.model), queries,
+                                                strict=True, max_pixels=args.max_pixels)
         if embeddings.shape[1] != gallery.shape[1]:
             raise ValueError(f"the model gives {embeddings.shape[1]}-d embeddings but the "
                              f"gallery holds {gallery.shape[1]}-d ones")
@@ -547,6 +555,7 @@ class Command:
     parser: Callable[[str], argparse.ArgumentParser]
     run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
     errors: tuple = ()
+    tensorflow: bool = True  # starts TensorFlow (quietly, unless --verbose)
 
 
 COMMANDS = {
@@ -554,7 +563,8 @@ COMMANDS = {
     "demo": Command("Fashion-MNIST demo: HDML vs baseline", _demo_parser, _demo),
     "compare": Command("HDML vs baseline over seeds, with intervals", _compare_parser,
                        _compare),
-    "presets": Command("list the training presets", _presets_parser, _presets),
+    "presets": Command("list the training presets", _presets_parser, _presets,
+                       tensorflow=False),
     "export": Command("export the embedder as a SavedModel", _export_parser, _export),
     "embed": Command("embed images with a SavedModel", _embed_parser, _embed),
     "search": Command("nearest gallery images", _search_parser, _search),
@@ -617,8 +627,6 @@ def main(argv=None):
     verbose = os.environ.get("HDML_TF_VERBOSE", "") not in ("", "0")
     if argv and argv[0] == "--verbose":
         verbose, argv = True, argv[1:]
-    if not verbose:
-        _quiet_tensorflow_startup()
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -636,6 +644,9 @@ def main(argv=None):
     elif name not in COMMANDS or " " in name:
         print(f"hdml-tf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if COMMANDS[name].tensorflow and not verbose:
+        _start_tensorflow_quietly()
+    warnings.showwarning = _show_warning
     return run_command(name, rest)
 
 

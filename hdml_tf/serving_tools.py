@@ -29,8 +29,9 @@ import time
 
 import numpy as np
 
-from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
-                             METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES)
+from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES, INPUT_IMAGES,
+                             METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
+                             SIGNATURE_IMAGES)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -206,32 +207,103 @@ class _Progress:
 # ------------------------------------------------------------------------ embedding
 
 
-def load_signature(model_dir, signature=SIGNATURE_BYTES):
-    """Load a SavedModel and return ``(path, signature function)``."""
-    import tensorflow as tf
+class ExportedModel:
+    """A SavedModel written by ``hdml-tf export``, with the limits it was exported with.
 
-    path = resolve_model_dir(model_dir)
-    loaded = tf.saved_model.load(path)
-    if signature not in loaded.signatures:
-        raise KeyError(f"{path!r} has no signature {signature!r} (it has "
-                       f"{sorted(loaded.signatures)}); export it with hdml-tf export")
-    function = loaded.signatures[signature]
-    function._hdml_keepalive = loaded  # the signature needs its SavedModel's variables
-    return path, function
+    Attributes:
+      path: the SavedModel directory (a model base directory resolves to its highest
+        version, see :func:`resolve_model_dir`).
+      limits: ``{"max_pixels", "max_batch"}`` from its metadata (:func:`model_limits`).
+      signatures: the loaded signature functions by name (``serving_default``,
+        ``serve_bytes``).
+    """
+
+    def __init__(self, model_dir):
+        import tensorflow as tf
+
+        self.path = resolve_model_dir(model_dir)
+        self._saved_model = tf.saved_model.load(self.path)  # keeps the variables alive
+        self.signatures = self._saved_model.signatures
+        self.limits = model_limits(self.path)
+
+    def signature(self, name):
+        """The signature function ``name``; KeyError naming the ones there are."""
+        if name not in self.signatures:
+            raise KeyError(f"{self.path!r} has no signature {name!r} (it has "
+                           f"{sorted(self.signatures)}); export it with hdml-tf export")
+        return self.signatures[name]
 
 
-def embed_files(function, files, batch_size=32, strict=False, progress=False,
-                max_pixels=None):
-    """Embed image files with a ``serve_bytes`` signature.
+def load_model(model_dir):
+    """The `ExportedModel` at ``model_dir`` (a SavedModel or a model base directory)."""
+    return ExportedModel(model_dir)
+
+
+def embed(model, images, batch_size=None):
+    """Embeddings of any number of images, sent in requests the model accepts.
+
+    The exported signatures refuse a request of more than ``max_batch`` images (the
+    export's limit, recorded in its metadata); this splits ``images`` into requests of
+    at most that many, so callers need not know the limit. A TF Serving client does
+    the same (docs/serving.md).
 
     Args:
-      function: the ``serve_bytes`` concrete function (see :func:`load_signature`).
+      model: an `ExportedModel` or a path to one.
+      images: a sequence of encoded image files (``bytes``: JPEG, PNG, GIF, BMP, WebP),
+        sent to ``serve_bytes``; or a float array ``(N, crop, crop, 3)`` of RGB 0-255
+        pixels already resized and centre-cropped, sent to ``serving_default``.
+      batch_size: images per request (default and upper bound: the export's
+        ``max_batch``).
+
+    Returns:
+      float32 ``(N, embedding_dim)``, L2-normalised, in the order of ``images``.
+
+    Raises:
+      tensorflow.errors.InvalidArgumentError: the model refused an image (undecodable,
+        over ``max_pixels``); see :func:`embed_files` to skip such files instead.
+    """
+    import tensorflow as tf
+
+    model = model if isinstance(model, ExportedModel) else load_model(model)
+    size = _request_size(model, batch_size)
+    if isinstance(images, np.ndarray) and images.dtype != object:
+        function, name = model.signature(SIGNATURE_IMAGES), INPUT_IMAGES
+        to_tensor = lambda part: tf.constant(part, tf.float32)  # noqa: E731
+    else:
+        function, name = model.signature(SIGNATURE_BYTES), INPUT_BYTES
+        to_tensor = lambda part: tf.constant(list(part), tf.string)  # noqa: E731
+    chunks = [function(**{name: to_tensor(images[start:start + size])})[OUTPUT_EMBEDDING]
+              .numpy() for start in range(0, len(images), size)]
+    if not chunks:
+        dim = function.structured_outputs[OUTPUT_EMBEDDING].shape[-1]
+        return np.zeros((0, dim), np.float32)
+    return np.concatenate(chunks, axis=0).astype(np.float32)
+
+
+def _request_size(model, batch_size):
+    """Images per request: ``batch_size`` capped at the model's ``max_batch``."""
+    max_batch = model.limits["max_batch"]
+    if batch_size is None:
+        return max_batch
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be at least 1")
+    return min(int(batch_size), max_batch)
+
+
+def embed_files(model, files, batch_size=None, strict=False, progress=False,
+                max_pixels=None):
+    """Embed image files with an exported model's ``serve_bytes`` signature.
+
+    Args:
+      model: an `ExportedModel` or a path to one.
       files: list of image paths.
-      batch_size: images per call (at most the export's ``max_batch``).
+      batch_size: images per request (default and upper bound: the export's
+        ``max_batch``).
       strict: raise on the first undecodable or oversized file instead of skipping it.
       progress: draw a progress bar on stderr.
-      max_pixels: None, or skip (with ``strict``, refuse) a file whose header
-        declares more pixels (height x width) than this, before it is decoded.
+      max_pixels: skip (with ``strict``, refuse) a file whose header declares more
+        pixels (height x width) than this, before it is decoded (default: the
+        export's ``max_pixels``).
 
     Returns:
       ``(embeddings, kept, skipped)``: float32 (len(kept), d), the files embedded (in
@@ -242,17 +314,14 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False,
       tensorflow.errors.InvalidArgumentError or OSError: with ``strict``, naming the
         file and the reason in one line.
     """
-    import tensorflow as tf
-
-    def run(contents):
-        out = function(**{INPUT_BYTES: tf.constant(contents, dtype=tf.string)})
-        return out[OUTPUT_EMBEDDING].numpy()
-
+    model = model if isinstance(model, ExportedModel) else load_model(model)
+    size = _request_size(model, batch_size)
+    max_pixels = max_pixels or model.limits["max_pixels"]
     chunks, kept, skipped = [], [], []
     bar = _Progress(len(files), "embed", enabled=progress)
-    for start in range(0, len(files), batch_size):
+    for start in range(0, len(files), size):
         names, contents = [], []
-        for name in files[start:start + batch_size]:
+        for name in files[start:start + size]:
             data, reason = _read_image(name, strict, max_pixels)
             if data is None:
                 skipped.append((name, reason))
@@ -260,12 +329,12 @@ def embed_files(function, files, batch_size=32, strict=False, progress=False,
                 names.append(name)
                 contents.append(data)
         if names:
-            batch_chunks, batch_kept, batch_skipped = _embed_batch(run, names, contents,
+            batch_chunks, batch_kept, batch_skipped = _embed_batch(model, names, contents,
                                                                    strict)
             chunks += batch_chunks
             kept += batch_kept
             skipped += batch_skipped
-        bar.update(min(start + batch_size, len(files)))
+        bar.update(min(start + size, len(files)))
     bar.close()
     if chunks:
         embeddings = np.concatenate(chunks, axis=0).astype(np.float32)
@@ -302,7 +371,7 @@ def _read_image(name, strict, max_pixels):
     return data, None
 
 
-def _embed_batch(run, names, contents, strict):
+def _embed_batch(model, names, contents, strict):
     """``(chunks, kept, skipped)`` of one batch.
 
     One bad file fails its whole batch: then the batch is redone one file at a time
@@ -311,13 +380,13 @@ def _embed_batch(run, names, contents, strict):
     import tensorflow as tf
 
     try:
-        return [run(contents)], list(names), []
+        return [embed(model, contents)], list(names), []
     except tf.errors.InvalidArgumentError:
         pass
     chunks, kept, skipped = [], [], []
     for name, data in zip(names, contents):
         try:
-            chunks.append(run([data]))
+            chunks.append(embed(model, [data]))
             kept.append(name)
         except tf.errors.InvalidArgumentError as err:
             reason = _reason(err.message)

@@ -267,6 +267,60 @@ def test_max_batch_refused_before_decoding_both_signatures(limited):
         "embedding"].shape == (MAX_BATCH, DIM)
 
 
+def _recording(model):
+    """Wrap both signatures of ``model`` so each call's request size is recorded."""
+    sizes = []
+
+    def wrap(function):
+        def call(**inputs):
+            sizes.append(int(next(iter(inputs.values())).shape[0]))
+            return function(**inputs)
+        call.structured_outputs = function.structured_outputs
+        return call
+
+    model.signatures = {name: wrap(f) for name, f in model.signatures.items()}
+    return sizes
+
+
+def test_embed_splits_any_number_of_images_into_requests_the_model_accepts(limited):
+    """11 images through a model exported with max_batch=4: requests of 4, 4 and 3, and
+    the same embeddings as one image at a time; arrays go to serving_default alike."""
+    model = serving_tools.load_model(limited)
+    assert model.limits["max_batch"] == MAX_BATCH
+    contents = (encoded_images() * 2)[:11]
+    one_by_one = np.concatenate([serving_tools.embed(model, [c]) for c in contents])
+    sizes = _recording(model)
+    embeddings = serving_tools.embed(model, contents)
+    assert sizes == [4, 4, 3]
+    np.testing.assert_allclose(embeddings, one_by_one, atol=1e-6, rtol=0)
+    del sizes[:]
+    assert serving_tools.embed(model, contents, batch_size=100).shape == (11, DIM)
+    assert sizes == [4, 4, 3]  # a larger batch_size is capped at the model's limit
+    del sizes[:]
+    pixels = np.random.default_rng(0).uniform(0, 255, (9, CROP, CROP, 3)).astype(np.float32)
+    assert serving_tools.embed(model, pixels, batch_size=2).shape == (9, DIM)
+    assert sizes == [2, 2, 2, 2, 1]
+    assert serving_tools.embed(model, []).shape == (0, DIM)
+
+
+def test_hdml_tf_embed_over_more_images_than_max_batch(limited, tmp_path, capsys):
+    from hdml_tf.cli import main
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    contents = (encoded_images() * 2)[:10]
+    for i, data in enumerate(contents):
+        (folder / f"{i:02d}.img").write_bytes(data)
+    out = str(tmp_path / "many.npz")
+    assert main(["embed", "--model", limited, "--images",
+                 *sorted(str(p) for p in folder.iterdir()), "--out", out, "--quiet"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with np.load(out) as written:
+        assert written["embeddings"].shape == (10, DIM)
+        np.testing.assert_allclose(
+            written["embeddings"], serving_tools.embed(limited, contents), atol=1e-6, rtol=0)
+
+
 def test_limits_in_metadata_and_checked(limited, tmp_path):
     with open(os.path.join(limited, "assets.extra", export.METADATA_FILENAME)) as f:
         limits = json.load(f)["limits"]

@@ -81,7 +81,7 @@ def test_embed_and_search_end_to_end_without_training_code(model_dir, gallery, t
     assert data["paths"].tolist() == expected_paths
     assert data["skipped"].tolist() == [str(root / "images" / "broken.jpg")]
     assert data["embeddings"].shape == (len(expected_paths), DIM)
-    _, function = serving_tools.load_signature(model_dir)
+    function = serving_tools.load_model(model_dir).signature("serve_bytes")
     want = function(image_bytes=tf.constant(
         [open(p, "rb").read() for p in expected_paths]))["embedding"].numpy()
     np.testing.assert_allclose(data["embeddings"], want, atol=1e-6, rtol=0)
@@ -133,10 +133,10 @@ def test_list_images_and_model_dir(gallery, tmp_path, model_dir):
 def test_strict_embedding_and_cli_errors(model_dir, gallery, tmp_path, capsys):
     root, files, _ = gallery
     broken = str(root / "images" / "broken.jpg")
-    _, function = serving_tools.load_signature(model_dir)
+    model = serving_tools.load_model(model_dir)
     with pytest.raises(tf.errors.InvalidArgumentError, match="broken.jpg"):
-        serving_tools.embed_files(function, [files[0], broken], strict=True)
-    embeddings, kept, skipped = serving_tools.embed_files(function, [files[0], broken])
+        serving_tools.embed_files(model, [files[0], broken], strict=True)
+    embeddings, kept, skipped = serving_tools.embed_files(model, [files[0], broken])
     assert kept == [files[0]] and skipped[0][0] == broken
     assert "not a JPEG/PNG/GIF/BMP/WebP image" in skipped[0][1]
 
