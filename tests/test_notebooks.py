@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 COLAB_PREFIX = "https://colab.research.google.com/github/"
 CELL_TIMEOUT = 600
+REAL_SIZE_TIMEOUT = 3600  # a cell of a real-size run (the demo cell: minutes on a CPU)
 
 import nbclient  # noqa: E402  (requirements-dev.txt: a missing one is a failure, not a skip)
 import nbformat  # noqa: E402
@@ -39,7 +40,7 @@ def _notebook_paths():
     return sorted(glob.glob(os.path.join(NOTEBOOKS, "*.ipynb")))
 
 
-def _execute(name, cwd):
+def _execute(name, cwd, timeout=CELL_TIMEOUT):
     """Run notebooks/<name> in a new python3 kernel with cwd as working directory.
 
     Returns the executed notebook; a failing cell raises CellExecutionError, whose
@@ -47,7 +48,7 @@ def _execute(name, cwd):
     (TensorFlow's start-up lines, not cell outputs) go to <cwd>/kernel.log.
     """
     notebook = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+    client = nbclient.NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": str(cwd)}})
     with open(os.path.join(cwd, "kernel.log"), "w") as log:
         client.execute(stdout=log, stderr=log)
@@ -70,7 +71,16 @@ def _png_count(notebook):
     return sum("image/png" in o.get("data", {}) for o in _outputs(notebook, "display_data"))
 
 
-def _fashion_fixture(root, per_class=12):
+# Images per class in each of the two generated Fashion-MNIST files: the test split
+# (classes 5-9 of both) then holds 150 images, more than an export's default max_batch
+# (128), so the smoke runs send the SavedModel more images than one request holds, as
+# the real-size runs do (notebook 01 queries 500, notebook 03's gallery is 200).
+SMOKE_PER_CLASS = 15
+SMOKE_TEST_IMAGES = 2 * 5 * SMOKE_PER_CLASS
+MAX_BATCH = 128  # hdml_tf.export.DEFAULT_MAX_BATCH
+
+
+def _fashion_fixture(root, per_class=SMOKE_PER_CLASS):
     """The four Fashion-MNIST IDX files: noise plus a bar whose row encodes the class,
     so that the pictures show something and retrieval is not trivially perfect."""
     rng = np.random.default_rng(0)
@@ -150,6 +160,9 @@ def test_quickstart_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
     printed = _stdout(notebook)
     assert "recall@1" in printed and "HDML" in printed and "baseline" in printed
     assert re.search(r"Recall@1: \d+\.\d %", printed)
+    # The query crossed the export's request limit (the cell that failed for users).
+    queried = int(re.search(r"embeddings: \((\d+), \d+\)", printed).group(1))
+    assert queried == SMOKE_TEST_IMAGES > MAX_BATCH, printed
     # The embedding maps and retrieval grids are displayed, and they are real pictures.
     assert _png_count(notebook) == 4
     for run in ("hdml", "baseline"):
@@ -160,13 +173,25 @@ def test_quickstart_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
 
 @pytest.mark.slow
 def test_serving_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
+    from tests.serving_stub import ServingStub
+
     model_dir, out = tmp_path / "saved_models" / "fmnist", tmp_path / "serving"
     smoke_env.setenv("HDML_MODEL_DIR", str(model_dir))  # empty: the notebook makes one
     smoke_env.setenv("HDML_OUT_DIR", str(out))
 
-    notebook = _execute("03_serving.ipynb", tmp_path)
+    # The REST client cell runs against a stand-in of TF Serving's REST API that refuses
+    # requests over max_batch as the model does.
+    with ServingStub(str(model_dir), name="fmnist") as server:
+        smoke_env.setenv("HDML_SERVING_URL", server.url)
+        notebook = _execute("03_serving.ipynb", tmp_path)
 
     printed = _stdout(notebook)
+    gallery_size = SMOKE_TEST_IMAGES
+    assert server.request_sizes == [MAX_BATCH, gallery_size - MAX_BATCH], server.request_sizes
+    rest = re.search(r"(\d+) images in requests of at most (\d+); largest difference to the "
+                     r"local SavedModel: (\S+)", printed)
+    assert rest and int(rest.group(1)) == gallery_size and int(rest.group(2)) == MAX_BATCH
+    assert float(rest.group(3)) < 1e-5, printed
     assert (model_dir / "1" / "saved_model.pb").is_file()
     assert "serve_bytes" in printed and "serving_default" in printed
     difference = re.search(r"largest difference between the two signatures: (\S+)", printed)
@@ -237,3 +262,64 @@ def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     assert [rows[k][1] for k in ks] == [f"{paper[k]:.1f}" for k in ks]
     assert not (data_root / "CUB_200_2011.tgz").exists()  # no download was tried
     assert notebook.metadata.get("accelerator") == "GPU"  # Colab opens it on a GPU runtime
+
+
+# ------------------------------------------------------------------ at real size
+
+
+@pytest.fixture
+def real_env(tmp_path, monkeypatch):
+    """A user's run: no smoke mode, the real Fashion-MNIST (Debian's dataset-fashion-mnist
+    or $HDML_FASHION_MNIST_DIR), outputs under tmp_path."""
+    from hdml_tf import data
+
+    try:
+        data.load_dataset("fashion_mnist", "test")
+    except data.DatasetNotFoundError as error:
+        pytest.skip(f"needs the real Fashion-MNIST: {error}")
+    for name in ("HDML_SMOKE", "HDML_SERVING_URL", "HDML_MODEL_DIR", "HDML_DATA_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    return monkeypatch
+
+
+@pytest.mark.manual
+def test_quickstart_then_serving_at_their_real_sizes(tmp_path, real_env):
+    """01 as a new user runs it (1,500 steps per arm, 500 queries of the SavedModel),
+    then 03 on the model 01 exported (a 200-image gallery, the REST client against
+    the stand-in server): about 10 minutes on 2 CPU cores."""
+    from tests.serving_stub import ServingStub
+
+    exports = tmp_path / "saved_models"
+    real_env.setenv("HDML_OUT_DIR", str(tmp_path / "runs"))
+    real_env.setenv("HDML_EXPORT_DIR", str(exports))
+    printed = _stdout(_execute("01_quickstart.ipynb", tmp_path, timeout=REAL_SIZE_TIMEOUT))
+    assert re.search(r"embeddings: \(500, 64\)", printed), printed
+    recall = float(re.search(r"Recall@1: (\d+\.\d) %", printed).group(1))
+    assert recall > 70.0, printed  # a trained model, not the smoke run's
+
+    model_dir = exports / "fashion_mnist_hdml"
+    real_env.setenv("HDML_MODEL_DIR", str(model_dir))
+    real_env.setenv("HDML_OUT_DIR", str(tmp_path / "serving"))
+    with ServingStub(str(model_dir), name="fashion_mnist_hdml") as server:
+        real_env.setenv("HDML_SERVING_URL", server.url)
+        printed = _stdout(_execute("03_serving.ipynb", tmp_path, timeout=REAL_SIZE_TIMEOUT))
+    assert server.request_sizes == [MAX_BATCH, 200 - MAX_BATCH], server.request_sizes
+    assert "200 images in requests of at most 128" in printed, printed
+
+
+@pytest.mark.manual
+def test_reproduce_paper_at_its_real_size(tmp_path, monkeypatch):
+    """02 trains cub200_npair for 8,000 steps of GoogLeNet: it needs CUB-200-2011 at
+    $HDML_DATA_ROOT and a GPU (hours); on a machine without them it cannot run."""
+    import tensorflow as tf
+
+    root = os.environ.get("HDML_DATA_ROOT", "")
+    if not os.path.isdir(os.path.join(root, "CUB_200_2011")):
+        pytest.skip("needs CUB-200-2011 at $HDML_DATA_ROOT")
+    if not tf.config.list_physical_devices("GPU"):
+        pytest.skip("needs a GPU: 8,000 GoogLeNet steps take ~12 h on 2 CPU cores")
+    monkeypatch.delenv("HDML_SMOKE", raising=False)
+    monkeypatch.setenv("HDML_OUT_DIR", str(tmp_path / "paper"))
+    printed = _stdout(_execute("02_reproduce_paper.ipynb", tmp_path, timeout=24 * 3600))
+    assert "recall@1" in printed
