@@ -53,8 +53,8 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
                                    keys=list(TABLE_KEYS))
     # The runs share their data settings; `config` is the last run's.
     evaluated = min(len(test_split), config.data.max_eval_images or len(test_split))
-    log("\nFashion-MNIST, trained on classes 0-4, evaluated on unseen classes 5-9 "
-        f"({evaluated} of {len(test_split)} images, fixed random subset), in %:\n{table}")
+    log("\nFashion-MNIST, trained on classes 0-4, evaluated on the unseen classes 5-9\n"
+        f"({evaluated} of {len(test_split)} images, a fixed random subset), in %:\n{table}")
     pictures = _pictures(models, test_split, config.data, out_dir)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("# Fashion-MNIST demo: HDML N-pair vs N-pair baseline\n\n"
@@ -62,9 +62,13 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
                 f"of {len(test_split)} images, a fixed random subset), in %.\n\n"
                 f"```\n{table}\n```\n")
     elapsed = time.time() - started
-    log(f"\npictures: {', '.join(sorted(str(p) for p in pictures.values() if p))}")
+    log(f"\npictures in {out_dir}:")
+    for path in sorted(str(p) for p in pictures.values() if p):
+        log(f"  {os.path.basename(path)}")
     if runs["HDML"].get("export"):
-        log(f"exported HDML embedder under {runs['HDML']['export']}/")
+        from hdml_tf.export import display_path
+
+        log(f"exported HDML embedder under {display_path(runs['HDML']['export'])}/")
     log(f"demo finished in {elapsed / 60:.1f} min")
     return {"runs": runs, "table": table, "pictures": pictures, "seconds": elapsed}
 

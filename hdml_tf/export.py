@@ -857,6 +857,13 @@ def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocess
                            max_pixels=max_pixels, max_batch=max_batch)
 
 
+def display_path(path):
+    """``path`` relative to the working directory when it lies below it (as a user
+    typed it), else absolute."""
+    relative = os.path.relpath(path)
+    return relative if not relative.startswith(os.pardir) else os.path.abspath(path)
+
+
 def export_run(checkpoint, out_dir, *, log=print, model=None, config=None, **options):
     """``hdml-tf export`` as a library call: export, then log what was written.
 
@@ -882,7 +889,7 @@ def export_run(checkpoint, out_dir, *, log=print, model=None, config=None, **opt
     path = export_checkpoint(checkpoint, out_dir, model=model, config=config, **options)
     max_batch = options.get("max_batch", DEFAULT_MAX_BATCH)
     max_pixels = options.get("max_pixels", DEFAULT_MAX_PIXELS)
-    log(f"exported {path}")
+    log(f"exported {display_path(path)}")
     log(f"  signatures: {SIGNATURE_IMAGES}({INPUT_IMAGES}) and "
         f"{SIGNATURE_BYTES}({INPUT_BYTES}) -> {OUTPUT_EMBEDDING}")
     log(f"  limits: max_batch={max_batch} images per request, "

@@ -382,6 +382,63 @@ class _ScheduleLog(keras.callbacks.Callback):
             writer.writerow(row)
 
 
+class ProgressLine(keras.callbacks.Callback):
+    """One short line per epoch (each train_log.csv row) for the person watching:
+
+      step  250/1500   412 img/s  J_m 1.406  J_metric 1.388  λ 0.920  w 0.911  ETA 2m55s
+
+    J_m and J_metric are the epoch's means, λ and w what the next step uses; skipped
+    steps are added only when there are some. Everything else is in the CSV logs and
+    TensorBoard.
+
+    Args:
+      total_steps: the run's last step.
+      steps_per_epoch: steps between lines (``train.steps_per_epoch``).
+      batch_size: images per step.
+      print_fn: where the lines go.
+    """
+
+    def __init__(self, total_steps, steps_per_epoch, batch_size, print_fn=print):
+        super().__init__()
+        self.total, self.per_epoch = int(total_steps), int(steps_per_epoch)
+        self.batch_size, self.print_fn = int(batch_size), print_fn
+        self._started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        step = min((epoch + 1) * self.per_epoch, self.total)
+        steps = step - epoch * self.per_epoch
+        seconds = max(time.perf_counter() - (self._started or time.perf_counter()), 1e-9)
+        width = len(str(self.total))
+        parts = [f"step {step:>{width}}/{self.total}",
+                 f"{steps * self.batch_size / seconds:5.0f} img/s"]
+        parts += [f"{label} {logs[key]:.4g}" for key, label in
+                  (("j_m", "J_m"), ("j_metric", "J_metric")) if key in logs]
+        if getattr(self.model, "hdml", False):
+            stats = self.model.statistics()
+            parts += [f"λ {stats['lambda']:.3f}", f"w {stats['w']:.3f}"]
+            skipped = {k[:-len("_skipped_steps")]: v for k, v in stats.items()
+                       if k.endswith("_skipped_steps") and v}
+            skipped.update({f"{k[:-len('_loss_scale_skips')]} (loss scale)": v
+                            for k, v in stats.items() if k.endswith("_loss_scale_skips") and v})
+            if skipped:
+                parts.append("skipped " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+        if step < self.total:
+            parts.append(f"ETA {_duration(seconds / steps * (self.total - step))}")
+        self.print_fn("  ".join(parts))
+
+
+def _duration(seconds):
+    """``1h02m``, ``2m55s`` or ``41s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def _widen_csv(path, fields):
     """Rewrite a CSV log whose header lacks some of ``fields`` with all of them (the
     old rows get empty cells), so appended rows match the header."""
@@ -502,10 +559,12 @@ def setup(config, workdir, strategy=None, devices=None, log=print):
     callbacks.append(_Checkpointer(manager, checkpoint, scratch,
                                    config.train.steps_per_epoch, states))
     t = config.train
+    if t.verbose and chief:
+        callbacks.append(ProgressLine(t.steps, t.steps_per_epoch, config.data.batch_size,
+                                      print_fn=log))
     callback_list = keras.callbacks.CallbackList(
-        callbacks, add_history=True, add_progbar=t.verbose > 0, model=model,
-        verbose=t.verbose, epochs=-(-t.steps // t.steps_per_epoch),
-        steps=t.steps_per_epoch)
+        callbacks, add_history=True, add_progbar=False, model=model,
+        epochs=-(-t.steps // t.steps_per_epoch), steps=t.steps_per_epoch)
     return Run(config=config, workdir=workdir, strategy=strategy, chief=chief,
                scratch=scratch, splits=splits, model=model, checkpoint=checkpoint,
                manager=manager, start_step=start_step, iterator=iterator,
@@ -720,9 +779,9 @@ def _authors_selected(callback):
 def _authors_note(selected):
     if not selected:
         return "authors' protocol: no evaluation step was reached (first at step 500)"
-    return (f"authors' protocol: step {selected['step']}, chosen for its test NMI "
-            "(selected on the test set, as their code did; the first column is the "
-            "final checkpoint, the number to compare)")
+    return (f"authors' protocol: step {selected['step']}, chosen for its test NMI (selected "
+            "on the test set,\n  as their code did; the first column is the final "
+            "checkpoint, the number to compare)")
 
 
 def evaluate_model(model, config, split):

@@ -15,7 +15,8 @@ from tests.test_export import REPO
 # One fragment of each TensorFlow start-up line (TF 2.21, CPU-only machine).
 STARTUP_LINES = ("All log messages before absl::InitializeLog()",
                  "oneDNN custom operations are on", "Could not find cuda drivers",
-                 "cpu_feature_guard", "To enable the following instructions")
+                 "cpu_feature_guard", "To enable the following instructions",
+                 "failed call to cuInit")
 
 
 def run_cli(*args, **env):
@@ -56,6 +57,8 @@ def test_only_startup_noise_is_filtered():
         "W0000 00:00:1796044959.713774    6210 cudart_stub.cc:31] Could not find cuda\n",
         "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
         "TensorFlow with the appropriate compiler flags.\n",
+        "E0000 00:00:1796160999.846527    7731 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
     ]
     kept = [
         "E0000 00:00:1796044959.713774    6210 cuda_dnn.cc:8579] Unable to register\n",

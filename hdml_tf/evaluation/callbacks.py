@@ -60,6 +60,17 @@ def _check_arguments(split_name, monitor, mode, every_n_epochs, every_n_steps,
         raise ValueError("save_best_path must end with '.weights.h5' (Keras 3)")
 
 
+_SHORT_NAMES = {"map@r": "MAP@R", "r_precision": "RP", "nmi": "NMI", "f1": "F1"}
+
+
+def evaluation_line(split_name: str, step: int, metrics: dict) -> str:
+    """One short line for a person: ``test at step 500: R@1 53.1  R@2 65.7 ... NMI 70.3``
+    (metrics in %)."""
+    shown = "  ".join(f"{_SHORT_NAMES.get(k, k.replace('recall', 'R'))} {100 * v:.1f}"
+                      for k, v in metrics.items())
+    return f"{split_name} at step {step}: {shown}"
+
+
 def _every(n):
     """The schedule that evaluates after every n-th step."""
     return lambda step: step % n == 0
@@ -201,8 +212,7 @@ class EvaluationCallback(keras.callbacks.Callback):
                             exist_ok=True)
                 self.model.save_weights(self.save_best_path)
         if self.verbose:
-            shown = ", ".join(f"{k}={v:.4f}" for k, v in self._latest.items())
-            print(f"\n[{self.split_name} epoch {self._epoch + 1} step {self._step}] {shown}")
+            print(evaluation_line(self.split_name, self._step, res))
 
     def _write_tensorboard(self):
         if not self.log_dir:

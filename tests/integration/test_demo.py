@@ -2,22 +2,40 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from tests.data.helpers_data import make_fashion_idx
+from tests.test_export import REPO
 
 
 @pytest.mark.slow
-def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path, monkeypatch, capsys):
+def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path):
+    """What a user runs, in a fresh process with the user's environment: every line it
+    prints (stdout and stderr) fits 100 columns, there is one short progress line per
+    epoch and no TensorFlow start-up line."""
     data_dir = make_fashion_idx(str(tmp_path / "fmnist"), per_class_train=12, per_class_test=12)
-    monkeypatch.setenv("HDML_FASHION_MNIST_DIR", data_dir)
-    from hdml_tf.demo import demo_main
-
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES", "HDML_TF_VERBOSE")}
+    env.update(HDML_FASHION_MNIST_DIR=data_dir, PYTHONPATH=REPO)
     out, exports = tmp_path / "demo", tmp_path / "saved_models"
-    assert demo_main(["--smoke", "--out", str(out), "--export-dir", str(exports)]) == 0
-    printed = capsys.readouterr().out
+    # Run from the output folder with the README's short relative paths, as a user does.
+    result = subprocess.run(
+        [sys.executable, "-m", "hdml_tf.cli", "demo", "--smoke", "--out", "demo",
+         "--export-dir", "saved_models"], capture_output=True, text=True, cwd=tmp_path,
+        env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = result.stdout
+    lines = (result.stdout + result.stderr).splitlines()
+    assert max(len(line) for line in lines) <= 100, max(lines, key=len)
+    assert not [l for l in lines if "cuInit" in l or "oneDNN" in l or "e+00" in l], lines
     assert "HDML" in printed and "baseline" in printed
+    # Smoke: 6 steps in epochs of 3, one line each, per arm; HDML's shows λ and w.
+    progress = [l for l in lines if l.startswith("step ")]
+    assert [l.split()[1] for l in progress] == ["3/6", "6/6"] * 2, progress
+    assert "λ" in progress[0] and "w" in progress[0] and "λ" not in progress[2]
     table = (out / "results.md").read_text()
     for key in ("recall@1", "recall@8", "nmi", "f1", "map@r"):
         assert key in table
