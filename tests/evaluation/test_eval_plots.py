@@ -197,3 +197,14 @@ def test_training_curves_read_the_schedule_log_beside_a_workdir_log(tmp_path, mo
     assert len(panels["hardness schedule"][0]) == 3
     stats_ax = next(ax for ax in made[-1].axes if ax.get_title().startswith("J_avg"))
     assert stats_ax.get_yscale() == "log"
+
+
+def test_neighbour_caption_tells_close_neighbours_apart():
+    """Unit vectors at cosine 0.999 are at distance sqrt(2 - 2 * 0.999) = 0.0447 and at
+    0.9978 at 0.0663: two decimals of cosine showed both as 1.00."""
+    from hdml_tf.evaluation.plots import neighbour_caption
+
+    first = neighbour_caption(1, 0.999, True, "shirt")
+    assert first == "✓ class shirt\n#1  d 0.045"
+    assert neighbour_caption(2, 0.9978, False, 3) == "✗ class 3\n#2  d 0.066"
+    assert neighbour_caption(1, 1.0000001, True, "x").endswith("d 0.000")  # rounding
