@@ -36,9 +36,106 @@ from hdml_tf.data.base import DataWarning, ImageDataset
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+# The spec's sizes (resize 256, random crop 227): GoogLeNet at the paper's resolution.
+SPEC_RESIZE, SPEC_CROP = 256, 227
+# Warn when the pipeline enlarges the images by more than this per side.
+_UPSAMPLING_WARNING = 2.0
+_HEADER_SAMPLE = 16  # files whose header gives the typical size of a file dataset
+
+
+def image_sizes(data: ImageDataset, preprocessing=None, resize="auto", crop="auto",
+                what="pipeline", stacklevel=1):
+    """``(resize, crop)`` for a pipeline over ``data``: given, or following the model
+    and the data.
+
+    ``"auto"`` (the pipelines' default): ``crop`` is the input size the backbone was
+    built for when ``preprocessing`` is a built backbone of a fixed size, else the
+    images' own size when they are pixels in memory (Fashion-MNIST: 28), else the
+    spec's 227; ``resize`` is ``crop`` scaled by the spec's 256 / 227 (28 -> 32). Either
+    way, a resize that enlarges the data's images by more than 2x per side warns once,
+    naming the factor: it costs time (28 px to 256 px is 84x the pixels) and adds no
+    information.
+
+    Args:
+      data: the ImageDataset the pipeline reads.
+      preprocessing: a backbone object, a backbone name or a ``normalize`` mode.
+      resize, crop: int, (H, W), None (keep the stored size / no crop) or "auto".
+      what: the pipeline's name, for the warning.
+      stacklevel: the warning names the caller this many frames above the caller.
+
+    Returns:
+      ``(resize, crop)`` as the pipeline's transforms take them.
+    """
+    if crop == "auto":
+        crop = _backbone_size(preprocessing) or _stored_size(data) or SPEC_CROP
+        crop = crop[0] if isinstance(crop, tuple) and crop[0] == crop[1] else crop
+    if resize == "auto" and crop is None:
+        resize = SPEC_RESIZE
+    elif resize == "auto":
+        resize = tuple(round(c * SPEC_RESIZE / SPEC_CROP) for c in preprocess.size_pair(crop))
+        resize = resize[0] if isinstance(crop, int) else resize
+    message = _upsampling(data, resize)
+    if message:
+        warnings.warn(f"{what}: {message}", DataWarning, stacklevel=stacklevel + 1)
+    return resize, crop
+
+
+def _backbone_size(backbone):
+    """(H, W) a built backbone takes, if it was built for one fixed size."""
+    build = getattr(backbone, "get_build_config", None)
+    shape = (build() or {}).get("input_shape") if callable(build) else None
+    if shape is None or len(shape) != 4 or None in tuple(shape)[1:3]:
+        return None
+    return (int(shape[1]), int(shape[2]))
+
+
+def _stored_size(data):
+    """(H, W) of in-memory pixels, else None."""
+    if data.images is None:
+        return None
+    return (int(data.images.shape[1]), int(data.images.shape[2]))
+
+
+def _typical_size(data):
+    """(H, W) of the data's images: the pixels' shape, else the median of the sizes
+    the first files' headers declare (None when no header can be read)."""
+    stored = _stored_size(data)
+    if stored or len(data) == 0:
+        return stored
+    if data.encoded is not None:
+        heads = [bytes(c[:65536]) for c in data.encoded[:_HEADER_SAMPLE]]
+    else:
+        heads = []
+        for path in data.paths[:_HEADER_SAMPLE]:
+            try:
+                with open(path, "rb") as f:
+                    heads.append(f.read(65536))
+            except OSError:
+                continue
+    sizes = [s for s in preprocess.encoded_image_size(tf.constant(heads, tf.string))
+             .numpy().tolist() if min(s) > 0] if heads else []
+    return tuple(int(v) for v in np.median(sizes, axis=0)) if sizes else None
+
+
+def _upsampling(data, resize):
+    """What to say when ``resize`` enlarges the data's images by over 2x, else None."""
+    size = _typical_size(data) if resize is not None else None
+    if size is None:
+        return None
+    target = preprocess.size_pair(resize)
+    factor = max(t / s for t, s in zip(target, size))
+    if factor <= _UPSAMPLING_WARNING:
+        return None
+    return (f"the {size[0]}x{size[1]} images of {data.name!r} are resized to "
+            f"{target[0]}x{target[1]} ({factor:.1f}x per side, {factor ** 2:.0f}x the pixels "
+            f"to compute on); pass resize= and crop= near their size (e.g. resize="
+            f"{round(size[0] * SPEC_RESIZE / SPEC_CROP)}, crop={size[0]}) or a backbone built "
+            "for it")
+
+
 def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
                       images_per_class: int | None = None, sampler: str = "queue",
-                      seed: int = 0, resize=256, crop=227, flip: bool = True,
+                      seed: int = 0, resize="auto", crop="auto", flip: bool = True,
                       preprocessing="caffe", cache=False, strict: bool = False,
                       skip_corrupt: bool | None = None, num_parallel_calls=AUTOTUNE,
                       prefetch=AUTOTUNE, start_batch: int = 0) -> tf.data.Dataset:
@@ -54,8 +151,12 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
         seed: fixes the class/image draw and the augmentation: the same seed gives
             the same batches, pixel for pixel.
         resize: int or (H, W) resize before cropping (256 in the spec); None to keep
-            the stored size (images must then share one size).
-        crop: int or (h, w) random crop (227 in the spec); None for no crop.
+            the stored size (images must then share one size); "auto" (default):
+            ``crop`` scaled by 256 / 227 (see ``image_sizes``).
+        crop: int or (h, w) random crop (227 in the spec); None for no crop; "auto"
+            (default): the backbone's input size, else the images' own size when in
+            memory, else 227 (``image_sizes``). A resize that enlarges the images by
+            more than 2x per side warns, naming the factor.
         flip: random horizontal flips.
         preprocessing: ``normalize`` mode, backbone name or backbone object
             (``backbone.preprocessing``), e.g. "caffe" for inception_v1.
@@ -78,6 +179,8 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
     """
     strict = corrupt_images.strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
+    resize, crop = image_sizes(data, preprocessing, resize, crop, what=f"{layout} batches",
+                               stacklevel=3)  # the caller of npair_dataset & co.
 
     def make(exclude=None):
         return samplers.make_sampler(layout, data.labels, per_batch,
@@ -236,8 +339,8 @@ def eval_dataset(
     data: ImageDataset,
     batch_size: int = 128,
     *,
-    resize=256,
-    crop=227,
+    resize="auto",
+    crop="auto",
     preprocessing="caffe",
     strict: bool = False,
     skip_corrupt: bool | None = None,
@@ -253,7 +356,8 @@ def eval_dataset(
         data: an ImageDataset, usually a "test", "val", "query" or "gallery" split.
         batch_size: images per batch.
         resize, crop: resize to ``resize`` then take the centre ``crop`` (spec: 256,
-            227); with both None the stored images must share one size.
+            227); with both None the stored images must share one size; "auto"
+            (default) as in ``training_pipeline`` (``image_sizes``).
         preprocessing: ``normalize`` mode, backbone name or backbone object.
         strict / skip_corrupt: as for ``training_pipeline``.
         num_parallel_calls, prefetch: tf.data tuning.
@@ -264,6 +368,8 @@ def eval_dataset(
     """
     strict = corrupt_images.strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
+    resize, crop = image_sizes(data, preprocessing, resize, crop, what="eval_dataset",
+                               stacklevel=2)
     source = corrupt_images.ImageSource(data)
     labels_t = tf.constant(data.labels, tf.int32)
     n = len(data)

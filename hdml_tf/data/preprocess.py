@@ -263,7 +263,8 @@ def to_rgb(image) -> tf.Tensor:
     raise ValueError(f"expected 1, 3 or 4 channels, got shape {image.shape}")
 
 
-def _pair(size):
+def size_pair(size):
+    """``(height, width)`` of a size given as an int (square) or a pair."""
     if isinstance(size, int):
         return (size, size)
     h, w = size
@@ -278,7 +279,7 @@ def resize_image(image, size) -> tf.Tensor:
     image = tf.cast(to_rgb(image), tf.float32)
     if size is None:
         return image
-    image = tf.image.resize(image, _pair(size), method="bilinear")
+    image = tf.image.resize(image, size_pair(size), method="bilinear")
     # Bilinear interpolation of uint8 input stays within range; clip guards rounding.
     return tf.clip_by_value(image, 0.0, 255.0)
 
@@ -298,7 +299,7 @@ def random_crop_flip(image, crop, flip: bool = True, seed=None) -> tf.Tensor:
         seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
         crop_seed, flip_seed = seed, seed + tf.constant([0, 1 << 30], tf.int64)
     if crop is not None:
-        h, w = _pair(crop)
+        h, w = size_pair(crop)
         if seed is None:
             image = tf.image.random_crop(image, [h, w, 3])
         else:
@@ -315,7 +316,7 @@ def center_crop(image, crop) -> tf.Tensor:
     """Centre ``crop`` x ``crop`` window of a (H, W, C) image with H, W >= crop."""
     if crop is None:
         return image
-    h, w = _pair(crop)
+    h, w = size_pair(crop)
     shape = tf.shape(image)
     top = (shape[0] - h) // 2
     left = (shape[1] - w) // 2
