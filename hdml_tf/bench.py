@@ -33,7 +33,6 @@ import gc
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
@@ -144,20 +143,8 @@ def pipeline_rates(root, *, pairs, resize, crop, preprocessing="caffe", batches=
 
 
 def _set_precision(config, variant):
-    """Build-time precision via the config where it can say it, else Keras' global
-    policy (``training.build_model`` keeps the global policy when the config asks for
-    no mixed precision)."""
-    import keras
-
-    t = config.train
-    if hasattr(t, "precision"):  # train.precision: float32 | mixed_float16 | mixed_bfloat16
-        t.precision, t.mixed_precision = variant.policy, False
-    elif isinstance(t.mixed_precision, bool):
-        t.mixed_precision = variant.policy == "mixed_float16"
-        keras.config.set_dtype_policy("float32" if t.mixed_precision else variant.policy)
-    else:  # a policy name
-        t.mixed_precision = variant.policy
-    t.xla = variant.xla
+    """The variant's precision and XLA setting in the config (``train.precision``)."""
+    config.train.precision, config.train.xla = variant.policy, variant.xla
 
 
 def _peak_memory(device_type):
@@ -444,16 +431,3 @@ def bench_config(spec, overrides=(), smoke=False):
         size = 4 * params.tuple_size(config_lib.load_config(spec).model.loss)
         overrides = SMOKE_OVERRIDES + [f"data.batch_size={size}"] + overrides
     return config_lib.load_config(spec, overrides, smoke=smoke)
-
-
-def bench_main(argv) -> int:
-    """Deprecated: ``hdml_tf.cli.main(["bench", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.bench.bench_main", "bench", argv)
-
-
-if __name__ == "__main__":
-    from hdml_tf import cli
-
-    sys.exit(cli.main(["bench", *sys.argv[1:]]))

@@ -12,9 +12,8 @@ BatchNorm statistics were missed):
   step                  the global step the checkpoint was written at
 
 Keras numbers optimizer names per process (``adam``, ``adam_1``, ...), so the same
-optimizer has another path in another run of ``train`` in one process; optimizer
-variables are keyed with those numbers removed, and `restore` matches checkpoints
-written with numbered names (before this module) the same way.
+optimizer has another path in another run; optimizer variables are keyed by
+`optimizer_variables`, which leaves the names out.
 
 ``model.keras`` beside the checkpoints is replaced atomically (`atomic_save`);
 `restore_model` loads a workdir from it, or from ``config.json`` plus the latest
@@ -23,80 +22,61 @@ checkpoint when a run was killed before writing it.
 
 import json
 import os
-import re
 import tempfile
 
 import keras
 import tensorflow as tf
 
 OPTIMIZERS = ("metric_optimizer", "generator_optimizer", "classifier_optimizer")
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
-def _by_path(variables, key=lambda path: path):
-    """Variables keyed by ``key(path)`` with '/' as '.' ('/' is not allowed in names)."""
+def _by_path(variables):
+    """Variables keyed by their path with '/' as '.' ('/' is not allowed in names)."""
     named = {}
     for variable in variables:
-        name = key(variable.path).replace("/", ".")
+        name = variable.path.replace("/", ".")
         if name in named:
             raise RuntimeError(f"two variables share the path {variable.path!r}")
         named[name] = variable
     return named
 
 
-def _optimizer_key(path):
-    """An optimizer variable's path without the per-process numbers of the optimizer
-    names in it: ``adam_3/iteration`` -> ``adam/iteration``. The last part, the
-    variable's own name, is kept as it is."""
-    parts = path.replace(".", "/").split("/")
-    return "/".join([re.sub(r"_\d+$", "", p) for p in parts[:-1]] + parts[-1:])
+def optimizer_variables(optimizer):
+    """An optimizer's variables keyed the same in every process.
+
+    Keras numbers optimizer names per process (``adam``, ``adam_1``, ...) and puts the
+    name in each variable's path (``adam_3/iteration``, ``hdml/adam_3/<var>_momentum``),
+    so a path names another variable in a resumed run. The key is the variable's own
+    name (the path's last part) after its depth in a chain of wrapping optimizers
+    (``LossScaleOptimizer`` around ``Adam``: ``0.dynamic_scale``, ``1.iteration``).
+    """
+    keyed, level, seen = {}, 0, set()
+    while optimizer is not None:
+        inner = getattr(optimizer, "inner_optimizer", None)
+        inner_ids = {id(v) for v in inner.variables} if inner is not None else set()
+        for variable in optimizer.variables:
+            if id(variable) in inner_ids or id(variable) in seen:
+                continue
+            seen.add(id(variable))
+            key = f"{level}.{variable.path.rsplit('/', 1)[-1]}"
+            if key in keyed:
+                raise RuntimeError(f"two optimizer variables share the key {key!r}")
+            keyed[key] = variable
+        optimizer, level = inner, level + 1
+    return keyed
 
 
 def make_checkpoint(model):
     """A tf.train.Checkpoint of every model and optimizer variable, and the step."""
-    optimizers = {name: _by_path(getattr(model, name).variables, _optimizer_key)
-                  for name in OPTIMIZERS}
+    optimizers = {name: optimizer_variables(getattr(model, name)) for name in OPTIMIZERS}
     return tf.train.Checkpoint(model=_by_path(model.variables),
                                step=tf.Variable(0, dtype=tf.int64, trainable=False),
                                **optimizers)
 
 
-def _unescape(name):
-    """A tf.train.Checkpoint local name as it was given ('..' is '.', '.S' is '/')."""
-    return re.sub(r"\.(.)", lambda m: "/" if m.group(1) == "S" else m.group(1), name)
-
-
-def _saved_keys(path, attribute):
-    """The keys of the ``attribute`` dict in the checkpoint at ``path``."""
-    prefix = attribute + "/"
-    return {_unescape(name[len(prefix):-len(_VALUE_SUFFIX)])
-            for name, _ in tf.train.list_variables(path)
-            if name.startswith(prefix) and name.endswith(_VALUE_SUFFIX)
-            and "/" not in name[len(prefix):-len(_VALUE_SUFFIX)]}
-
-
 def restore(checkpoint, path):
-    """``checkpoint.restore(path)``, matching optimizer variables by `_optimizer_key`.
-
-    A checkpoint written with another process's optimizer names (``adam_1.iteration``
-    where this process has ``adam_4``; every checkpoint written before optimizer keys
-    dropped the numbers) restores into the same variables.
-
-    Returns:
-      The restore status (``assert_consumed``, ``expect_partial``, ...).
-    """
-    optimizers = {}
-    for attribute in OPTIMIZERS:
-        current = dict(getattr(checkpoint, attribute))
-        matched = {}
-        for saved in _saved_keys(path, attribute):
-            key = _optimizer_key(saved).replace("/", ".")
-            if key in current:
-                matched[saved] = current.pop(key)
-        # Variables the checkpoint lacks stay listed, so assert_consumed reports them.
-        optimizers[attribute] = {**current, **matched}
-    return tf.train.Checkpoint(model=checkpoint.model, step=checkpoint.step,
-                               **optimizers).restore(path)
+    """``checkpoint.restore(path)``: the restore status (``assert_consumed``, ...)."""
+    return checkpoint.restore(path)
 
 
 def latest(directory):

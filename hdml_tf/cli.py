@@ -19,11 +19,9 @@ so light tools (``embed``, ``search``) start fast and import no training code:
   hdml-tf presets                            list the training presets
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
 
-TensorFlow's start-up lines (the absl "before absl::InitializeLog()" notice, oneDNN,
-"Could not find cuda drivers", the CPU feature guard, the cuInit failure of a machine
-without a GPU) are kept off a command's output: the entry point imports TensorFlow and
-starts its devices once, with stderr filtered; ``hdml-tf --verbose <command>`` or
-``HDML_TF_VERBOSE=1`` shows them.
+The command's entry point (``hdml_tf_entry.main``, beside the package) keeps
+TensorFlow's start-up lines off the output; this module only parses and dispatches.
+Warnings print as one wrapped line each (``hdml-tf: warning: ...``).
 """
 
 import argparse
@@ -31,49 +29,11 @@ import dataclasses
 import importlib
 import json
 import os
-import re
 import shlex
 import sys
-import tempfile
 import textwrap
 import warnings
 from typing import Callable
-
-# TensorFlow logs these while its shared libraries load and while its CUDA platform
-# starts (the cuInit failure of a machine without a GPU driver), through absl before
-# TF's own logging reads TF_CPP_MIN_LOG_LEVEL: only filtering stderr removes them.
-_STARTUP_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} [\d:. ]+\d+ \S+:\d+\] "  # absl INFO / WARNING records
-    r"|E\d{4} [\d:. ]+\d+ cuda_platform\.cc:\d+\] failed call to cuInit: "
-    r"|To enable the following instructions: .* rebuild TensorFlow")
-
-
-def _start_tensorflow_quietly():
-    """Import TensorFlow and start its devices with stderr (fd 2) captured, then write
-    back all but the start-up noise: errors and anything else stay visible."""
-    # 2 hides TF's own INFO and WARNING records and keeps its errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile("w+b") as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # the CUDA platform starts (cuInit) here
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = [l for l in text.splitlines(True) if not _STARTUP_NOISE.match(l)]
-            sys.stderr.write("".join(kept))
-            sys.stderr.flush()
-
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -126,8 +86,6 @@ def _train_parser(prog):
                         help="overrides train.strategy")
     parser.add_argument("--precision", choices=config_lib.PRECISIONS,
                         help="the backbone's compute precision (train.precision)")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="same as --precision mixed_float16")
     parser.add_argument("--xla", action="store_true", help="XLA-compile the step")
     parser.add_argument("--smoke", action="store_true", help="a few steps, for checks")
     return parser
@@ -141,8 +99,6 @@ def _train(args, parser):
     overrides = list(args.set)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
-    if args.mixed_precision:
-        overrides.append("train.precision=mixed_float16")
     if args.precision:
         overrides.append(f"train.precision={args.precision}")
     if args.xla:
@@ -555,7 +511,6 @@ class Command:
     parser: Callable[[str], argparse.ArgumentParser]
     run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
     errors: tuple = ()
-    tensorflow: bool = True  # starts TensorFlow (quietly, unless --verbose)
 
 
 COMMANDS = {
@@ -563,8 +518,7 @@ COMMANDS = {
     "demo": Command("Fashion-MNIST demo: HDML vs baseline", _demo_parser, _demo),
     "compare": Command("HDML vs baseline over seeds, with intervals", _compare_parser,
                        _compare),
-    "presets": Command("list the training presets", _presets_parser, _presets,
-                       tensorflow=False),
+    "presets": Command("list the training presets", _presets_parser, _presets),
     "export": Command("export the embedder as a SavedModel", _export_parser, _export),
     "embed": Command("embed images with a SavedModel", _embed_parser, _embed),
     "search": Command("nearest gallery images", _search_parser, _search),
@@ -604,15 +558,6 @@ def run_command(name, argv=None, prog=None):
         return _fail(parser.prog, f"error: {error}", 1)
 
 
-def deprecated_main(old_name, name, argv=None, prog=None):
-    """What the old ``<module>.<command>_main(argv)`` functions do now, for one release:
-    a DeprecationWarning, then :func:`run_command`."""
-    warnings.warn(f"{old_name}(argv) is deprecated and will be removed in the next "
-                  f"release; call hdml_tf.cli.main([{name!r}, *argv]) or the library "
-                  "function it calls", DeprecationWarning, stacklevel=3)
-    return run_command(name, argv, prog)
-
-
 def _usage():
     lines = ["usage: hdml-tf [--verbose] <command> [options]", "", "commands:"]
     lines += [f"  {name:<9} {command.help}" for name, command in COMMANDS.items()
@@ -624,9 +569,8 @@ def _usage():
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbose = os.environ.get("HDML_TF_VERBOSE", "") not in ("", "0")
-    if argv and argv[0] == "--verbose":
-        verbose, argv = True, argv[1:]
+    if argv and argv[0] == "--verbose":  # read by the entry point (hdml_tf_entry.py)
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -644,11 +588,6 @@ def main(argv=None):
     elif name not in COMMANDS or " " in name:
         print(f"hdml-tf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    if COMMANDS[name].tensorflow and not verbose:
-        _start_tensorflow_quietly()
-    warnings.showwarning = _show_warning
-    return run_command(name, rest)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    with warnings.catch_warnings():  # restores Python's display when the command ends
+        warnings.showwarning = _show_warning
+        return run_command(name, rest)

@@ -22,7 +22,6 @@ Workdir layout (resumable: run the same command again):
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -308,16 +307,3 @@ def _write_report(summary, table, config, seeds, workdir, overrides, smoke, comm
                  "seed; bars: means)")
     log(f"wrote {paths['markdown']}, {paths['json']}, {paths['picture']}")
     return paths
-
-
-def compare_main(argv):
-    """Deprecated: ``hdml_tf.cli.main(["compare", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.compare.compare_main", "compare", argv)
-
-
-if __name__ == "__main__":
-    from hdml_tf import cli
-
-    sys.exit(cli.main(["compare", *sys.argv[1:]]))

@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import pkgutil
-import sys
 import typing
 
 from hdml_tf import params as params_lib
@@ -115,7 +114,6 @@ class TrainConfig:
     # the classifier and every loss stay float32 (J_soft's scale of 1e4 overflows
     # float16 gradients; bfloat16 embeddings cost NMI/F1).
     precision: str = "float32"
-    mixed_precision: bool = False  # deprecated alias of precision="mixed_float16"
     xla: bool = False
     export: bool = True
     export_dir: str = "saved_models"
@@ -144,14 +142,6 @@ _SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
              "train": TrainConfig}
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-
-
-def compute_precision(train_config):
-    """The dtype policy a run computes its embedder in (``train.precision``, or
-    ``mixed_float16`` when the deprecated ``train.mixed_precision`` is set)."""
-    if train_config.mixed_precision and train_config.precision == "float32":
-        return "mixed_float16"
-    return train_config.precision
 
 
 # --------------------------------------------------------------------- parsing
@@ -418,15 +408,3 @@ def fidelity(config):
                and o.adam_epsilon == 1e-8 and d.sampler == "authors"
                and t.kmeans_restarts == 10 and d.val_fraction == 0)
     return "authors" if authors else "custom"
-
-
-def presets_main(argv):
-    """Deprecated: ``hdml_tf.cli.main(["presets", *argv])`` (kept one release; the parser
-    is in hdml_tf/cli.py)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.config.presets_main", "presets", argv)
-
-
-if __name__ == "__main__":
-    sys.exit(presets_main(sys.argv[1:]))

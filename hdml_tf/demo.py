@@ -117,16 +117,3 @@ def _pictures(models, test_split, data_config, out_dir):
             os.path.join(out_dir, f"training_curves_{tag}.png"),
             title=f"{name}: loss terms per epoch")
     return pictures
-
-
-def demo_main(argv):
-    """Deprecated: ``hdml_tf.cli.main(["demo", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.demo.demo_main", "demo", argv)
-
-
-if __name__ == "__main__":
-    from hdml_tf import cli
-
-    sys.exit(cli.main(["demo", *sys.argv[1:]]))

@@ -895,11 +895,3 @@ def export_run(checkpoint, out_dir, *, log=print, model=None, config=None, **opt
     log(f"  limits: max_batch={max_batch} images per request, "
         f"max_pixels={max_pixels} per image")
     return path
-
-
-def export_main(argv=None):
-    """Deprecated: ``hdml_tf.cli.main(["export", *argv])`` (kept one release; the parser
-    is in hdml_tf/cli.py)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.export.export_main", "export", argv)

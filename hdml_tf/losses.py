@@ -11,10 +11,6 @@ TensorFlow Addons' losses (``npairs_loss`` on a similarity matrix,
 here say "embedding" so that they cannot be mistaken for TFA's ``npairs_loss``, which
 differs only by an "s" and takes a similarity matrix instead.
 
-Deprecated for this release only (each use warns): ``npair_loss``,
-``npair_loss_grouped`` and ``NPairLoss`` (the old names of the N-pair embedding loss),
-and the TFA losses imported from here instead of from ``hdml_tf.tfa_losses``.
-
 Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019; Sohn, NIPS
 2016 (N-pair); Schroff et al., CVPR 2015 (triplet).
 """
@@ -22,15 +18,8 @@ Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019; Sohn,
 import keras
 import tensorflow as tf
 
-from hdml_tf import deprecation, ops
-
-
-def to_float32(x):
-    """``x`` as a tensor, in float32 when it is half precision or not floating."""
-    x = tf.convert_to_tensor(x)
-    if x.dtype in (tf.float16, tf.bfloat16) or not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    return x
+from hdml_tf import ops
+from hdml_tf.tfa_losses import ConfigLoss, npairs_loss, to_float32
 
 
 # ----------------------------------------------------------------------------- N-pair
@@ -63,9 +52,6 @@ def npair_embedding_loss(labels, anchors, positives, l2_reg=0.0):
     Returns:
       Scalar float32.
     """
-    # Imported here: hdml_tf.tfa_losses builds on this module's ConfigLoss.
-    from hdml_tf.tfa_losses import npairs_loss
-
     anchors, positives = to_float32(anchors), to_float32(positives)
     logits = tf.matmul(anchors, positives, transpose_b=True)
     loss = npairs_loss(labels, logits)
@@ -145,25 +131,7 @@ def triplet_loss(anchors, positives, negatives, margin=1.0, squared=True, reduct
 # --------------------------------------------------------------- Keras loss wrappers
 
 
-class ConfigLoss(keras.losses.Loss):
-    """A Loss whose keyword hyper-parameters (``_params``) round-trip through get_config."""
-
-    _params = ()
-
-    def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **params):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        for key in self._params:
-            setattr(self, key, params[key])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({key: getattr(self, key) for key in self._params})
-        return config
-
-
-# Registered under its former class name: the name a saved file records, so files
-# written before and after the rename load alike.
-@keras.saving.register_keras_serializable(package="hdml_tf", name="NPairLoss")
+@keras.saving.register_keras_serializable(package="hdml_tf")
 class NPairEmbeddingLoss(ConfigLoss):
     """N-pair loss on embeddings; ``y_pred`` is ``[anchors; positives]`` (2P, d),
     ``y_true`` the anchors' labels (P,) (or all 2P labels, of which the first P are
@@ -196,17 +164,3 @@ class TripletLoss(ConfigLoss):
         del y_true
         a, p, n = tf.split(y_pred, 3, axis=0)
         return triplet_loss(a, p, n, self.margin, self.squared, self.triplet_reduction)
-
-
-# Deprecated aliases (one release): the old names of the N-pair embedding loss, and the
-# TFA-compatible losses that moved to hdml_tf.tfa_losses (resolved on use: that module
-# imports this one).
-_TFA_NAMES = ("npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
-              "lifted_struct_loss", "contrastive_loss", "NpairsLoss", "TripletSemiHardLoss",
-              "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss")
-__getattr__ = deprecation.module_getattr(__name__, deprecated={
-    "npair_loss": "hdml_tf.losses:npair_embedding_loss",
-    "npair_loss_grouped": "hdml_tf.losses:npair_embedding_loss_grouped",
-    "NPairLoss": "hdml_tf.losses:NPairEmbeddingLoss",
-    **{name: f"hdml_tf.tfa_losses:{name}" for name in _TFA_NAMES},
-})

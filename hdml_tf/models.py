@@ -20,8 +20,6 @@ Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019, Sec. 
 the authors' TF1 code (``main_npair.py``, ``lib/HDML.py``).
 """
 
-import warnings
-
 import keras
 import tensorflow as tf
 
@@ -211,19 +209,6 @@ class NonFiniteTrainingError(RuntimeError):
 _ATTRIBUTES = {"loss": "loss_type"}
 
 
-def _stat_init_as_fields(kwargs):
-    """``stat_init`` (both initial statistics at once) as j_avg_init / j_gen_avg_init
-    where those are missing or None."""
-    kwargs = dict(kwargs)
-    stat_init = kwargs.pop("stat_init", None)
-    for key in ("j_avg_init", "j_gen_avg_init"):
-        if kwargs.get(key) is None:
-            kwargs.pop(key, None)
-            if stat_init is not None:
-                kwargs[key] = stat_init
-    return kwargs
-
-
 def _check(params, num_classes):
     if int(params.window) < 1:
         raise ValueError(f"window={params.window!r}: must be a positive number of steps")
@@ -267,15 +252,10 @@ class HDML(keras.Model):
       **kwargs: the fields of `hdml_tf.params.HDMLParams` (``loss``, ``hdml``,
         ``alpha``, ``beta``, ...: the method's hyper-parameters, documented and
         defaulted there; ``HDML(embedder, num_classes, **dataclasses.asdict(params))``),
-        and ``keras.Model``'s own (``name``, ``dtype``). ``stat_init``, deprecated,
-        sets ``j_avg_init`` and ``j_gen_avg_init`` at once.
+        and ``keras.Model``'s own (``name``, ``dtype``).
     """
 
     def __init__(self, embedder, num_classes, synchronized_bn=False, **kwargs):
-        if "stat_init" in kwargs:
-            warnings.warn("HDML(stat_init=...) is deprecated: pass j_avg_init and "
-                          "j_gen_avg_init", DeprecationWarning, stacklevel=2)
-        kwargs = _stat_init_as_fields(kwargs)
         params = HDMLParams(**{k: kwargs.pop(k) for k in HDMLParams.names() if k in kwargs})
         kwargs.setdefault("name", "hdml")
         super().__init__(**kwargs)
@@ -862,9 +842,7 @@ class HDML(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        # Files written before HDMLParams also hold stat_init (j_avg_init and
-        # j_gen_avg_init resolved, or absent in the oldest).
-        config = _stat_init_as_fields(config)
+        config = dict(config)
         config["embedder"] = keras.saving.deserialize_keras_object(config["embedder"])
         return cls(**config)
 

@@ -490,22 +490,3 @@ def save_grid(path, queries, results, gallery_paths, thumb=128):
                              fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
-
-# ---------------------------------------------------------------------------- CLIs
-
-
-def embed_main(argv=None):
-    """Deprecated: ``hdml_tf.cli.main(["embed", *argv])`` (kept one release; the parser
-    is in hdml_tf/cli.py)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.serving_tools.embed_main", "embed", argv)
-
-
-def search_main(argv=None):
-    """Deprecated: ``hdml_tf.cli.main(["search", *argv])`` (kept one release; the parser
-    is in hdml_tf/cli.py)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.serving_tools.search_main", "search", argv)

@@ -27,11 +27,35 @@ import keras
 import tensorflow as tf
 
 from hdml_tf import ops
-from hdml_tf.losses import ConfigLoss, to_float32
 
-__all__ = ["npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
+__all__ = ["ConfigLoss", "to_float32", "npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
            "lifted_struct_loss", "contrastive_loss", "NpairsLoss", "TripletSemiHardLoss",
            "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss"]
+
+
+def to_float32(x):
+    """``x`` as a tensor, in float32 when it is half precision or not floating."""
+    x = tf.convert_to_tensor(x)
+    if x.dtype in (tf.float16, tf.bfloat16) or not x.dtype.is_floating:
+        x = tf.cast(x, tf.float32)
+    return x
+
+
+class ConfigLoss(keras.losses.Loss):
+    """A Loss whose keyword hyper-parameters (``_params``) round-trip through get_config
+    (the base of the Keras wrappers here and in :mod:`hdml_tf.losses`)."""
+
+    _params = ()
+
+    def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **params):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        for key in self._params:
+            setattr(self, key, params[key])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({key: getattr(self, key) for key in self._params})
+        return config
 
 
 def _masked_max(data, mask):

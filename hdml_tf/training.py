@@ -164,7 +164,7 @@ def build_model(config, num_classes):
     m, o, t, d = config.model, config.optim, config.train, config.data
     # Several replicas: BatchNorm statistics over the global batch, as on one device.
     sync_bn = tf.distribute.get_strategy().num_replicas_in_sync > 1
-    precision = config_lib.compute_precision(t)
+    precision = t.precision
     previous_policy = keras.config.dtype_policy()
     if precision != "float32":
         keras.config.set_dtype_policy(precision)
@@ -194,11 +194,6 @@ def build_model(config, num_classes):
                   classifier_optimizer=optimizers[2])
     model.build((None, d.crop, d.crop, 3))  # compiled: builds the optimizers too
     return model
-
-
-# Checkpoints moved to hdml_tf.checkpoints; the names stay importable from here.
-make_checkpoint = checkpoints.make_checkpoint
-restore_model = checkpoints.restore_model
 
 
 # ----------------------------------------------------------------------- train
@@ -352,7 +347,6 @@ class _ScheduleLog(keras.callbacks.Callback):
         super().__init__()
         self.path, self.every, self.step = path, int(every), int(start_step)
         self.last_batch = -1
-        self.header_checked = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.last_batch = -1
@@ -372,9 +366,6 @@ class _ScheduleLog(keras.callbacks.Callback):
                                           if k.endswith("_loss_scale_skips")))
         row = {k: stats[k] for k in self.FIELDS}
         new = not os.path.exists(self.path)
-        if not new and not self.header_checked:
-            _widen_csv(self.path, self.FIELDS)  # a run resumed from an older version
-        self.header_checked = True
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             if new:
@@ -437,19 +428,6 @@ def _duration(seconds):
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _widen_csv(path, fields):
-    """Rewrite a CSV log whose header lacks some of ``fields`` with all of them (the
-    old rows get empty cells), so appended rows match the header."""
-    import csv
-
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if list(reader.fieldnames or []) == list(fields):
-            return
-        rows = list(reader)
-    _rewrite_csv(path, fields, rows)
 
 
 def _write_json(path, payload):
@@ -826,14 +804,3 @@ def summary_table(results, paper=None, keys=None):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
-# ------------------------------------------------------------------------ CLI
-
-
-def train_main(argv):
-    """Deprecated: ``hdml_tf.cli.main(["train", *argv])`` (kept one release; the parser
-    is in hdml_tf/cli.py)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.training.train_main", "train", argv)

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+import hdml_tf_entry
 from hdml_tf import cli
-from hdml_tf.cli import _STARTUP_NOISE
+from hdml_tf_entry import STARTUP_NOISE
 from tests.test_export import REPO
 
 # One fragment of each TensorFlow start-up line (TF 2.21, CPU-only machine).
@@ -23,7 +24,8 @@ def run_cli(*args, **env):
     # The user's environment: none of the test run's TensorFlow settings.
     base = {k: v for k, v in os.environ.items()
             if k not in ("TF_CPP_MIN_LOG_LEVEL", "HDML_TF_VERBOSE")}
-    result = subprocess.run([sys.executable, "-m", "hdml_tf.cli", *args],
+    # The installed `hdml-tf` command runs hdml_tf_entry.main.
+    result = subprocess.run([sys.executable, "-m", "hdml_tf_entry", *args],
                             capture_output=True, text=True, cwd=REPO,
                             env=dict(base, **env), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -32,8 +34,8 @@ def run_cli(*args, **env):
 
 @pytest.mark.parametrize("args", [("presets",), ("export", "--help")])
 def test_commands_print_no_tensorflow_startup_logs(args):
-    """``export`` imports TensorFlow for its parser's defaults (the verbose test below
-    shows the logs it would print); ``presets`` must not print them either."""
+    """Every command imports TensorFlow (the verbose test below shows the lines it
+    prints); the entry point keeps them off the output."""
     result = run_cli(*args)
     assert result.stdout.strip()
     found = [line for line in STARTUP_LINES if line in result.stderr]
@@ -66,8 +68,8 @@ def test_only_startup_noise_is_filtered():
         "Traceback (most recent call last):\n",
         "ImportError: libcudart.so.12: cannot open shared object file\n",
     ]
-    assert all(_STARTUP_NOISE.match(line) for line in noise)
-    assert not any(_STARTUP_NOISE.match(line) for line in kept)
+    assert all(STARTUP_NOISE.match(line) for line in noise)
+    assert not any(STARTUP_NOISE.match(line) for line in kept)
 
 
 def test_argparse_only_in_cli():
@@ -90,24 +92,6 @@ def test_every_command_has_a_parser_and_help(capsys):
     assert cli.main(["no-such-command"]) == 2
 
 
-@pytest.mark.parametrize("old", [
-    "hdml_tf.config.presets_main", "hdml_tf.training.train_main", "hdml_tf.demo.demo_main",
-    "hdml_tf.compare.compare_main", "hdml_tf.bench.bench_main", "hdml_tf.export.export_main",
-    "hdml_tf.serving_tools.embed_main", "hdml_tf.serving_tools.search_main",
-    "hdml_tf.backbones.weights.weights_import_main", "hdml_tf.backbones.download.fetch_main",
-    "hdml_tf.backbones.imagenet.check_main"])
-def test_old_entry_points_warn_and_run_the_command(old, capsys):
-    """Kept one release: a DeprecationWarning, then the same command as ``cli.main``."""
-    import importlib
-
-    module, name = old.rsplit(".", 1)
-    function = getattr(importlib.import_module(module), name)
-    with pytest.deprecated_call(match=name), pytest.raises(SystemExit) as exit_:
-        function(["--help"])
-    assert exit_.value.code == 0
-    assert capsys.readouterr().out.startswith("usage: ")
-
-
 @pytest.mark.parametrize("args", [("presets", "no_such_preset"),
                                   ("train", "--config", "no_such_preset", "--workdir", "x")])
 def test_an_unknown_preset_is_one_line_naming_it(args, capsys):
@@ -119,3 +103,14 @@ def test_an_unknown_preset_is_one_line_naming_it(args, capsys):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and "'no_such_preset'" in lines[0], captured.err
     assert "Traceback" not in captured.err
+
+
+def test_entry_point_is_the_console_script_and_python_m_hdml_tf():
+    """pyproject's `hdml-tf` and `python -m hdml_tf` both run hdml_tf_entry.main, the
+    one place that handles TensorFlow's start-up lines; no library module imports the
+    command line."""
+    pyproject = (pathlib.Path(REPO) / "pyproject.toml").read_text()
+    assert 'hdml-tf = "hdml_tf_entry:main"' in pyproject
+    main = (pathlib.Path(REPO) / "hdml_tf" / "__main__.py").read_text()
+    assert "hdml_tf_entry.main()" in main
+    assert hdml_tf_entry.main is not cli.main

@@ -23,7 +23,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hdml_tf import export
+from hdml_tf import cli, export
 from hdml_tf.backbones import build_backbone
 from hdml_tf.data import preprocess
 from hdml_tf.models import HDML, Embedder
@@ -472,19 +472,19 @@ def test_export_run_with_the_model_in_memory(model, workdir, tmp_path, monkeypat
 def test_cli_errors_name_the_path(tmp_path, capsys):
     empty = tmp_path / "workdir"
     empty.mkdir()
-    assert export.export_main(["--checkpoint", str(empty), "--out", str(tmp_path / "m")]) == 1
+    assert cli.main(["export", "--checkpoint", str(empty), "--out", str(tmp_path / "m")]) == 1
     err = capsys.readouterr().err
     assert "no model.keras" in err and str(empty / "model.keras") in err
     missing = str(tmp_path / "nope")
-    assert export.export_main(["--checkpoint", missing, "--out", str(tmp_path / "m")]) == 1
+    assert cli.main(["export", "--checkpoint", missing, "--out", str(tmp_path / "m")]) == 1
     assert missing in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "m")
 
 
 def test_cli_export_and_warmup_modes(workdir, tmp_path, capsys, monkeypatch):
     base = str(tmp_path / "m")
-    assert export.export_main(["--checkpoint", workdir, "--out", base, "--no-warmup",
-                               "--no-verify"]) == 0
+    assert cli.main(["export", "--checkpoint", workdir, "--out", base, "--no-warmup",
+                     "--no-verify"]) == 0
     assert os.path.join(base, "1") in capsys.readouterr().out
     assert not os.path.exists(os.path.join(base, "1", "assets.extra",
                                            export.WARMUP_FILENAME))
@@ -495,6 +495,6 @@ def test_cli_export_and_warmup_modes(workdir, tmp_path, capsys, monkeypatch):
     with pytest.warns(UserWarning, match="pip install --no-deps tensorflow-serving-api"):
         path = export.export_checkpoint(workdir, base, verify=False)
     assert os.path.basename(path) == "2"
-    assert export.export_main(["--checkpoint", workdir, "--out", base, "--warmup"]) == 1
+    assert cli.main(["export", "--checkpoint", workdir, "--out", base, "--warmup"]) == 1
     assert "tensorflow-serving-api" in capsys.readouterr().err
     assert version_dirs(base) == ["1", "2"]

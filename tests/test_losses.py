@@ -1,5 +1,5 @@
 """hdml_tf.losses, hdml_tf.tfa_losses and hdml_tf.ops: golden values, loop references,
-edge cases, and the deprecated names.
+and edge cases.
 
 The loop references below restate the TensorFlow Addons 0.23 definitions one pair or
 triplet at a time (TFA itself does not import with Keras 3), so agreement with them is
@@ -7,7 +7,6 @@ agreement with TFA's numbers.
 """
 
 import itertools
-import warnings
 
 import keras
 import numpy as np
@@ -369,39 +368,8 @@ def test_wrapper_trains_in_fit():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
-# ------------------------------------------------------------- deprecated names
-
-
-@pytest.mark.parametrize("old, module, new", [
-    ("npair_loss", losses, "npair_embedding_loss"),
-    ("npair_loss_grouped", losses, "npair_embedding_loss_grouped"),
-    ("NPairLoss", losses, "NPairEmbeddingLoss"),
-    ("npairs_loss", tfa_losses, "npairs_loss"),
-    ("TripletSemiHardLoss", tfa_losses, "TripletSemiHardLoss"),
-])
-def test_deprecated_names_warn_and_resolve(old, module, new):
-    """The names before the rename (and TFA's losses imported from hdml_tf.losses) work
-    for one release, each use with a DeprecationWarning naming the replacement."""
-    with pytest.warns(DeprecationWarning, match=f"{module.__name__}.{new}"):
-        value = getattr(losses, old)
-    assert value is getattr(module, new)
-
-
-def test_current_names_do_not_warn():
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", ".*will be removed in the next release",
-                                DeprecationWarning)
-        losses.npair_embedding_loss([0, 1], np.eye(2, dtype=np.float32),
-                                    np.eye(2, dtype=np.float32))
-        tfa_losses.npairs_loss([0, 1], np.eye(2, dtype=np.float32))
-    with pytest.raises(AttributeError, match="no_such_loss"):
-        losses.no_such_loss
-
-
-def test_saved_npair_embedding_loss_keeps_its_registered_name():
-    """Files record the registered name; it is still "hdml_tf>NPairLoss", so a file
-    written before the rename loads into the renamed class."""
+def test_saved_npair_embedding_loss_round_trips():
     config = keras.saving.serialize_keras_object(losses.NPairEmbeddingLoss(l2_reg=0.5))
-    assert config["registered_name"] == "hdml_tf>NPairLoss"
+    assert config["registered_name"] == "hdml_tf>NPairEmbeddingLoss"
     clone = keras.saving.deserialize_keras_object(config)
     assert type(clone) is losses.NPairEmbeddingLoss and clone.l2_reg == 0.5

@@ -1,6 +1,5 @@
 """The HDML keras.Model: gradient routing, statistics, NaN steps, saving, fitting."""
 
-import copy
 import json
 
 import numpy as np
@@ -203,7 +202,7 @@ def test_baseline_trains_only_the_embedder():
 
 
 def test_j_m_equals_the_loss_function():
-    """The logged J_m is npair_loss on the raw embeddings plus the weight decay."""
+    """The logged J_m is npair_embedding_loss on the raw embeddings plus the weight decay."""
     model = make_model(hdml=False, lrs=(0.0, 0.0, 0.0), weight_decay=1e-3, l2_reg=0.01)
     x, y = make_batch("npair")
     logs = model.test_on_batch(x, y, return_dict=True)
@@ -211,7 +210,7 @@ def test_j_m_equals_the_loss_function():
     z_p = model.embedder.embed_raw(x[1], training=False)
     kernels = [v for v in model.embedder.trainable_variables if v.name == "kernel"]
     wd = 1e-3 * sum(float(np.sum(np.square(v))) / 2 for v in kernels)
-    expected = float(losses_lib.npair_loss(y[0], z_a, z_p, 0.01)) + wd
+    expected = float(losses_lib.npair_embedding_loss(y[0], z_a, z_p, 0.01)) + wd
     np.testing.assert_allclose(logs["j_m"], expected, rtol=1e-5)
     np.testing.assert_allclose(logs["weight_decay"], wd, rtol=1e-5)
 
@@ -277,7 +276,10 @@ def test_nonfinite_step_is_skipped_and_counted(loss):
 @pytest.mark.parametrize("loss", ["npair", "triplet"])
 @pytest.mark.parametrize("hdml", [True, False])
 def test_fit_decreases_metric_loss(loss, hdml):
-    model = make_model(loss, hdml=hdml, lrs=(3e-3, 1e-2, 1e-3))
+    """beta = 1 keeps w = exp(-1 / J_gen_avg) near 1: at these toy loss scales the
+    default beta drives w to ~0 after the first window, and J_metric is then mostly
+    J_syn, whose minimum need not lower J_m within 60 steps."""
+    model = make_model(loss, hdml=hdml, lrs=(3e-3, 1e-2, 1e-3), beta=1.0)
     history = model.fit(dataset(loss), steps_per_epoch=15, epochs=4, verbose=0)
     expected = {"j_m", "weight_decay", "nonfinite_steps"}
     if hdml:
@@ -324,22 +326,6 @@ def test_hdml_params_are_the_models_arguments_and_config():
     default = HDML(Embedder(tiny_backbone()), NUM_CLASSES)
     assert default.params == HDMLParams() == HDMLParams(**ModelConfig().hdml_kwargs())
     assert default.weight_decay == 5e-3  # the authors' Regular_factor, as ModelConfig
-
-
-def test_stat_init_is_a_deprecated_alias():
-    """Configs saved before HDMLParams hold stat_init (the oldest without
-    j_avg_init / j_gen_avg_init); HDML(stat_init=...) still works, with a warning."""
-    with pytest.warns(DeprecationWarning, match="stat_init"):
-        model = HDML(Embedder(tiny_backbone()), NUM_CLASSES, stat_init=5.0, j_avg_init=None)
-    assert (model.j_avg_init, model.j_gen_avg_init) == (5.0, 5.0)
-    config = model.get_config()
-    assert "stat_init" not in config
-    oldest = {k: v for k, v in config.items() if k not in ("j_avg_init", "j_gen_avg_init")}
-    # Deserialising consumes the nested embedder config: a deep copy for each.
-    restored = HDML.from_config(copy.deepcopy(dict(oldest, stat_init=3.0)))
-    assert (restored.j_avg_init, restored.j_gen_avg_init) == (3.0, 3.0)
-    saved = HDML.from_config(copy.deepcopy(dict(config, stat_init=1e6)))  # resolved win
-    assert (saved.j_avg_init, saved.j_gen_avg_init) == (5.0, 5.0)
 
 
 def test_constructor_validation():
@@ -397,7 +383,7 @@ def test_tf_checkpoint_restores_everything(tmp_path):
     exactly, the nested backbone's BatchNorm statistics included (randomised, then
     randomised again before the restore, so a statistic the checkpoint missed is far
     from its saved value)."""
-    from hdml_tf.training import make_checkpoint
+    from hdml_tf.checkpoints import make_checkpoint
 
     model = make_model(window=2, backbone=small_cnn_backbone())
     model.fit(dataset("npair"), steps_per_epoch=3, epochs=1, verbose=0)
@@ -413,29 +399,3 @@ def test_tf_checkpoint_restores_everything(tmp_path):
     make_checkpoint(model).restore(path).assert_consumed()
     for variable, value in zip(variables, saved):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-
-
-def test_model_keras_written_before_the_compile_contract_loads(tmp_path):
-    """A model.keras written by the code before HDML compiled Keras without an
-    optimizer and before HDMLParams (commit 6f9f950; tests/fixtures/
-    hdml_model_keras_v0.keras, 3 training steps) loads with every weight, statistic and
-    optimizer slot, embeds as it did, and trains on."""
-    import pathlib
-
-    fixture = pathlib.Path(__file__).parent / "fixtures" / "hdml_model_keras_v0"
-    expected = np.load(f"{fixture}.npz")
-    loaded = keras.models.load_model(f"{fixture}.keras")
-    state = _all_variables(loaded)
-    assert len(state) == len([k for k in expected.files if k.startswith("state_")])
-    for i, variable in enumerate(state):
-        np.testing.assert_array_equal(variable.numpy(), expected[f"state_{i}"],
-                                      err_msg=variable.path)
-    assert int(loaded.metric_optimizer.iterations.numpy()) == 3
-    np.testing.assert_array_equal(loaded.embedder(expected["images"]).numpy(),
-                                  expected["embeddings"])
-    assert loaded.weight_decay == 1e-3 and loaded.params.generator_hidden == 16
-    x = tuple(expected["images"][:2] for _ in range(2))
-    labels = np.arange(2, dtype=np.int32)
-    logs = loaded.train_on_batch(x, (labels, labels), return_dict=True)
-    assert np.isfinite(logs["j_metric"])
-    assert int(loaded.metric_optimizer.iterations.numpy()) == 4

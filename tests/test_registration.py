@@ -1,8 +1,8 @@
 """Saved artefacts load the ordinary Keras way after only ``import hdml_tf``.
 
 Keras finds a custom class by its registered name (``"hdml_tf>HDML"``); the name exists
-only once the class's module has run its ``register_keras_serializable`` decorator. The
-package imports its submodules lazily, so each artefact is loaded in a fresh process
+only once the class's module has run its ``register_keras_serializable`` decorator, and
+``import hdml_tf`` imports those modules. Each artefact is loaded in a fresh process
 that imports nothing of hdml_tf but the package itself.
 """
 
@@ -65,15 +65,26 @@ def test_load_model_after_only_import_hdml_tf(saved, artefact):
                                   expected[artefact])
 
 
-def test_every_registered_class_has_a_stand_in():
-    """``hdml_tf._SERIALIZABLE`` names every class a decorator registers, and its module."""
+def test_import_hdml_tf_registers_every_serialisable_class():
+    """In a fresh process, ``import hdml_tf`` alone registers every class that any module
+    of the package registers (found by importing them all here)."""
     import hdml_tf
 
     for info in pkgutil.walk_packages(hdml_tf.__path__, "hdml_tf."):
-        importlib.import_module(info.name)
-    registered = {name.split(">", 1)[1]: cls
-                  for name, cls in keras.saving.get_custom_objects().items()
-                  if name.startswith("hdml_tf>")}
-    assert sorted(registered) == sorted(hdml_tf._SERIALIZABLE)
-    for name, module_name in hdml_tf._SERIALIZABLE.items():
-        assert getattr(importlib.import_module(module_name), name) is registered[name]
+        if info.name != "hdml_tf.__main__":
+            importlib.import_module(info.name)
+    every = sorted(name for name in keras.saving.get_custom_objects()
+                   if name.startswith("hdml_tf>"))
+    code = """
+        import json
+        import hdml_tf, keras
+        print("RESULT", json.dumps(sorted(n for n in keras.saving.get_custom_objects()
+                                          if n.startswith("hdml_tf>"))))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    assert json.loads(line[len("RESULT "):]) == every
+    assert "hdml_tf>HDML" in every and "hdml_tf>InceptionV1" in every

@@ -11,14 +11,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from hdml_tf import export, serving_tools
+from hdml_tf import cli, export, serving_tools
 from tests.test_export import (CROP, DIM, REPO, RESIZE, SUBPROCESS_ENV, encoded_images,
                                tiny_embedder)
 
-# Modules a serving process must not need (the training side of the package).
-TRAINING_MODULES = ("hdml_tf.models", "hdml_tf.training", "hdml_tf.losses",
-                    "hdml_tf.synthesis", "hdml_tf.ops", "hdml_tf.backbones",
-                    "hdml_tf.data", "hdml_tf.evaluation", "hdml_tf.config")
+# Modules a serving process must not need: training, its evaluation and its configs
+# (``import hdml_tf`` itself brings the model classes, for loading saved models).
+TRAINING_MODULES = ("hdml_tf.training", "hdml_tf.evaluation", "hdml_tf.config",
+                    "hdml_tf.compare", "hdml_tf.bench", "hdml_tf.demo")
 
 
 @pytest.fixture(scope="module")
@@ -142,17 +142,17 @@ def test_strict_embedding_and_cli_errors(model_dir, gallery, tmp_path, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert serving_tools.embed_main(["--model", model_dir, "--images", str(empty),
+    assert cli.main(["embed", "--model", model_dir, "--images", str(empty),
                                      "--out", str(tmp_path / "e.npz")]) == 1
     assert "no images found" in capsys.readouterr().err
     foreign = str(tmp_path / "foreign.npz")
     np.savez(foreign, x=np.zeros(3))
-    assert serving_tools.search_main(["--model", model_dir, "--gallery", foreign,
+    assert cli.main(["search", "--model", model_dir, "--gallery", foreign,
                                       "--query", files[0]]) == 1
     assert "hdml-tf embed" in capsys.readouterr().err
     wrong_dim = str(tmp_path / "wrong.npz")
     serving_tools.save_embeddings(wrong_dim, np.ones((2, DIM + 1)), ["a", "b"])
-    assert serving_tools.search_main(["--model", model_dir, "--gallery", wrong_dim,
+    assert cli.main(["search", "--model", model_dir, "--gallery", wrong_dim,
                                       "--query", files[0]]) == 1
     assert f"{DIM}-d embeddings" in capsys.readouterr().err
 
@@ -170,26 +170,26 @@ def test_oversized_and_empty_files_one_line_each(model_dir, gallery, tmp_path, c
     reason = ("declares 20000x20000 pixels (height x width), over the limit of "
               f"{export.DEFAULT_MAX_PIXELS}; not decoded")
 
-    assert serving_tools.embed_main(["--model", model_dir, "--images", files[0], str(huge),
+    assert cli.main(["embed", "--model", model_dir, "--images", files[0], str(huge),
                                      "--out", out, "--quiet"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"hdml-tf embed: skipped {huge}: {reason}"]
     assert np.load(out)["skipped"].tolist() == [str(huge)]
 
     for bad, expected in ((huge, reason), (empty, "empty string at [0]")):
-        assert serving_tools.embed_main(["--model", model_dir, "--images", str(bad),
+        assert cli.main(["embed", "--model", model_dir, "--images", str(bad),
                                          "--out", out, "--quiet", "--strict"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"hdml-tf embed: error: {bad}: "), err
         assert expected in err[0] and "node" not in err[0], err
 
-    assert serving_tools.search_main(["--model", model_dir, "--gallery", out,
+    assert cli.main(["search", "--model", model_dir, "--gallery", out,
                                       "--query", str(huge)]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         f"hdml-tf search: error: {huge}: {reason}"]
 
     # --max-pixels below the export's limit: the tool's own check (50 x 60 = 3000 pixels).
-    assert serving_tools.embed_main(["--model", model_dir, "--images", files[0], files[1],
+    assert cli.main(["embed", "--model", model_dir, "--images", files[0], files[1],
                                      "--out", out, "--quiet", "--max-pixels", "2000"]) == 0
     err = capsys.readouterr().err
     assert f"skipped {files[0]}: declares 50x60 pixels" in err and files[1] not in err

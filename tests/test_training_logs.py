@@ -1,17 +1,8 @@
-"""schedule_log.csv on its own: the skip columns and a log started by an older version.
-
-A run resumed with this version in a workdir whose schedule_log.csv has the old
-six-column header must not append eight-value rows under it (the CSV would no longer
-parse): the header is widened once, the old rows keep their values with empty cells
-for the new columns.
-"""
+"""schedule_log.csv on its own: the skip columns."""
 
 import csv
 
 from hdml_tf import training
-
-OLD_FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction")
-
 
 class _FakeHDML:
     hdml = True
@@ -48,18 +39,3 @@ def test_skip_columns_sum_every_optimizer(tmp_path):
     assert [r["step"] for r in rows] == ["10", "20"]
     assert {r["skipped_steps"] for r in rows} == {"3"}
     assert {r["loss_scale_skips"] for r in rows} == {"4"}
-
-
-def test_an_old_log_is_widened_not_corrupted(tmp_path):
-    path = tmp_path / "schedule_log.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(OLD_FIELDS)
-        writer.writerow([10, 1.0, 1.0, 1e6, 1e6, 0.5])
-    _log(path, _FakeHDML(metric_skipped_steps=0), 10, [9])  # resumed at step 10
-    fields, rows = _rows(path)
-    assert fields == list(training._ScheduleLog.FIELDS)
-    assert [r["step"] for r in rows] == ["10", "20"]
-    assert rows[0]["lambda"] == "1.0" and rows[0]["skipped_steps"] == ""
-    assert rows[1]["skipped_steps"] == "0" and rows[1]["loss_scale_skips"] == "0"
-    assert all(None not in r for r in rows)  # no row longer than the header

@@ -35,7 +35,6 @@ from hdml_tf.backbones.weights import (
     convert_caffe_weights,
     load_caffe_weights,
     save_caffe_weights,
-    weights_import_main,
 )
 from hdml_tf.backbones.registry import (
     BackboneSpec,
@@ -69,7 +68,6 @@ __all__ = [
     "convert_caffe_weights",
     "load_caffe_weights",
     "save_caffe_weights",
-    "weights_import_main",
     "BackboneSpec",
     "available_backbones",
     "build_backbone",

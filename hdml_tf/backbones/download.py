@@ -34,7 +34,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -53,7 +52,6 @@ __all__ = [
     "FetchedWeights",
     "sha256_file",
     "sha1_file",
-    "fetch_main",
 ]
 
 _CHUNK = 1 << 20
@@ -388,18 +386,3 @@ def fetch_and_convert(name="bvlc_googlenet", *, url=None, sha256=None, sha1=None
     else:
         say(f"{name}: Keras weights already in the cache: {weights}")
     return FetchedWeights(name, source, weights, downloaded, converted)
-
-
-def fetch_main(argv=None, prog="python -m hdml_tf.backbones.download"):
-    """Deprecated: ``hdml_tf.cli.main(["weights", "fetch", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.backbones.download.fetch_main", "weights fetch",
-                               argv, prog=prog)
-
-
-if __name__ == "__main__":
-    from hdml_tf import cli
-
-    sys.exit(cli.run_command("weights fetch", sys.argv[1:],
-                             prog="python -m hdml_tf.backbones.download"))

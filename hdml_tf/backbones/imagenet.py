@@ -39,7 +39,6 @@ __all__ = [
     "sample_images",
     "top_k",
     "imagenet_check",
-    "check_main",
 ]
 
 #: Per-channel mean of the ImageNet training images in Caffe's BGR order.
@@ -186,11 +185,3 @@ def _table(weights, results, lrns, crop):
                 cells.append(f"{rank + 1}. {100 * p:5.1f} % {label}"[:width - 2].ljust(width))
             lines.append("  " + "".join(cells).rstrip())
     return "\n".join(lines)
-
-
-def check_main(argv=None, prog="hdml-tf weights check"):
-    """Deprecated: ``hdml_tf.cli.main(["weights", "check", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.backbones.imagenet.check_main", "weights check",
-                               argv, prog=prog)

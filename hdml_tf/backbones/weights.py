@@ -43,7 +43,6 @@ __all__ = [
     "convert_with_report",
     "read_caffe_weights_file",
     "skipped_layers_lines",
-    "weights_import_main",
     "SUPPORTED_EXTENSIONS",
     "UnsafePickleError",
 ]
@@ -397,11 +396,3 @@ def skipped_layers_lines(ignored_keys):
         lines.append(f"skipped the ImageNet classifier {', '.join(top)} (include_top="
                      "False; the file itself keeps it for `hdml-tf weights check`)")
     return lines
-
-
-def weights_import_main(argv=None):
-    """Deprecated: ``hdml_tf.cli.main(["weights", "import", *argv])`` (kept one release)."""
-    from hdml_tf import cli
-
-    return cli.deprecated_main("hdml_tf.backbones.weights.weights_import_main",
-                               "weights import", argv)

@@ -30,7 +30,7 @@ from typing import Callable
 
 from hdml_tf.data import (
     cars196, corrupt_images, cub, digits, fashion_mnist, folder, inshop, pipeline, preprocess,
-    samplers, sampling, sop,
+    samplers, sop,
 )
 from hdml_tf.data.base import (
     CorruptImageWarning,
@@ -106,5 +106,5 @@ __all__ = [
     "available_datasets", "decode_image", "eval_dataset", "eval_transform", "load_dataset",
     "m_per_class_dataset", "normalize", "npair_dataset", "preprocessing_mode",
     "register_dataset", "split_classes", "train_transform", "training_pipeline",
-    "triplet_dataset", "corrupt_images", "pipeline", "preprocess", "samplers", "sampling",
+    "triplet_dataset", "corrupt_images", "pipeline", "preprocess", "samplers",
 ]

@@ -88,17 +88,6 @@ def clean_reason(error) -> str:
     return re.sub(r"\s*\[Op:\w+\].*$", "", text).strip() or type(error).__name__
 
 
-def strictness(strict: bool, skip_corrupt=None) -> bool:
-    """``strict``, or ``not skip_corrupt`` from the deprecated inverse alias."""
-    if skip_corrupt is None:
-        return bool(strict)
-    warnings.warn("skip_corrupt is deprecated and will be removed in the next release; "
-                  "pass strict=not skip_corrupt", DeprecationWarning, stacklevel=3)
-    if strict and skip_corrupt:
-        raise ValueError("strict=True contradicts skip_corrupt=True")
-    return not skip_corrupt
-
-
 def report(data: ImageDataset, i: int, reason: str, strict: bool, bad: set,
            note: str = "") -> None:
     """Image ``i`` is undecodable: raise naming it (strict), else add it to ``bad`` and

@@ -137,7 +137,7 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
                       images_per_class: int | None = None, sampler: str = "queue",
                       seed: int = 0, resize="auto", crop="auto", flip: bool = True,
                       preprocessing="caffe", cache=False, strict: bool = False,
-                      skip_corrupt: bool | None = None, num_parallel_calls=AUTOTUNE,
+                      num_parallel_calls=AUTOTUNE,
                       prefetch=AUTOTUNE, start_batch: int = 0) -> tf.data.Dataset:
     """Infinite, seeded training batches: a pure function of (seed, batch number, files).
 
@@ -167,7 +167,6 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
             Without the cache every image is still decoded once before the first
             batch, to find the undecodable ones (``corrupt_images.scan``).
         strict: raise (naming the file) on an undecodable image instead of skipping.
-        skip_corrupt: deprecated inverse alias of ``strict``, for one release.
         num_parallel_calls, prefetch: tf.data tuning (AUTOTUNE by default).
         start_batch: begin at this batch of the seeded stream (resuming training):
             the result equals the stream from batch 0 with ``start_batch`` batches
@@ -177,7 +176,6 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
         tf.data.Dataset of the layout's batches (module docstring), images float32
         (batch, crop, crop, 3), labels int32.
     """
-    strict = corrupt_images.strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
     resize, crop = image_sizes(data, preprocessing, resize, crop, what=f"{layout} batches",
                                stacklevel=3)  # the caller of npair_dataset & co.
@@ -343,7 +341,6 @@ def eval_dataset(
     crop="auto",
     preprocessing="caffe",
     strict: bool = False,
-    skip_corrupt: bool | None = None,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
 ) -> tf.data.Dataset:
@@ -359,14 +356,13 @@ def eval_dataset(
             227); with both None the stored images must share one size; "auto"
             (default) as in ``training_pipeline`` (``image_sizes``).
         preprocessing: ``normalize`` mode, backbone name or backbone object.
-        strict / skip_corrupt: as for ``training_pipeline``.
+        strict: as for ``training_pipeline``.
         num_parallel_calls, prefetch: tf.data tuning.
 
     Returns:
         tf.data.Dataset of ``(images, labels)``: float32 (<=batch_size, crop, crop, 3),
         int32; the last batch may be smaller.
     """
-    strict = corrupt_images.strictness(strict, skip_corrupt)
     mode = preprocess.preprocessing_mode(preprocessing)
     resize, crop = image_sizes(data, preprocessing, resize, crop, what="eval_dataset",
                                stacklevel=2)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from hdml_tf import deprecation
 from hdml_tf.evaluation.retrieval import l2_normalize
 
 try:
@@ -202,23 +201,3 @@ def clustering_metrics(
                       nredo=nredo)
     return {"nmi": nmi_from_clusters(labels, clusters),
             "f1": pairwise_f1_from_clusters(labels, clusters)}
-
-
-def _deprecated_one_metric(name, embeddings, labels, kwargs):
-    deprecation.warn(f"hdml_tf.evaluation.clustering.{name}",
-                     "hdml_tf.evaluation.evaluate_embeddings(embeddings, labels, "
-                     f"metrics=({name!r},)) or clustering_metrics(embeddings, "
-                     f"labels)[{name!r}]", stacklevel=3)
-    return clustering_metrics(embeddings, labels, **kwargs)[name]
-
-
-def nmi(embeddings: np.ndarray, labels: np.ndarray, **kwargs) -> float:
-    """Deprecated: NMI of k-means (k = number of classes) against the labels; kwargs as
-    in `clustering_metrics`."""
-    return _deprecated_one_metric("nmi", embeddings, labels, kwargs)
-
-
-def f1(embeddings: np.ndarray, labels: np.ndarray, **kwargs) -> float:
-    """Deprecated: pairwise F1 of k-means (k = number of classes) against the labels;
-    kwargs as in `clustering_metrics`."""
-    return _deprecated_one_metric("f1", embeddings, labels, kwargs)

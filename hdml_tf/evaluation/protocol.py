@@ -22,7 +22,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from hdml_tf import deprecation
 from hdml_tf.evaluation.clustering import METRICS as CLUSTERING_METRICS
 from hdml_tf.evaluation.clustering import clustering_metrics
 from hdml_tf.evaluation.retrieval import METRICS as RETRIEVAL_METRICS
@@ -33,9 +32,6 @@ ALL_METRICS = RETRIEVAL_METRICS + CLUSTERING_METRICS
 KS_SMALL = (1, 2, 4, 8)  # CUB-200-2011, Cars196
 KS_SOP = (1, 10, 100, 1000)  # Stanford Online Products
 
-#: Former spellings of metric names, accepted for one release with a warning.
-DEPRECATED_METRIC_NAMES = {"recall@k": "recall", "map_at_r": "map@r", "mapr": "map@r",
-                           "r-precision": "r_precision", "rp": "r_precision"}
 
 
 def normalise_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
@@ -47,10 +43,6 @@ def normalise_metrics(metrics: Iterable[str]) -> tuple[str, ...]:
     out = []
     for m in metrics:
         m = m.lower()
-        if m in DEPRECATED_METRIC_NAMES:
-            # stacklevel 3: the caller of evaluate_embeddings
-            deprecation.warn(f"the metric name {m!r}", repr(DEPRECATED_METRIC_NAMES[m]), 3)
-            m = DEPRECATED_METRIC_NAMES[m]
         if m not in ALL_METRICS:
             raise ValueError(f"unknown metric {m!r}; choose from {ALL_METRICS}")
         if m not in out:
@@ -218,34 +210,3 @@ def evaluate(
         g_emb, g_lab = embed(embedder, gallery, batch_size)
     return evaluate_embeddings(emb, lab, ks, metrics, gallery_embeddings=g_emb,
                                gallery_labels=g_lab, **kwargs)
-
-
-# --------------------------------------------------------- deprecated (one release)
-
-
-def recall_at_k(embeddings, labels, ks: Sequence[int] = KS_SMALL, **kwargs) -> dict:
-    """Deprecated: ``evaluate_embeddings(embeddings, labels, ks, ("recall",), ...)``.
-
-    Returns {K: recall} (int keys), as before; keyword arguments as in
-    `evaluate_embeddings`.
-    """
-    deprecation.warn("hdml_tf.evaluation.recall_at_k", "hdml_tf.evaluation."
-                     "evaluate_embeddings(embeddings, labels, ks, metrics=('recall',))")
-    ks = [int(k) for k in ks]
-    res = evaluate_embeddings(embeddings, labels, ks, ("recall",), **kwargs)
-    return {k: res[f"recall@{k}"] for k in ks}
-
-
-def map_at_r(embeddings, labels, **kwargs) -> float:
-    """Deprecated: ``evaluate_embeddings(embeddings, labels, metrics=("map@r",))``."""
-    deprecation.warn("hdml_tf.evaluation.map_at_r", "hdml_tf.evaluation."
-                     "evaluate_embeddings(embeddings, labels, metrics=('map@r',))")
-    return evaluate_embeddings(embeddings, labels, (), ("map@r",), **kwargs)["map@r"]
-
-
-def r_precision(embeddings, labels, **kwargs) -> float:
-    """Deprecated: ``evaluate_embeddings(embeddings, labels, metrics=("r_precision",))``."""
-    deprecation.warn("hdml_tf.evaluation.r_precision", "hdml_tf.evaluation."
-                     "evaluate_embeddings(embeddings, labels, metrics=('r_precision',))")
-    return evaluate_embeddings(embeddings, labels, (), ("r_precision",),
-                               **kwargs)["r_precision"]

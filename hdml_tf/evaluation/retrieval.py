@@ -44,7 +44,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hdml_tf import deprecation
 
 try:  # faiss is a hard requirement of the package, but keep the numpy path importable.
     import faiss
@@ -468,10 +467,3 @@ def neighbour_table(
         raise ValueError("nothing to retrieve: the gallery is empty")
     return knn(embeddings, gallery_embeddings, need, backend=backend,
                block_size=block_size)
-
-
-# Deprecated (one release): one metric from embeddings; ask
-# hdml_tf.evaluation.evaluate_embeddings for it (these warn when called).
-__getattr__ = deprecation.module_getattr(__name__, lazy={
-    name: f"hdml_tf.evaluation.protocol:{name}"
-    for name in ("recall_at_k", "map_at_r", "r_precision")})

@@ -20,7 +20,7 @@ from hdml_tf.backbones import (
     load_caffe_weights,
     save_caffe_weights,
 )
-from hdml_tf.backbones.weights import read_caffe_weights_file, weights_import_main
+from hdml_tf.backbones.weights import read_caffe_weights_file
 
 
 def snapshot(model):
@@ -311,8 +311,7 @@ def test_convert_and_cli(tmp_path, source, capsys):
     restored = build_backbone("inception_v1", weights=str(out))
     assert_weights_equal(snapshot(restored), snapshot(source))
 
-    with pytest.deprecated_call(match="weights_import_main"):  # the old name, one release
-        assert weights_import_main([str(tmp_path / "nope.mat"), "-o", str(out)]) == 1
+    assert cli.main(["weights", "import", str(tmp_path / "nope.mat"), "-o", str(out)]) == 1
     assert "nope.mat" in capsys.readouterr().err
     with pytest.raises(ValueError, match="weights.h5"):
         convert_caffe_weights(src, tmp_path / "x.h5")

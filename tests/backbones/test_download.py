@@ -184,14 +184,6 @@ def test_command_line(tmp_path, capsys):
     assert fetch(url) == 2
 
 
-def test_deprecated_fetch_main_still_runs_the_command(tmp_path, capsys):
-    url, digest, _ = _serve(tmp_path)
-    with pytest.deprecated_call(match="fetch_main"):
-        assert download.fetch_main([url, "--sha256", "1" * 64]) == 1
-    assert capsys.readouterr().err.startswith(
-        "python -m hdml_tf.backbones.download: error: SHA-256 mismatch")
-
-
 def test_fetched_caffe_file_converts_and_loads(tmp_path):
     """End to end: a synthetic GoogLeNet .npz, fetched over file://, converted, loaded."""
     from hdml_tf.backbones import (InceptionV1, build_backbone, convert_caffe_weights,

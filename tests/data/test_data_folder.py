@@ -94,8 +94,6 @@ def test_strict_mode_raises_naming_the_file(folder_root):
     with pytest.raises(ValueError, match="broken.jpg") as error:
         data.npair_dataset(ds_data, 5, seed=0, resize=12, crop=10, strict=True)
     assert "\n" not in str(error.value)
-    with pytest.deprecated_call(), pytest.raises(ValueError, match="broken.jpg"):
-        data.npair_dataset(ds_data, 5, seed=0, resize=12, crop=10, skip_corrupt=False)
 
 
 def test_eval_skips_bad_files_even_the_last_one(folder_root):

@@ -110,16 +110,6 @@ def test_k_is_the_number_of_classes(monkeypatch):
     assert seen["k"] == 11
 
 
-def test_deprecated_nmi_and_f1_warn_and_agree():
-    """nmi() and f1() of embeddings work for one release, each call warning."""
-    x, y = _blobs(n_classes=5)
-    expected = C.clustering_metrics(x, y)
-    with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
-        assert C.nmi(x, y) == expected["nmi"]
-    with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
-        assert C.f1(x, y) == expected["f1"]
-
-
 @pytest.mark.parametrize("backend", ["sklearn", "faiss"])
 def test_seeded(backend):
     rng = np.random.default_rng(0)

@@ -88,19 +88,3 @@ def test_the_package_re_exports_the_protocol():
 
     for name in ("evaluate", "evaluate_embeddings", "embed", "ALL_METRICS", "KS_SMALL"):
         assert getattr(ev, name) is getattr(protocol, name)
-
-
-def test_deprecated_metric_names_warn_and_map_to_the_metric():
-    """'mapr', 'rp', 'map_at_r', 'r-precision', 'recall@k' are accepted for one release,
-    each with a DeprecationWarning; case is ignored as before."""
-    images, labels = _toy()
-    emb = images.reshape(len(images), -1)
-    expected = ev.evaluate_embeddings(emb, labels, (1,), ("recall", "map@r", "r_precision"))
-    with pytest.warns(DeprecationWarning) as record:
-        got = ev.evaluate_embeddings(emb, labels, (1,), ("Recall@K", "MAPR", "rp"))
-    assert got == expected
-    assert [str(w.message).split(" is deprecated")[0] for w in record] == [
-        "the metric name 'recall@k'", "the metric name 'mapr'", "the metric name 'rp'"]
-    with pytest.warns(DeprecationWarning, match="'r-precision'"):
-        assert ev.evaluate_embeddings(emb, labels, (1,), ("r-precision",)) == {
-            "r_precision": expected["r_precision"]}

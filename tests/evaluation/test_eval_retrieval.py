@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from hdml_tf import evaluation
 from hdml_tf.evaluation import evaluate_embeddings
 from hdml_tf.evaluation import retrieval as R
 
@@ -290,27 +289,3 @@ def test_k_rule_is_one_function():
     assert R.k_within_reach(9, 4, clip_k=True, asked="K=9") == 4
     with pytest.raises(ValueError, match="Recall@9 asked but a query can retrieve at most 4"):
         R.k_within_reach(9, 4, clip_k=False, asked="Recall@9")
-
-
-def test_deprecated_one_metric_functions_warn_and_agree():
-    """recall_at_k, map_at_r, r_precision (package and retrieval module) still work for
-    one release, each call with a DeprecationWarning, and give evaluate_embeddings'
-    numbers."""
-    x, y = _random_set()
-    for module in (evaluation, R):
-        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
-            assert module.recall_at_k(x, y, (1, 4), backend="numpy") == _recall(
-                x, y, (1, 4), backend="numpy")
-        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
-            assert module.map_at_r(x, y) == _metric(x, y, "map@r")
-        with pytest.warns(DeprecationWarning, match="evaluate_embeddings"):
-            assert module.r_precision(x, y) == _metric(x, y, "r_precision")
-
-
-def test_deprecated_package_level_building_blocks():
-    """Building blocks imported from the package warn and name their module."""
-    with pytest.warns(DeprecationWarning, match="hdml_tf.evaluation.retrieval.knn"):
-        assert evaluation.knn is R.knn
-    with pytest.warns(DeprecationWarning, match="clustering.clustering_metrics"):
-        from hdml_tf.evaluation import clustering_metrics
-    assert clustering_metrics is evaluation.clustering.clustering_metrics

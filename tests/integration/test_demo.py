@@ -23,7 +23,7 @@ def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path):
     out, exports = tmp_path / "demo", tmp_path / "saved_models"
     # Run from the output folder with the README's short relative paths, as a user does.
     result = subprocess.run(
-        [sys.executable, "-m", "hdml_tf.cli", "demo", "--smoke", "--out", "demo",
+        [sys.executable, "-m", "hdml_tf", "demo", "--smoke", "--out", "demo",
          "--export-dir", "saved_models"], capture_output=True, text=True, cwd=tmp_path,
         env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -66,9 +66,9 @@ def test_demo_without_data_explains_how_to_get_it(tmp_path, monkeypatch, capsys)
     import hdml_tf.data.fashion_mnist as fm
 
     monkeypatch.setattr(fm, "DEBIAN_DIR", str(tmp_path / "no-debian"))
-    from hdml_tf.demo import demo_main
+    from hdml_tf import cli
 
-    code = demo_main(["--smoke", "--out", str(tmp_path / "demo")])
+    code = cli.main(["demo", "--smoke", "--out", str(tmp_path / "demo")])
     err = capsys.readouterr().err
     assert code == 1
     assert "dataset-fashion-mnist" in err and "HDML_FASHION_MNIST_DIR" in err

@@ -1,4 +1,4 @@
-"""hdml-tf train with train.mixed_precision and train.xla; a float16 NaN step is skipped.
+"""hdml-tf train with train.precision and train.xla; a float16 NaN step is skipped.
 
 The runs go through ``hdml_tf.training.train`` on the bundled ``digits`` data with the
 ``small_cnn`` backbone, a few steps each; they check the pieces the switches change:
@@ -74,7 +74,7 @@ def _check_run(workdir, results, model, atol=1e-6):
 
 def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     workdir = str(tmp_path / "run")
-    config = _config(tmp_path, mixed_precision=True, export=True,
+    config = _config(tmp_path, precision="mixed_float16", export=True,
                      export_dir=str(tmp_path / "exports"), log_every=1)
     results, model = training.train(config, workdir, log=lambda *a: None,
                                     return_model=True)

@@ -75,7 +75,9 @@ def test_presets_state_their_command_and_are_valid():
 def test_too_many_classes_per_batch_fails_before_training(tmp_path, capsys):
     """digits trains on 5 classes; batch_size 12 asks for P = 6."""
     workdir = tmp_path / "run"
-    code = training.train_main(["--config", write_config(tmp_path),
+    from hdml_tf import cli
+
+    code = cli.main(["train", "--config", write_config(tmp_path),
                                 "--set", "data.batch_size=12", "--workdir", str(workdir)])
     assert code == 2
     err = capsys.readouterr().err
@@ -105,7 +107,7 @@ def _run_killed_and_resumed(tmp_path, config, kill_after_step):
     """The same `hdml-tf train` command run uninterrupted, and run, killed with SIGKILL
     once a checkpoint at or past ``kill_after_step`` exists, then run again."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    command = [sys.executable, "-m", "hdml_tf.cli", "train", "--config", config]
+    command = [sys.executable, "-m", "hdml_tf", "train", "--config", config]
     reference = tmp_path / "reference"
     subprocess.run(command + ["--workdir", str(reference)], env=env, check=True,
                    capture_output=True, timeout=600)
@@ -260,7 +262,7 @@ def test_two_worker_processes_train_together(tmp_path):
                        TF_CONFIG=json.dumps({"cluster": cluster,
                                              "task": {"type": "worker", "index": index}}))
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "hdml_tf.cli", "train", "--config", config,
+                [sys.executable, "-m", "hdml_tf", "train", "--config", config,
                  "--workdir", str(workdir), "--strategy", "multiworker"],
                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         outputs = [p.communicate(timeout=420)[0] for p in processes]
@@ -319,6 +321,8 @@ def test_paper_presets_run_the_authors_mode(capsys):
         assert config_lib.fidelity(config) == expected, name
     changed = config_lib.load_config("cub200_npair", ["model.lrn=caffe"])
     assert config_lib.fidelity(changed) == "custom"
-    config_lib.presets_main([])
+    from hdml_tf import cli
+
+    cli.main(["presets"])
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("cub200_npair") and " authors " in line for line in lines)
