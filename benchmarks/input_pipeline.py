@@ -68,7 +68,7 @@ def build_model(num_classes: int, backbone: str, embedding_dim: int):
     import keras
 
     from hdml_tf.backbones import build_backbone
-    from hdml_tf.models import HDML, Embedder
+    from hdml_tf import HDML, Embedder
 
     embedder = Embedder(build_backbone(backbone), embedding_dim=embedding_dim)
     model = HDML(embedder, num_classes=num_classes, loss="npair", hdml=True)

@@ -50,7 +50,7 @@ import tensorflow as tf  # noqa: E402
 
 def build_embedder(backbone, crop, embedding_dim):
     from hdml_tf.backbones import build_backbone
-    from hdml_tf.models import Embedder
+    from hdml_tf import Embedder
 
     embedder = Embedder(build_backbone(backbone, input_shape=(crop, crop, 3)), embedding_dim)
     embedder.build((None, crop, crop, 3))

@@ -69,7 +69,7 @@ def build(backbone_name, hdml, size, embedding_dim, num_classes, seed=0):
 
     import hdml_tf.backbones.small_cnn  # noqa: F401  (registers "small_cnn")
     from hdml_tf.backbones import build_backbone
-    from hdml_tf.models import HDML, Embedder
+    from hdml_tf import HDML, Embedder
 
     keras.utils.set_random_seed(seed)
     backbone = build_backbone(backbone_name, input_shape=(size, size, 3))

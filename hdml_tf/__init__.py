@@ -17,7 +17,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 __version__ = "0.1.0"
 
 from hdml_tf import backbones, losses, tfa_losses  # noqa: E402
-from hdml_tf.models import HDML, Embedder, EmbeddingHead, Generator  # noqa: E402
+from hdml_tf.models import HDML  # noqa: E402
+from hdml_tf.networks import Embedder, EmbeddingHead, Generator  # noqa: E402
 
 __all__ = ["HDML", "Embedder", "EmbeddingHead", "Generator", "backbones", "losses",
            "tfa_losses"]

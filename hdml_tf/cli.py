@@ -94,7 +94,7 @@ def _train_parser(prog):
 def _train(args, parser):
     from hdml_tf import config as config_lib
     from hdml_tf import training
-    from hdml_tf.models import NonFiniteTrainingError
+    from hdml_tf.nonfinite import NonFiniteTrainingError
 
     overrides = list(args.set)
     if args.strategy:

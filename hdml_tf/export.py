@@ -62,6 +62,9 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from hdml_tf.models import HDML
+from hdml_tf.networks import Embedder
+
 # Signature and tensor names: the serving contract, documented in docs/serving.md.
 SIGNATURE_IMAGES = "serving_default"
 SIGNATURE_BYTES = "serve_bytes"
@@ -148,11 +151,9 @@ def _load_model(checkpoint, model_path):
 
 def _embedder_of(model, where):
     """``(embedder, image_shape)`` of an HDML model or an Embedder."""
-    from hdml_tf import models
-
-    if isinstance(model, models.HDML):
+    if isinstance(model, HDML):
         return model.embedder, getattr(model, "image_shape", None)
-    if isinstance(model, models.Embedder):
+    if isinstance(model, Embedder):
         return model, None
     raise ExportError(f"{where} holds a {type(model).__name__}, not an hdml_tf HDML "
                       "model or Embedder")
@@ -311,7 +312,7 @@ def serving_embedder(embedder, image_size):
     rounded; variables created under a distribution strategy are read as plain values.
 
     Args:
-      embedder: a built ``hdml_tf.models.Embedder``.
+      embedder: a built ``hdml_tf.networks.Embedder``.
       image_size: (H, W) the embedder is built at.
 
     Returns:
@@ -624,13 +625,12 @@ def _move_into_place(temp_dir, base_dir, version):
 
 def _checked_arguments(model, resize, crop, preprocessing, warmup, limits):
     """``(embedder, resize, crop, preprocessing, limits)`` checked, else ExportError."""
-    from hdml_tf import models
     from hdml_tf.data import preprocess
 
     if warmup not in _WARMUP_MODES:
         raise ExportError(f"warmup={warmup!r}: expected one of {_WARMUP_MODES}")
-    embedder = model.embedder if isinstance(model, models.HDML) else model
-    if not isinstance(embedder, models.Embedder):
+    embedder = model.embedder if isinstance(model, HDML) else model
+    if not isinstance(embedder, Embedder):
         raise ExportError(f"expected an hdml_tf Embedder or HDML model, got "
                           f"{type(model).__name__}")
     resize, crop = _pair(resize, "resize"), _pair(crop, "crop")
@@ -743,7 +743,7 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
     """Export an embedder (or an HDML model's embedder) to ``out_dir/<version>``.
 
     Args:
-      model: a built ``hdml_tf.models.Embedder`` or ``HDML`` (only its embedder is
+      model: a built ``hdml_tf.networks.Embedder`` or ``HDML`` (only its embedder is
         exported). Mixed-precision and distributed models are accepted.
       out_dir: the TF Serving model base directory, e.g. ``saved_models/cub_npair``.
       resize: int or (H, W): ``serve_bytes`` resizes decoded images to this first.

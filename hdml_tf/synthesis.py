@@ -31,6 +31,29 @@ def metric_weight(j_gen_avg, beta):
     return tf.exp(-tf.cast(beta, tf.float32) / j_gen_avg)
 
 
+def window_update(total, count, mean, value, keep, window):
+    """One step of a running statistic (J_avg, J_gen_avg): the mean of the last complete
+    window of ``window`` recorded values, as the authors' ``nn_Ops.data_collector``.
+
+    ``value`` is recorded when ``keep`` (the step was applied) and it is finite; once
+    ``window`` values are recorded their mean is published and the window restarts.
+
+    Args:
+      total, count: the window so far (its sum and number of values).
+      mean: the published statistic (its initial value until a window is complete).
+      value: this step's value; keep: whether to record it; window: W.
+
+    Returns:
+      The new ``(total, count, mean)``.
+    """
+    keep = tf.logical_and(keep, tf.math.is_finite(value))
+    total = total + tf.where(keep, value, 0.0)
+    count = count + tf.cast(keep, tf.float32)
+    full = count >= float(window)
+    mean = tf.where(full, total / tf.maximum(count, 1.0), mean)
+    return tf.where(full, 0.0, total), tf.where(full, 0.0, count), mean
+
+
 def _interpolate(anchors, negatives, d_pos, d_neg, lam):
     """ẑ⁻ = z + ((d+ + λ (d- - d+)) / d-) (z⁻ - z) where d- > d+, else z⁻.
 
@@ -105,22 +128,3 @@ def npair_candidates(anchors, positives, lam, all_positives=None):
     n = all_positives[None, :, :]  # (1, P', d): candidate negative j
     z_hat = _interpolate(a, n, d_pos, _distance(a, n), lam)  # (P, P', d)
     return tf.reshape(z_hat, [-1, tf.shape(anchors)[1]])
-
-
-def npair_synthetic_tuple(anchors, positives, lam):
-    """The N-pair synthetic tuple: the P anchors followed by P * P candidate rows.
-
-    Each ordered (anchor i, positive j) pair treats positive j as a negative of anchor
-    i (its own positive is p_i): row ``P + i * P + j`` is that negative hardened
-    toward a_i. For j = i, d- = d+ so the row keeps the true positive p_i.
-
-    Args:
-      anchors: float tensor (P, d), one per class.
-      positives: float tensor (P, d), positive i of anchor i's class.
-      lam: scalar λ.
-
-    Returns:
-      float tensor (P + P^2, d).
-    """
-    anchors = tf.convert_to_tensor(anchors)
-    return tf.concat([anchors, npair_candidates(anchors, positives, lam)], axis=0)

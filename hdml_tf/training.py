@@ -39,7 +39,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hdml_tf import checkpoints
+from hdml_tf import checkpoints, nonfinite
 from hdml_tf import config as config_lib
 
 EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
@@ -159,7 +159,7 @@ def build_model(config, num_classes):
     """Backbone, Embedder, HDML and the three optimizers, compiled and built."""
     import hdml_tf.backbones.small_cnn  # noqa: F401  (registers "small_cnn")
     from hdml_tf.backbones import build_backbone
-    from hdml_tf.models import HDML, Embedder
+    from hdml_tf import HDML, Embedder
 
     m, o, t, d = config.model, config.optim, config.train, config.data
     # Several replicas: BatchNorm statistics over the global batch, as on one device.
@@ -354,7 +354,7 @@ class _ScheduleLog(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self.step += batch - self.last_batch  # one call per execution of N steps
         self.last_batch = batch
-        if self.step % self.every or not self.model.hdml:
+        if self.step % self.every or not self.model.params.hdml:
             return
         import csv
 
@@ -408,7 +408,7 @@ class ProgressLine(keras.callbacks.Callback):
                  f"{steps * self.batch_size / seconds:5.0f} img/s"]
         parts += [f"{label} {logs[key]:.4g}" for key, label in
                   (("j_m", "J_m"), ("j_metric", "J_metric")) if key in logs]
-        if getattr(self.model, "hdml", False):
+        if self.model.params.hdml:
             stats = self.model.statistics()
             parts += [f"λ {stats['lambda']:.3f}", f"w {stats['w']:.3f}"]
             skipped = {k[:-len("_skipped_steps")]: v for k, v in stats.items()
@@ -534,6 +534,8 @@ def setup(config, workdir, strategy=None, devices=None, log=print):
                                      start_step)
     callbacks, states = _callbacks(config, workdir, splits, preprocessing, chief,
                                    start_step)
+    # A stalled update ends the run before a checkpoint would save it.
+    callbacks.append(nonfinite.StopOnNonFinite(config.model.window))
     callbacks.append(_Checkpointer(manager, checkpoint, scratch,
                                    config.train.steps_per_epoch, states))
     t = config.train
@@ -628,7 +630,6 @@ def run_loop(run):
             count = _steps_to_boundary(first + step, t.steps_per_execution,
                                        first + steps_here, boundaries)
             logs = {k: float(v) for k, v in run.steps(run.iterator, tf.constant(count)).items()}
-            model.check_progress()  # a stalled metric step ends the run before a save
             # As in Keras' fit with steps_per_execution: one call, one pair of batch
             # hooks, with the call's first and last batch index; every step a
             # callback acts on ends a call (a boundary).

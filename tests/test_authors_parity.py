@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import authors_parity_common as common  # noqa: E402
 
 from hdml_tf.backbones.inception_v1 import InceptionV1  # noqa: E402
-from hdml_tf.models import HDML, Embedder  # noqa: E402
+from hdml_tf import HDML, Embedder  # noqa: E402
 
 
 def build(loss):

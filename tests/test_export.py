@@ -26,7 +26,7 @@ from PIL import Image
 from hdml_tf import cli, export
 from hdml_tf.backbones import build_backbone
 from hdml_tf.data import preprocess
-from hdml_tf.models import HDML, Embedder
+from hdml_tf import HDML, Embedder
 from tests.conftest import randomise_batchnorm
 
 RESIZE, CROP, DIM, NUM_CLASSES = 40, 32, 8, 5

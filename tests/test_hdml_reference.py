@@ -17,7 +17,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from hdml_tf.models import HDML, Embedder, NonFiniteTrainingError
+from hdml_tf import HDML, Embedder
+from hdml_tf.nonfinite import NonFiniteTrainingError, StopOnNonFinite
 
 SIZE, FEATURES, EMBED, HIDDEN, CLASSES = 4, 12, 6, 10, 8
 ALPHA, BETA, J_AVG0, J_GEN0 = 1.0, 100.0, 2.0, 100.0  # λ = e^-0.5, w = e^-1
@@ -252,7 +253,7 @@ def test_generator_turned_nan_falls_back_to_w_jm_and_keeps_training():
     embedder = [v.numpy().copy() for v in model.embedder.trainable_variables]
     gen_stats = [v.numpy().copy() for v in model.generator.non_trainable_variables]
     head_stats = [v.numpy().copy() for v in model.embedder.head.non_trainable_variables]
-    gen_window = float(model._j_gen_count.numpy())
+    gen_window = float(model.j_gen_window.count.numpy())
     for _ in range(3):
         logs = model.train_on_batch(batch, return_dict=True)
     np.testing.assert_allclose(logs["j_metric"], logs["w"] * logs["j_m"], rtol=1e-6)
@@ -265,21 +266,32 @@ def test_generator_turned_nan_falls_back_to_w_jm_and_keeps_training():
         np.testing.assert_array_equal(before, v.numpy())
     for before, v in zip(head_stats, model.embedder.head.non_trainable_variables):
         assert np.all(np.isfinite(v.numpy())) and not np.array_equal(before, v.numpy())
-    assert float(model._j_gen_count.numpy()) == gen_window  # nothing recorded
-    model.check_progress()  # the metric step is healthy: no error
+    assert float(model.j_gen_window.count.numpy()) == gen_window  # nothing recorded
+    _stop(model, 2)  # the metric step is healthy: no error
+
+
+def _stop(model, window, logs=None):
+    """StopOnNonFinite's check after a batch, as fit would call it."""
+    callback = StopOnNonFinite(window=window)
+    callback.set_model(model)
+    callback.on_train_batch_end(0, logs)
+    return callback
 
 
 def test_metric_nan_for_a_window_stops_with_the_last_finite_values():
     model = make_model("npair", lr=0.05, window=3)
     images, labels = make_batch("npair")
+    callback = StopOnNonFinite(window=3)
+    callback.set_model(model)
     good = model.train_on_batch((images, labels), return_dict=True)
+    callback.on_train_batch_end(0, good)
     bad = ((np.full_like(images[0], np.nan), images[1]), labels)
     for _ in range(2):
-        model.train_on_batch(bad)
-        model.check_progress()  # fewer than a window: still going
-    model.train_on_batch(bad)
-    with pytest.raises(NonFiniteTrainingError, match=r"3 steps in a row.*step 0.*J_m=") as err:
-        model.check_progress()
+        callback.on_train_batch_end(0, model.train_on_batch(bad, return_dict=True))
+    logs = model.train_on_batch(bad, return_dict=True)  # fewer than a window: going on
+    with pytest.raises(NonFiniteTrainingError,
+                       match=r"3 steps in a row.*step 4; last applied at step 1.*J_m=") as err:
+        callback.on_train_batch_end(0, logs)
     assert f"{good['j_m']:.6g}" in str(err.value)
     assert model.statistics()["metric_skipped_steps"] == 3
 

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from hdml_tf import losses as losses_lib
-from hdml_tf.models import HDML, Embedder, EmbeddingHead, Generator
+from hdml_tf import HDML, Embedder, EmbeddingHead, Generator
 from tests.conftest import randomise_batchnorm
 
 SIZE = 12
@@ -257,15 +257,18 @@ def test_nonfinite_step_is_skipped_and_counted(loss):
     model = make_model(loss, window=2, backbone=tiny_backbone(activation=None))
     x, y = make_batch(loss)
     model.train_on_batch(x, y)  # one good step: optimizer state exists
-    everything = (model.trainable_variables + model.metric_optimizer.variables
-                  + model.generator_optimizer.variables + model.classifier_optimizer.variables)
+    # Every weight and optimizer slot; the SkipNonFinite wrappers count the step.
+    everything = model.trainable_variables + [
+        v for opt in model.skipping_optimizers().values() for v in opt.inner_optimizer.variables]
     before = snapshot(everything)
-    stats_before = snapshot([model._j_m_sum, model._j_m_count, model.j_avg])
+    window = model.j_avg_window
+    stats_before = snapshot([window.total, window.count, window.mean])
     bad = tuple(np.full_like(x[0], np.nan) if i == 0 else im for i, im in enumerate(x))
     logs = model.train_on_batch(bad, y, return_dict=True)
     assert logs["nonfinite_steps"] == 1
     assert not any(changed(before, everything))
-    assert not any(changed(stats_before, [model._j_m_sum, model._j_m_count, model.j_avg]))
+    assert not any(changed(stats_before, [window.total, window.count, window.mean]))
+    assert model.statistics()["metric_skipped_steps"] == 1
     logs = model.train_on_batch(x, y, return_dict=True)  # training goes on
     assert logs["nonfinite_steps"] == 1 and np.isfinite(logs["j_metric"])
 
@@ -325,7 +328,7 @@ def test_hdml_params_are_the_models_arguments_and_config():
     assert HDML.from_config(config).params == params
     default = HDML(Embedder(tiny_backbone()), NUM_CLASSES)
     assert default.params == HDMLParams() == HDMLParams(**ModelConfig().hdml_kwargs())
-    assert default.weight_decay == 5e-3  # the authors' Regular_factor, as ModelConfig
+    assert default.params.weight_decay == 5e-3  # the authors' Regular_factor, as ModelConfig
 
 
 def test_constructor_validation():

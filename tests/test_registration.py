@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from hdml_tf.backbones.small_cnn import SmallCNN
-from hdml_tf.models import HDML, Embedder
+from hdml_tf import HDML, Embedder
 from tests.test_export import REPO, SUBPROCESS_ENV
 
 SHAPE = (2, 32, 32, 3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hdml_tf import synthesis
+from hdml_tf import objectives, synthesis
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -57,7 +57,7 @@ def test_npair_tuple_layout_matches_loop(dtype, lam):
     num = 5
     a = rng.normal(size=(num, 3)).astype(dtype)
     p = rng.normal(size=(num, 3)).astype(dtype)
-    got = synthesis.npair_synthetic_tuple(a, p, lam).numpy()
+    got = objectives.npair_synthesis(a, p, lam).numpy()
     assert got.shape == (num + num * num, 3)
     np.testing.assert_allclose(got[:num], a)
     for i in range(num):
@@ -89,3 +89,18 @@ def test_lambda_and_weight_formulas():
                                np.exp(-2.0), rtol=1e-6)
     np.testing.assert_allclose(synthesis.metric_weight(5e3, 1e4).numpy(),
                                np.exp(-2.0), rtol=1e-6)
+
+
+def test_window_update_publishes_each_complete_window_mean():
+    """W = 3: values 1, 2, NaN (not recorded), 6 publish (1 + 2 + 6) / 3 = 3 at the 4th
+    step; a value of a step that was not applied is not recorded either."""
+    total = count = tf.constant(0.0)
+    mean = tf.constant(1e6)
+    published = []
+    for value, keep in ((1.0, True), (2.0, True), (float("nan"), True), (5.0, False),
+                        (6.0, True), (9.0, True)):
+        total, count, mean = synthesis.window_update(total, count, mean, tf.constant(value),
+                                                     tf.constant(keep), 3)
+        published.append(float(mean))
+    assert published == [1e6, 1e6, 1e6, 1e6, 3.0, 3.0]
+    assert (float(total), float(count)) == (9.0, 1.0)

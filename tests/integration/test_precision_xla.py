@@ -21,7 +21,7 @@ import tensorflow as tf
 from hdml_tf import config as config_lib
 from hdml_tf import training
 from hdml_tf.data.preprocess import normalize
-from hdml_tf.models import HDML, Embedder
+from hdml_tf import HDML, Embedder
 
 # The small digits config of tests/integration/test_training.py, 4 steps.
 DIGITS = {
@@ -82,10 +82,11 @@ def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     # Only the embedder computes in float16, so only the metric optimizer scales its
     # loss; the generator and classifier (J_soft at scale 1e4 would overflow float16
     # gradients) compute in float32 with plain Adam. The policy does not leak out.
-    assert isinstance(model.metric_optimizer, keras.optimizers.LossScaleOptimizer)
+    inner = lambda opt: opt.inner_optimizer  # noqa: E731 (inside SkipNonFinite)
+    assert isinstance(inner(model.metric_optimizer), keras.optimizers.LossScaleOptimizer)
     for opt in (model.generator_optimizer, model.classifier_optimizer):
-        assert not isinstance(opt, keras.optimizers.LossScaleOptimizer), type(opt)
-        assert int(opt.iterations.numpy()) == config.train.steps  # no step skipped
+        assert not isinstance(inner(opt), keras.optimizers.LossScaleOptimizer), type(opt)
+        assert int(inner(opt).iterations.numpy()) == config.train.steps  # no step skipped
     assert keras.config.dtype_policy().name == "float32"
     assert model.embedder.backbone.dtype_policy.compute_dtype == "float16"
     # The embedding head computes in float32 too: its output is what the losses, the
@@ -97,9 +98,10 @@ def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     # Dynamic loss scaling: every metric step either applied (iterations + 1) or
     # overflowed in float16, was skipped by the LossScaleOptimizer and halved its scale;
     # statistics() counts those skips.
-    opt = model.metric_optimizer
+    opt = model.metric_optimizer.inner_optimizer
     skipped = np.log2(opt.initial_scale / float(opt.dynamic_scale.numpy()))
     assert int(opt.iterations.numpy()) + skipped == config.train.steps
+    assert int(model.metric_optimizer.iterations.numpy()) == config.train.steps  # the step
     assert model.statistics()["metric_loss_scale_skips"] == skipped
     # schedule_log.csv says when: cumulative skips after every step (log_every=1).
     with open(os.path.join(workdir, "schedule_log.csv"), newline="") as f:
@@ -239,18 +241,21 @@ def _changed(variables, before):
 
 def test_mixed_precision_step_skips_a_nan_batch():
     """A float16 HDML step on a NaN batch changes no weight, no optimizer state (loss
-    scales included) and no running statistic, and is counted (tests/test_models.py)."""
+    scales included) and no running statistic, and is counted (tests/test_models.py):
+    only the SkipNonFinite wrappers' step and skip counters move."""
     model, x, y = _tiny_hdml("mixed_float16")
     assert model.generator.dtype_policy.compute_dtype == "float16"
-    tracked = (model.trainable_variables + model.metric_optimizer.variables
-               + model.generator_optimizer.variables + model.classifier_optimizer.variables
-               + [model._j_m_sum, model._j_m_count, model.j_avg, model._j_gen_sum,
-                  model._j_gen_count, model.j_gen_avg])
+    windows = (model.j_avg_window, model.j_gen_window)
+    tracked = (model.trainable_variables
+               + [v for opt in model.skipping_optimizers().values()
+                  for v in opt.inner_optimizer.variables]
+               + [v for w in windows for v in (w.total, w.count, w.mean)])
     before = _snapshot(tracked)
     bad = (np.full_like(x[0], np.nan), x[1])
     logs = model.train_on_batch(bad, y, return_dict=True)
     assert logs["nonfinite_steps"] == 1
     assert _changed(tracked, before) == []
+    assert int(model.metric_optimizer.iterations.numpy()) == 2  # after one good step
     logs = model.train_on_batch(x, y, return_dict=True)  # training goes on
     assert logs["nonfinite_steps"] == 1 and np.isfinite(logs["j_metric"])
 
@@ -298,8 +303,10 @@ def test_nonfinite_metric_gradient_with_finite_losses_is_skipped():
     armed.assign(True)
     terms = model.loss_terms((x, y))
     assert all(np.isfinite(v) for v in terms.values()), terms  # the premise
-    metric_side = (model.embedder.trainable_variables + model.metric_optimizer.variables
-                   + [model._j_m_sum, model._j_m_count, model.j_avg])
+    window = model.j_avg_window
+    metric_side = (model.embedder.trainable_variables
+                   + model.metric_optimizer.inner_optimizer.variables
+                   + [window.total, window.count, window.mean])
     before = _snapshot(metric_side)
     logs = model.train_on_batch(x, y, return_dict=True)
     assert logs["metric_skipped_steps"] == 1 and logs["nonfinite_steps"] == 1

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hdml_tf import config as config_lib
 from hdml_tf import training
-from hdml_tf.models import HDML, Embedder
+from hdml_tf import HDML, Embedder
 
 DIGITS = {
     "name": "digits_test",
