@@ -18,7 +18,7 @@ the preset's batch and crop size), and prints one table:
     hdml-tf bench --config cub200_npair --smoke    # tiny sizes, seconds (CI)
     hdml-tf bench --config cars196_npair --set data.batch_size=64
 
-The model is built exactly as ``hdml-tf train`` builds it (``training.build_model``,
+The model is built exactly as ``hdml-tf train`` builds it (``experiment.build_model``,
 compiled with the three optimizers); the step is ``model.train_step`` inside one
 ``tf.function`` (``jit_compile=True`` for the XLA rows), fed a batch already in
 device memory, so the step is measured alone; the pipeline rows say whether the
@@ -182,7 +182,7 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
     import keras
     import tensorflow as tf
 
-    from hdml_tf import training
+    from hdml_tf import experiment
 
     config = copy.deepcopy(config)
     previous = keras.config.dtype_policy()
@@ -191,7 +191,7 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
     try:
         _set_precision(config, variant)
         keras.utils.set_random_seed(config.train.seed)
-        model = training.build_model(config, num_classes)
+        model = experiment.build_model(config, num_classes)
     finally:
         keras.config.set_dtype_policy(previous)
     d = config.data

@@ -6,18 +6,18 @@ partly visible to tf.train.Checkpoint's object-graph tracking: a nested backbone
 BatchNorm statistics were missed):
 
   model                 weights and HDML's running statistics (``model.variables``)
-  metric_optimizer,     each optimizer's state (iterations, learning rate, slots)
-  generator_optimizer,
-  classifier_optimizer
-  step                  the global step the checkpoint was written at
+  metric_optimizer,     each optimizer's state (the SkipNonFinite wrapper's step and
+  generator_optimizer,  skip counters, the inner optimizer's iterations, learning rate
+  classifier_optimizer  and slots); the metric optimizer's iterations are the step
+  evaluation_<name>     an evaluation callback's state (training.loop), if any
 
 Keras numbers optimizer names per process (``adam``, ``adam_1``, ...), so the same
 optimizer has another path in another run; optimizer variables are keyed by
 `optimizer_variables`, which leaves the names out.
 
-``model.keras`` beside the checkpoints is replaced atomically (`atomic_save`);
-`restore_model` loads a workdir from it, or from ``config.json`` plus the latest
-checkpoint when a run was killed before writing it.
+``model.keras``, written when a run ends (`atomic_save`), is what `restore_model` loads
+a workdir from; a run killed before its end loads from ``config.json`` plus the latest
+checkpoint.
 """
 
 import json
@@ -26,6 +26,9 @@ import tempfile
 
 import keras
 import tensorflow as tf
+
+from hdml_tf import config as config_lib
+from hdml_tf.experiment import build_model
 
 OPTIMIZERS = ("metric_optimizer", "generator_optimizer", "classifier_optimizer")
 
@@ -66,12 +69,12 @@ def optimizer_variables(optimizer):
     return keyed
 
 
-def make_checkpoint(model):
-    """A tf.train.Checkpoint of every model and optimizer variable, and the step."""
+def make_checkpoint(model, **extra):
+    """A tf.train.Checkpoint of every model and optimizer variable (the step is the
+    metric optimizer's ``iterations``), and of ``extra`` trackables (the evaluation
+    callbacks' state)."""
     optimizers = {name: optimizer_variables(getattr(model, name)) for name in OPTIMIZERS}
-    return tf.train.Checkpoint(model=_by_path(model.variables),
-                               step=tf.Variable(0, dtype=tf.int64, trainable=False),
-                               **optimizers)
+    return tf.train.Checkpoint(model=_by_path(model.variables), **optimizers, **extra)
 
 
 def restore(checkpoint, path):
@@ -104,10 +107,6 @@ def restore_model(workdir):
     Raises:
       FileNotFoundError: neither ``model.keras`` nor ``config.json``, or no checkpoint.
     """
-    import hdml_tf.models  # noqa: F401  (registers the classes)
-    from hdml_tf import config as config_lib
-    from hdml_tf.training import build_model
-
     path = os.path.join(workdir, "model.keras")
     if os.path.exists(path):
         return keras.models.load_model(path)

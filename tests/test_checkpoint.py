@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from hdml_tf import checkpoints
 from hdml_tf import config as config_lib
-from hdml_tf import training
+from hdml_tf import experiment
 from tests.conftest import randomise_batchnorm
 
 NUM_CLASSES = 5
@@ -45,7 +45,7 @@ def _variables(model):
 def _trained_model(seed=1):
     """build_model's model after one training step, with random BatchNorm statistics."""
     keras.backend.clear_session()
-    model = training.build_model(_config(), NUM_CLASSES)
+    model = experiment.build_model(_config(), NUM_CLASSES)
     rng = np.random.default_rng(seed)
     labels = np.arange(4, dtype=np.int32) % NUM_CLASSES
     x = tuple(rng.uniform(-1, 1, (4, 10, 10, 3)).astype(np.float32) for _ in range(2))
@@ -74,7 +74,7 @@ def test_make_checkpoint_restores_into_a_fresh_model(tmp_path):
     model = _trained_model()
     path = checkpoints.make_checkpoint(model).save(str(tmp_path / "ckpt"))
     keras.backend.clear_session()  # a new process
-    fresh = training.build_model(_config(), NUM_CLASSES)
+    fresh = experiment.build_model(_config(), NUM_CLASSES)
     assert not np.array_equal(fresh.embedder.backbone.non_trainable_variables[0].numpy(),
                               model.embedder.backbone.non_trainable_variables[0].numpy())
     checkpoints.restore(checkpoints.make_checkpoint(fresh), path).assert_consumed()
@@ -89,7 +89,7 @@ def test_make_checkpoint_keys_every_variable_by_its_path():
     keys = set(checkpoint.model)
     assert keys == {v.path.replace("/", ".") for v in model.variables}
     assert {k for k in keys if "moving_" in k and k.startswith("small_cnn.")}
-    assert int(checkpoint.step.numpy()) == 0
+    assert int(checkpoint.metric_optimizer["0.iteration"].numpy()) == 1  # the step
 
 
 def test_restore_model_prefers_model_keras(tmp_path):
@@ -137,7 +137,7 @@ def test_restore_in_the_same_process_without_clearing_keras_names(tmp_path):
     saved one had ``adam``): its restore still matches every variable."""
     model = _trained_model()
     path = checkpoints.make_checkpoint(model).save(str(tmp_path / "ckpt"))
-    fresh = training.build_model(_config(), NUM_CLASSES)  # no clear_session
+    fresh = experiment.build_model(_config(), NUM_CLASSES)  # no clear_session
     assert fresh.metric_optimizer.name != model.metric_optimizer.name
     checkpoints.restore(checkpoints.make_checkpoint(fresh), path).assert_consumed()
     _assert_same_state(fresh, model)
@@ -147,7 +147,7 @@ def test_optimizer_keys_do_not_depend_on_the_process():
     model = _trained_model()
     keys = {name: set(getattr(checkpoints.make_checkpoint(model), name))
             for name in checkpoints.OPTIMIZERS}
-    fresh = training.build_model(_config(), NUM_CLASSES)  # other optimizer names
+    fresh = experiment.build_model(_config(), NUM_CLASSES)  # other optimizer names
     assert keys == {name: set(getattr(checkpoints.make_checkpoint(fresh), name))
                     for name in checkpoints.OPTIMIZERS}
     assert not any("adam" in key for group in keys.values() for key in group), keys

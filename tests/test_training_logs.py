@@ -1,26 +1,24 @@
-"""schedule_log.csv on its own: the skip columns."""
+"""The training callbacks on their own: steps from the model's one step counter."""
 
 import csv
+import types
 
-from hdml_tf import training
+from hdml_tf.training import callbacks
+
 
 class _FakeHDML:
-    hdml = True
+    """What the callbacks read of a model: params.hdml, statistics(), the step."""
 
     def __init__(self, **stats):
+        self.params = types.SimpleNamespace(hdml=True)
         self.stats = {"lambda": 0.5, "w": 0.9, "j_avg": 1.0, "j_gen_avg": 2.0,
                       "hardened_fraction": 0.25, **stats}
+        self.metric_optimizer = types.SimpleNamespace(
+            iterations=types.SimpleNamespace(numpy=lambda: self.step))
+        self.step = 0
 
     def statistics(self):
         return dict(self.stats)
-
-
-def _log(path, model, start_step, batches):
-    callback = training._ScheduleLog(str(path), every=10, start_step=start_step)
-    callback.set_model(model)
-    callback.on_epoch_begin(0)
-    for batch in batches:
-        callback.on_train_batch_end(batch)
 
 
 def _rows(path):
@@ -29,13 +27,44 @@ def _rows(path):
         return reader.fieldnames, list(reader)
 
 
-def test_skip_columns_sum_every_optimizer(tmp_path):
+def test_schedule_log_rows_at_every_step_of_the_counter_and_skip_sums(tmp_path):
+    """Calls after steps 7, 10, 14 and 20 (executions of several steps): rows at the
+    steps that are multiples of 10, whatever the batch index Keras passes."""
     path = tmp_path / "schedule_log.csv"
     model = _FakeHDML(metric_skipped_steps=1, generator_skipped_steps=2,
                       classifier_skipped_steps=0, metric_loss_scale_skips=4)
-    _log(path, model, 0, [9, 19])  # batch indices: steps 10 and 20
+    log = callbacks.ScheduleLog(str(path), every=10)
+    log.set_model(model)
+    for step in (7, 10, 14, 20):
+        model.step = step
+        log.on_train_batch_end(0)
     fields, rows = _rows(path)
-    assert fields == list(training._ScheduleLog.FIELDS)
+    assert fields == list(callbacks.ScheduleLog.FIELDS)
     assert [r["step"] for r in rows] == ["10", "20"]
     assert {r["skipped_steps"] for r in rows} == {"3"}
     assert {r["loss_scale_skips"] for r in rows} == {"4"}
+
+
+def test_keep_rows_drops_what_a_resumed_run_rewrites(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("step,x\n10,a\n20,b\n30,c\n")
+    callbacks.keep_rows(str(path), lambda row: int(row["step"]) <= 20)
+    assert path.read_text().splitlines() == ["step,x", "10,a", "20,b"]
+    callbacks.keep_rows(str(tmp_path / "missing.csv"), lambda row: False)  # no file: fine
+
+
+def test_progress_line_fits_100_columns_and_names_skips_only_when_nonzero(monkeypatch):
+    clock = iter([0.0, 6.0])  # 250 steps of 10 images in 6 s: 417 img/s, ETA 30 s
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: next(clock))
+    lines = []
+    model = _FakeHDML(metric_skipped_steps=0, generator_skipped_steps=2)
+    line = callbacks.ProgressLine(total_steps=1500, batch_size=10, print_fn=lines.append)
+    line.set_model(model)
+    line.on_epoch_begin(0)
+    model.step = 250
+    line.on_epoch_end(0, {"j_m": 1.40625, "j_metric": 1.388})
+    assert lines[0].startswith("step  250/1500  417 img/s") and "J_m 1.406" in lines[0]
+    assert "417 img/s" in lines[0] and "ETA 30s" in lines[0]
+    assert "λ 0.500" in lines[0] and "w 0.900" in lines[0]
+    assert "skipped generator 2" in lines[0] and "metric" not in lines[0].split("skipped")[1]
+    assert len(lines[0]) <= 100

@@ -14,6 +14,7 @@ EarlyStopping or ModelCheckpoint should monitor its values). They also go to Ten
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import re
@@ -21,6 +22,8 @@ from typing import Iterable, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from hdml_tf.evaluation.protocol import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
 
@@ -90,10 +93,10 @@ class EvaluationCallback(keras.callbacks.Callback):
         metrics: subset of ("recall", "map@r", "r_precision", "nmi", "f1").
         every_n_epochs: evaluate at the end of every n-th epoch (ignored when
             `every_n_steps` is set).
-        every_n_steps: evaluate every n training steps (counted across epochs, as calls
-            of on_train_batch_end, i.e. executions when steps_per_execution > 1). The
-            latest values are also written into each epoch's logs, so History has them
-            once per epoch.
+        every_n_steps: evaluate every n training steps (the optimizer's iterations,
+            checked after each execution: with steps_per_execution > 1 under ``fit``,
+            choose n a multiple of it). The latest values are also written into each
+            epoch's logs, so History has them once per epoch.
         schedule: instead of ``every_n_steps``, a function of the step count that says
             whether to evaluate after that step (e.g. the authors' every 500 steps,
             every 64 from step 5000 on: :func:`authors_schedule`).
@@ -169,17 +172,23 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.best_step: int | None = None
         self.evaluations: list[dict] = []  # every evaluation: epoch, step and metrics
         self._latest: dict[str, float] = {}
-        self._step = 0
         self._epoch = 0
-        self._last_batch = -1  # the epoch's last batch index seen
         self._writer = None
         self._restored = False
+        self._state = None  # the variables a checkpoint holds (checkpoint_state)
 
     # -- helpers ---------------------------------------------------------------------
 
     def _embedder(self):
         embedder = getattr(self.model, "embedder", None)
         return self.model if embedder is None else embedder
+
+    def _step(self) -> int:
+        """Training steps done: the model's step counter (HDML's metric optimizer, else
+        Keras' optimizer), so evaluations fall on their steps whatever the number of
+        steps per execution or a resume."""
+        optimizer = getattr(self.model, "metric_optimizer", None) or self.model.optimizer
+        return int(optimizer.iterations.numpy())
 
     def _is_better(self, value: float) -> bool:
         if value is None or math.isnan(value):
@@ -199,27 +208,26 @@ class EvaluationCallback(keras.callbacks.Callback):
 
     def _run(self):
         res = self.evaluate_now()
+        step = self._step()
         self._latest = {self.prefix + k: float(v) for k, v in res.items()}
-        self.evaluations.append({"epoch": self._epoch, "step": self._step, **self._latest})
+        self.evaluations.append({"epoch": self._epoch, "step": step, **self._latest})
         self._write_tensorboard()
         self._write_csv()
         if self.monitor is not None and self._is_better(res[self.monitor]):
             self.best = float(res[self.monitor])
-            self.best_epoch, self.best_step = self._epoch, self._step
-            self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
+            self.best_epoch, self.best_step = self._epoch, step
+            if self.restore_best_weights:
+                self.best_weights = [np.array(w, copy=True) for w in self.model.get_weights()]
             if self.save_best_path:
                 os.makedirs(os.path.dirname(os.path.abspath(self.save_best_path)),
                             exist_ok=True)
                 self.model.save_weights(self.save_best_path)
         if self.verbose:
-            print(evaluation_line(self.split_name, self._step, res))
+            print(evaluation_line(self.split_name, step, res))
 
     def _write_tensorboard(self):
         if not self.log_dir:
             return
-        import tensorflow as tf
-        from tensorflow.core.framework import summary_pb2
-
         if self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         # tf.summary.scalar lives in the tensorboard package, which is not a dependency;
@@ -231,14 +239,14 @@ class EvaluationCallback(keras.callbacks.Callback):
         meta = meta.SerializeToString()
         with self._writer.as_default():
             for k, v in self._latest.items():
-                tf.summary.write(k, tf.constant(v, tf.float32), step=self._step,
+                tf.summary.write(k, tf.constant(v, tf.float32), step=self._step(),
                                  metadata=meta)
         self._writer.flush()
 
     def _write_csv(self):
         if not self.csv_path:
             return
-        row = {"epoch": self._epoch + 1, "step": self._step, **self._latest}
+        row = {"epoch": self._epoch + 1, "step": self._step(), **self._latest}
         new = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
         os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
         with open(self.csv_path, "a", newline="") as f:
@@ -250,29 +258,55 @@ class EvaluationCallback(keras.callbacks.Callback):
     # -- state, for checkpoints -----------------------------------------------------
 
     def get_state(self) -> dict:
-        """What a resumed run needs to go on as if never stopped (JSON-serialisable).
-
-        The best weights are not in it (``best_weights`` holds them); ``best_step``
-        says which step they come from.
-        """
+        """What a resumed run needs to go on as if never stopped (JSON-serialisable;
+        the best weights are `best_weights`, from step ``best_step``)."""
         return {"best": self.best, "best_epoch": self.best_epoch,
-                "best_step": self.best_step, "step": self._step, "epoch": self._epoch,
+                "best_step": self.best_step, "epoch": self._epoch,
                 "latest": dict(self._latest), "evaluations": list(self.evaluations)}
 
     def set_state(self, state: dict, best_weights=None):
         """Restore `get_state`'s output (and the best weights) before training resumes."""
         self.best, self.best_epoch = state["best"], state["best_epoch"]
-        self.best_step, self._step = state["best_step"], int(state["step"])
-        self._epoch = int(state.get("epoch", 0))
-        self._latest = dict(state.get("latest", {}))
-        self.evaluations = list(state.get("evaluations", []))
+        self.best_step, self._epoch = state["best_step"], int(state["epoch"])
+        self._latest = dict(state["latest"])
+        self.evaluations = list(state["evaluations"])
         self.best_weights = None if best_weights is None else list(best_weights)
         self._restored = True
 
-    def start_at(self, step: int):
-        """Count steps from ``step`` (a resumed run without saved state)."""
-        self._step = int(step)
-        self._restored = True
+    def checkpoint_state(self):
+        """The variables that hold this callback's state in a ``tf.train.Checkpoint``
+        (``{"record": ..., "best_weights": {...}}``), so a run's one checkpoint holds
+        its evaluations too. Call `save_state` before each save and `load_state` after
+        a restore; the model must be set and built."""
+        if self._state is None:
+            best = {}
+            if self.restore_best_weights:
+                best = {str(i): tf.Variable(tf.zeros(w.shape, w.dtype), trainable=False)
+                        for i, w in enumerate(self.model.weights)}
+            self._state = {"record": tf.Variable("", dtype=tf.string, trainable=False),
+                           "best_weights": best}
+        return self._state
+
+    def save_state(self):
+        """Copy the state into `checkpoint_state`'s variables."""
+        state = self.checkpoint_state()
+        state["record"].assign(json.dumps(self.get_state()))
+        if self.best_weights is not None:
+            for i, value in enumerate(self.best_weights):
+                state["best_weights"][str(i)].assign(value)
+
+    def load_state(self):
+        """Take the state from `checkpoint_state`'s variables (after a restore)."""
+        state = self.checkpoint_state()
+        record = state["record"].numpy().decode()
+        saved = json.loads(record) if record else None
+        if saved is None:
+            return
+        best = None
+        if saved["best_step"] is not None and state["best_weights"]:
+            best = [state["best_weights"][str(i)].numpy()
+                    for i in range(len(state["best_weights"]))]
+        self.set_state(saved, best)
 
     # -- Keras hooks -----------------------------------------------------------------
 
@@ -283,18 +317,14 @@ class EvaluationCallback(keras.callbacks.Callback):
         self.best = None
         self.best_weights = None
         self.best_epoch = self.best_step = None
-        self._step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
-        self._last_batch = -1
 
     def on_train_batch_end(self, batch, logs=None):
-        # Steps advance by the batch index, not by calls: with N steps per execution
-        # Keras (and hdml-tf train) call this once per execution, with its last batch.
-        self._step += batch - self._last_batch
-        self._last_batch = batch
-        if self.schedule is not None and self.schedule(self._step):
+        # With N steps per execution Keras (and hdml-tf train) call this once per
+        # execution; every step a schedule names ends an execution in hdml-tf train.
+        if self.schedule is not None and self.schedule(self._step()):
             self._run()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from hdml_tf import config as config_lib
 from hdml_tf import training
+from hdml_tf.training import loop
 from hdml_tf import HDML, Embedder
 
 DIGITS = {
@@ -305,11 +306,11 @@ def test_steps_per_execution_keeps_steps_logs_and_checkpoints(tmp_path):
 
 def test_steps_to_boundary_stops_at_every_step_a_callback_acts_on():
     every_5 = [lambda s: s % 5 == 0]
-    assert training._steps_to_boundary(0, 10, 100, every_5) == 5
-    assert training._steps_to_boundary(5, 3, 100, every_5) == 3
-    assert training._steps_to_boundary(8, 10, 9, []) == 1  # the epoch ends at 9
+    assert loop.steps_to_boundary(0, 10, 100, every_5) == 5
+    assert loop.steps_to_boundary(5, 3, 100, every_5) == 3
+    assert loop.steps_to_boundary(8, 10, 9, []) == 1  # the epoch ends at 9
     from hdml_tf.evaluation.callbacks import authors_schedule
-    assert training._steps_to_boundary(5050, 10, 6000, [authors_schedule]) == 6  # 5056
+    assert loop.steps_to_boundary(5050, 10, 6000, [authors_schedule]) == 6  # 5056
 
 
 def test_paper_presets_run_the_authors_mode(capsys):

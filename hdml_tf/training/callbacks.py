@@ -1,0 +1,175 @@
+"""The callbacks of a training run: checkpoints, logs, and the line a person watches.
+
+Every one reads the step from the model's one step counter (the metric optimizer's
+``iterations``, :func:`step_of`), so they act on the same steps whatever the number of
+steps per execution, under ``fit`` or ``hdml-tf train``, and after a resume.
+
+* `Checkpointer`: at each epoch end, the evaluations' state into the checkpoint, then
+  the checkpoint (``checkpoints/ckpt-<step>``).
+* `ScheduleLog`: ``schedule_log.csv``, HDML's hardness schedule every ``log_every`` steps.
+* `EpochCSVLogger`: ``train_log.csv``, one row of epoch means per epoch.
+* `ProgressLine`: one short line per epoch on the console.
+"""
+
+import csv
+import json
+import os
+import time
+
+import keras
+
+
+def step_of(model):
+    """The training steps the model has taken (its metric optimizer's ``iterations``)."""
+    return int(model.metric_optimizer.iterations.numpy())
+
+
+def keep_rows(path, keep):
+    """Drop the rows of a CSV log that ``keep(row)`` rejects, atomically (a resumed
+    run: the rows written after the checkpoint it goes on from)."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [row for row in rows if keep(row)]
+    if fields is None or len(kept) == len(rows):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(tmp, path)
+
+
+def write_json(path, payload):
+    """``payload`` as JSON at ``path``, replacing it atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True, default=float)
+    os.replace(tmp, path)
+
+
+class Checkpointer(keras.callbacks.Callback):
+    """At each epoch end: the evaluation callbacks' state, then a checkpoint.
+
+    Args:
+      manager: the run's ``tf.train.CheckpointManager`` (its checkpoint holds the
+        evaluation callbacks' `checkpoint_state`).
+      evaluations: the `EvaluationCallback` s whose state the checkpoint holds.
+    """
+
+    def __init__(self, manager, evaluations=()):
+        super().__init__()
+        self.manager, self.evaluations = manager, list(evaluations)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for callback in self.evaluations:
+            callback.save_state()
+        self.manager.save(checkpoint_number=step_of(self.model))
+
+
+class EpochCSVLogger(keras.callbacks.CSVLogger):
+    """``CSVLogger`` that, appending to a log a resumed run started, keeps its columns.
+
+    Keras fixes the columns from the first epoch's keys of each process; a resumed
+    run's first epoch can carry more keys (an evaluation from before the kill), which
+    would shift its rows under the file's header.
+    """
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if os.path.exists(self.filename) and os.path.getsize(self.filename):
+            with open(self.filename, newline="") as f:
+                header = next(csv.reader(f), None)
+            if header and header[0] == "epoch":
+                self.keys = header[1:]
+                self.append_header = False
+
+
+class ScheduleLog(keras.callbacks.Callback):
+    """``schedule_log.csv``: every ``every`` steps, the λ and w the next step uses,
+    J_avg, J_gen_avg, and the share of candidate negatives the last step's synthesis
+    moved (d- > d+): HDML's hardness schedule as it happens. Also the steps skipped so
+    far: ``skipped_steps`` (a non-finite objective, any optimizer) and
+    ``loss_scale_skips`` (float16: a loss-scaled gradient overflowed), so a log shows
+    when steps were skipped, not only how many."""
+
+    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction",
+              "skipped_steps", "loss_scale_skips")
+
+    def __init__(self, path, every):
+        super().__init__()
+        self.path, self.every = path, int(every)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = step_of(self.model)
+        if step % self.every or not self.model.params.hdml:
+            return
+        stats = self.model.statistics()
+        stats.update(step=step,
+                     skipped_steps=sum(v for k, v in stats.items()
+                                       if k.endswith("_skipped_steps")),
+                     loss_scale_skips=sum(v for k, v in stats.items()
+                                          if k.endswith("_loss_scale_skips")))
+        row = {k: stats[k] for k in self.FIELDS}
+        new = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """One short line per epoch (each train_log.csv row) for the person watching:
+
+      step  250/1500   412 img/s  J_m 1.406  J_metric 1.388  λ 0.920  w 0.911  ETA 2m55s
+
+    J_m and J_metric are the epoch's means, λ and w what the next step uses; skipped
+    steps are added only when there are some. Everything else is in the CSV logs and
+    TensorBoard.
+
+    Args:
+      total_steps: the run's last step.
+      batch_size: images per step.
+      print_fn: where the lines go.
+    """
+
+    def __init__(self, total_steps, batch_size, print_fn=print):
+        super().__init__()
+        self.total, self.batch_size, self.print_fn = int(total_steps), batch_size, print_fn
+        self._started = self._first = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started, self._first = time.perf_counter(), step_of(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs, step = logs or {}, step_of(self.model)
+        steps = max(step - self._first, 1)
+        seconds = max(time.perf_counter() - self._started, 1e-9)
+        parts = [f"step {step:>{len(str(self.total))}}/{self.total}",
+                 f"{steps * self.batch_size / seconds:.0f} img/s"]
+        parts += [f"{label} {logs[key]:.4g}" for key, label in
+                  (("j_m", "J_m"), ("j_metric", "J_metric")) if key in logs]
+        if self.model.params.hdml:
+            stats = self.model.statistics()
+            parts += [f"λ {stats['lambda']:.3f}", f"w {stats['w']:.3f}"]
+            skipped = {k[:-len("_skipped_steps")]: v for k, v in stats.items()
+                       if k.endswith("_skipped_steps") and v}
+            skipped.update({f"{k[:-len('_loss_scale_skips')]} (loss scale)": v
+                            for k, v in stats.items() if k.endswith("_loss_scale_skips") and v})
+            if skipped:
+                parts.append("skipped " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
+        if step < self.total:
+            parts.append(f"ETA {_duration(seconds / steps * (self.total - step))}")
+        self.print_fn("  ".join(parts))
+
+
+def _duration(seconds):
+    """``1h02m``, ``2m55s`` or ``41s``."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -1,0 +1,70 @@
+"""What a finished run reports: test metrics, the authors' selection, the table, the
+export."""
+
+import os
+import sys
+
+from hdml_tf import export as export_lib
+from hdml_tf.evaluation import evaluate
+from hdml_tf.training import inputs
+
+EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
+
+
+def authors_selected(callback):
+    """The authors' number: the evaluation with the best test NMI, and its step."""
+    if callback.best_step is None:
+        return None
+    best = next(e for e in callback.evaluations if e["step"] == callback.best_step)
+    metrics = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
+    return {"selected_on": "test", "criterion": "best test NMI over the authors' "
+            "evaluation steps (every 500, every 64 from step 5000)",
+            "step": callback.best_step, "metrics": metrics}
+
+
+def authors_note(selected):
+    if not selected:
+        return "authors' protocol: no evaluation step was reached (first at step 500)"
+    return (f"authors' protocol: step {selected['step']}, chosen for its test NMI (selected "
+            "on the test set,\n  as their code did; the first column is the final "
+            "checkpoint, the number to compare)")
+
+
+def evaluate_model(model, config, split):
+    data = inputs.evaluation_dataset(config, split, model.embedder.preprocessing)
+    return evaluate(model.embedder, data, ks=config.train.ks, metrics=EVAL_METRICS,
+                    kmeans_nredo=config.train.kmeans_restarts)
+
+
+def export_workdir(workdir, config, log=print, model=None):
+    """Export the embedder to ``<export_dir>/<export_name>/<version>/``.
+
+    ``model``: the run's HDML model, if in memory (else ``model.keras`` is read).
+    Returns the model base directory, or None when the export failed (the run's
+    results stand; the error is printed as ``hdml-tf export`` prints it).
+    """
+    out = os.path.join(config.train.export_dir, config.train.export_name or config.name)
+    try:
+        export_lib.export_run(workdir, out, log=log, model=model, config=config)
+    except (export_lib.ExportError, ValueError) as error:
+        print(f"hdml-tf export: error: {error}", file=sys.stderr)
+        return None
+    return out
+
+
+def summary_table(results, paper=None, keys=None):
+    """Results side by side: one column per run, one row per metric (in %)."""
+    runs = list(results)
+    keys = keys or [k for k in next(iter(results.values())) if isinstance(
+        next(iter(results.values()))[k], (int, float))]
+    header = ["metric"] + runs + (["paper"] if paper else [])
+    rows = []
+    for key in keys:
+        row = [key] + [f"{100 * results[r][key]:.2f}" if key in results[r] else "-"
+                       for r in runs]
+        if paper:
+            row.append(f"{paper[key]:.1f}" if key in paper else "-")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
