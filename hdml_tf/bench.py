@@ -32,11 +32,18 @@ import dataclasses
 import gc
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
 
+import keras
 import numpy as np
+import tensorflow as tf
+
+from hdml_tf import config as config_lib
+from hdml_tf import data, experiment, params
+from hdml_tf.data import preprocess
 
 # Approximate facts per dataset, for the estimate only: training / evaluated images,
 # training classes, typical stored image size (w, h) of the JPEGs. CUB and Cars images
@@ -118,7 +125,6 @@ def pipeline_rates(root, *, pairs, resize, crop, preprocessing="caffe", batches=
     Returns dict: "jpeg" and "cached" -> median images/s over ``repeats``;
     "cache_build_s" -> seconds to decode the cache once; "images" -> images found.
     """
-    from hdml_tf import data
 
     train = data.load_dataset("folder", "all", root=root)
     common = dict(seed=0, resize=resize, crop=crop, preprocessing=preprocessing)
@@ -148,11 +154,9 @@ def _set_precision(config, variant):
 
 
 def _peak_memory(device_type):
-    import tensorflow as tf
 
     if device_type == "GPU":
         return tf.config.experimental.get_memory_info("GPU:0")["peak"]
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
@@ -160,10 +164,6 @@ def _peak_memory(device_type):
 def _batch(config, num_classes, seed=0):
     """A training batch of the preset's layout: N-pair (anchors, positives) or triplet
     (anchors, positives, negatives), each tuple's anchor of its own class."""
-    import tensorflow as tf
-
-    from hdml_tf import config as config_lib
-    from hdml_tf import params
 
     tuples = config_lib.classes_per_batch(config)
     crop = config.data.crop
@@ -179,10 +179,6 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
               device_type):
     """Median seconds per train step and per embedder forward of ``eval_batch``
     images, skipped steps and peak memory, for one model and precision."""
-    import keras
-    import tensorflow as tf
-
-    from hdml_tf import experiment
 
     config = copy.deepcopy(config)
     previous = keras.config.dtype_policy()
@@ -269,9 +265,6 @@ def expected_run_seconds(config, facts, step_s, forward_s_per_image, jpeg_rate, 
 
 def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, out=print):
     """Measure, print the table, and return the rows (dicts) for callers and tests."""
-    import tensorflow as tf
-
-    from hdml_tf import config as config_lib
 
     d = config.data
     facts = dict(DATASETS.get(d.name, _DEFAULT_FACTS))
@@ -334,7 +327,6 @@ def _step_rows(config, device_type, num_classes, xla, out, timing):
 def _pipeline_measurement(d, size, pairs, preprocessing, smoke, repeats, out):
     """:func:`pipeline_rates` on generated JPEGs of ``size``; infinite rates (the
     estimate then assumes the pipeline keeps up) when it cannot be measured."""
-    from hdml_tf.data import preprocess
 
     try:
         with tempfile.TemporaryDirectory(prefix="hdml_bench_") as tmp:
@@ -422,8 +414,6 @@ def bench_config(spec, overrides=(), smoke=False):
     Raises:
         hdml_tf.config.ConfigError: unknown preset, bad override or invalid config.
     """
-    from hdml_tf import config as config_lib
-    from hdml_tf import params
 
     overrides = list(overrides)
     if smoke:

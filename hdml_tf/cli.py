@@ -3,8 +3,7 @@
 Each command is a :class:`Command` in :data:`COMMANDS`: a function building its parser
 and one running it, which calls library functions with plain arguments
 (``training.train(config, workdir)``, ``compare.compare(...)``,
-``bench.run_bench(...)``, ...). Those import their modules only when the command runs,
-so light tools (``embed``, ``search``) start fast and import no training code:
+``bench.run_bench(...)``, ...). Nothing in the library imports this module:
 
   hdml-tf train   --config PRESET_OR_FILE [--set key=value ...] --workdir DIR
   hdml-tf demo    [--smoke]                  Fashion-MNIST HDML vs baseline, the README job
@@ -35,6 +34,20 @@ import textwrap
 import warnings
 from typing import Callable
 
+import tensorflow as tf
+
+from hdml_tf import bench, compare
+from hdml_tf import config as config_lib
+from hdml_tf import demo, export
+from hdml_tf import serving_tools as tools
+from hdml_tf import training
+from hdml_tf.backbones import download, weights
+from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
+from hdml_tf.backbones.imagenet import imagenet_check
+from hdml_tf.config import ConfigError
+from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
+from hdml_tf.nonfinite import NonFiniteTrainingError
+
 # ---------------------------------------------------------------- shared pieces
 
 
@@ -61,7 +74,6 @@ def _add_config_options(parser, set_help):
 
 def _config_errors(prog, call):
     """``call()``; a bad config or a missing file is one line and exit code 2."""
-    from hdml_tf.config import ConfigError
 
     try:
         call()
@@ -76,7 +88,6 @@ def _config_errors(prog, call):
 
 
 def _train_parser(prog):
-    from hdml_tf import config as config_lib
 
     parser = argparse.ArgumentParser(
         prog=prog, description="Train HDML (or its baseline with --set model.hdml=false).")
@@ -92,9 +103,6 @@ def _train_parser(prog):
 
 
 def _train(args, parser):
-    from hdml_tf import config as config_lib
-    from hdml_tf import training
-    from hdml_tf.nonfinite import NonFiniteTrainingError
 
     overrides = list(args.set)
     if args.strategy:
@@ -127,7 +135,6 @@ def _demo_parser(prog):
 
 
 def _demo(args, parser):
-    from hdml_tf import demo
 
     os.makedirs(args.out, exist_ok=True)
     result = demo.run_demo(args.out, args.export_dir, smoke=args.smoke, steps=args.steps)
@@ -154,7 +161,6 @@ def _compare_parser(prog):
 
 
 def _compare(args, parser):
-    from hdml_tf import compare
 
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
@@ -171,7 +177,6 @@ def _presets_parser(prog):
 
 
 def _presets(args, parser):
-    from hdml_tf import config as config_lib
 
     if args.name:
         return _config_errors(parser.prog,
@@ -200,8 +205,6 @@ def _bench_parser(prog):
 
 
 def _bench(args, parser):
-    from hdml_tf import bench
-    from hdml_tf.config import ConfigError
 
     try:
         config = bench.bench_config(args.config, args.set, smoke=args.smoke)
@@ -210,7 +213,6 @@ def _bench(args, parser):
     timing = dict(warmup=args.warmup, repeats=args.repeats, steps=args.steps)
     if args.smoke:
         timing = dict(bench.SMOKE_TIMING)
-    import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # one tf.function per measured model: no retrace notes
     bench.run_bench(config, smoke=args.smoke, xla=args.xla, **timing)
@@ -221,7 +223,6 @@ def _bench(args, parser):
 
 
 def _export_parser(prog):
-    from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -263,7 +264,6 @@ def _export_parser(prog):
 
 
 def _export(args, parser):
-    from hdml_tf import export
 
     try:
         export.export_run(
@@ -307,7 +307,6 @@ def _embed_parser(prog):
 
 
 def _embed(args, parser):
-    from hdml_tf import serving_tools as tools
 
     try:
         files = tools.list_images(args.images)
@@ -344,7 +343,6 @@ def _search_parser(prog):
 
 
 def _search(args, parser):
-    from hdml_tf import serving_tools as tools
 
     if args.k < 1:
         parser.error("-k must be at least 1")
@@ -403,7 +401,6 @@ def _weights_import_parser(prog):
 
 
 def _weights_import(args, parser):
-    from hdml_tf.backbones import weights
 
     _, report = weights.convert_with_report(
         args.src, args.output, input_shape=(args.input_size, args.input_size, 3),
@@ -415,7 +412,6 @@ def _weights_import(args, parser):
 
 
 def _weights_fetch_parser(prog):
-    from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
 
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -440,7 +436,6 @@ def _weights_fetch(args, parser):
     """A known name is fetched with its published digest and converted; a URL needs
     ``--sha256`` or ``--sha1``; ``--hash FILE`` prints a file's SHA-256. Returns 0, 1
     (download, checksum or conversion error) or 2 (bad arguments)."""
-    from hdml_tf.backbones import download
 
     if args.hash:
         print(f"{download.sha256_file(args.hash)}  {args.hash}")
@@ -463,7 +458,6 @@ def _weights_fetch(args, parser):
 
 
 def _fetch_known(args, parser):
-    from hdml_tf.backbones import download
 
     source = dict(url=args.url, sha256=args.sha256, sha1=args.sha1, cache_dir=args.cache_dir)
     if args.no_convert:
@@ -490,7 +484,6 @@ def _weights_check_parser(prog):
 
 
 def _weights_check(args, parser):
-    from hdml_tf.backbones.imagenet import imagenet_check
 
     imagenet_check(args.weights, crop=args.crop, k=args.k)
     return 0

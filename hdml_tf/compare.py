@@ -23,9 +23,11 @@ import json
 import math
 import os
 
+import keras
 import numpy as np
 
 from hdml_tf import config as config_lib
+from hdml_tf import training
 
 ARMS = ("hdml", "baseline")
 LABELS = {"hdml": "HDML", "baseline": "baseline"}
@@ -258,9 +260,6 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
 def _train_or_reuse(configs, seeds, workdir, log):
     """Each (seed, arm)'s test metrics: a finished run's, else from training it now.
     Returns ``({arm: {seed: metrics}}, reused workdirs)``."""
-    from hdml_tf import training
-
-    import keras
 
     per_seed = {arm: {} for arm in ARMS}
     reused = []

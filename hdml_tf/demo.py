@@ -17,12 +17,16 @@ import sys
 import time
 
 from hdml_tf import config as config_lib
+from hdml_tf import data as data_lib
+from hdml_tf import training
+from hdml_tf.data import pipeline
+from hdml_tf.evaluation import embed, plots
+from hdml_tf.export import display_path
 
 TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
 
 
 def _data_or_explain():
-    from hdml_tf import data as data_lib
 
     try:
         return data_lib.load_dataset("fashion_mnist", "test")
@@ -34,7 +38,6 @@ def _data_or_explain():
 def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=None,
              log=print):
     """Both runs, the table, the pictures and the export; returns the results dict."""
-    from hdml_tf import training
 
     test_split = _data_or_explain()
     if test_split is None:
@@ -66,7 +69,6 @@ def run_demo(out_dir="runs/demo", export_dir="saved_models", smoke=False, steps=
     for path in sorted(str(p) for p in pictures.values() if p):
         log(f"  {os.path.basename(path)}")
     if runs["HDML"].get("export"):
-        from hdml_tf.export import display_path
 
         log(f"exported HDML embedder under {display_path(runs['HDML']['export'])}/")
     log(f"demo finished in {elapsed / 60:.1f} min")
@@ -93,9 +95,6 @@ def demo_config(hdml, export_dir="saved_models", smoke=False, steps=None):
 def _pictures(models, test_split, data_config, out_dir):
     """Per model: t-SNE map, retrieval grid and training curves of a fixed subset of the
     test classes (2,000 images keep t-SNE and the grid quick). Returns name -> path."""
-    from hdml_tf import training
-    from hdml_tf.data import pipeline
-    from hdml_tf.evaluation import embed, plots
 
     small = training.subsample_split(test_split, 2000, seed=0)
     pictures = {}

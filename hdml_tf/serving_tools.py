@@ -2,9 +2,9 @@
 
 They call the ``serve_bytes`` signature written by ``hdml-tf export`` (see
 ``hdml_tf.export``), so images are decoded, resized, cropped and normalised inside the
-model exactly as in evaluation, and this module needs nothing of the training code:
-it imports TensorFlow, numpy and (for ``--grid`` only) Pillow and matplotlib, and the
-signature names from ``hdml_tf.export``, whose module level imports no more than that.
+model exactly as in evaluation; they need nothing of the training side (the training
+loop, the evaluation, the configs). An image's declared size is read with the op the
+exported model runs (``hdml_tf.data.preprocess.encoded_image_size``, called eagerly).
 
   hdml-tf embed  --model saved_models/cub --images gallery/ --out gallery.npz
   hdml-tf search --model saved_models/cub --gallery gallery.npz --query q.jpg -k 10
@@ -28,10 +28,11 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
+from hdml_tf.data import preprocess
 from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES, INPUT_IMAGES,
-                             METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
-                             SIGNATURE_IMAGES)
+                            METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES, SIGNATURE_IMAGES)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -101,72 +102,6 @@ def list_images(paths):
     return found
 
 
-def _le(data, at, n):
-    return int.from_bytes(data[at:at + n], "little")
-
-
-def _be(data, at, n):
-    return int.from_bytes(data[at:at + n], "big")
-
-
-def _jpeg_size(data, max_segments=1024):
-    pos = 2
-    for _ in range(max_segments):  # the same bound as the serving graph's walk
-        if pos + 4 > len(data) or data[pos] != 0xFF:
-            return None
-        kind = data[pos + 1]
-        if kind == 0xFF:  # fill byte
-            pos += 1
-        elif 0xD0 <= kind <= 0xD7 or kind == 0x01:  # markers without a length
-            pos += 2
-        elif 0xC0 <= kind <= 0xCF and kind not in (0xC4, 0xC8, 0xCC):  # SOFn
-            return (_be(data, pos + 5, 2), _be(data, pos + 7, 2)) if pos + 9 <= len(data) else None
-        elif kind in (0xD9, 0xDA) or _be(data, pos + 2, 2) < 2:  # EOI / SOS first
-            return None
-        else:
-            pos += 2 + _be(data, pos + 2, 2)
-    return None
-
-
-def image_size(data):
-    """Height and width an encoded image declares in its header, without decoding.
-
-    The Python twin of ``hdml_tf.data.preprocess.encoded_image_size`` (which the
-    exported ``serve_bytes`` runs in its graph): the same fields of JPEG, PNG, GIF,
-    BMP and WebP headers, so the tools refuse what the model would refuse.
-
-    Args:
-      data: the file's bytes (only the header is looked at).
-
-    Returns:
-      ``(height, width)``, or None for an unknown format or an unreadable header.
-    """
-    data = bytes(data)
-    size = None
-    if data.startswith(b"\xff\xd8\xff"):
-        size = _jpeg_size(data)
-    elif data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
-        size = (_be(data, 20, 4), _be(data, 16, 4))
-    elif data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
-        size = (_le(data, 8, 2), _le(data, 6, 2))
-    elif data.startswith(b"BM") and len(data) >= 26:
-        # Signed: a negative height means rows stored top-down.
-        size = (abs(int.from_bytes(data[22:26], "little", signed=True)),
-                int.from_bytes(data[18:22], "little", signed=True))
-    elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        chunk = data[12:16]
-        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a" and len(data) >= 30:
-            size = (_le(data, 28, 2) & 0x3FFF, _le(data, 26, 2) & 0x3FFF)
-        elif chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
-            bits = _le(data, 21, 4)
-            size = (((bits >> 14) & 0x3FFF) + 1, (bits & 0x3FFF) + 1)
-        elif chunk == b"VP8X" and len(data) >= 30:
-            size = (_le(data, 27, 3) + 1, _le(data, 24, 3) + 1)
-    if size is None or size[0] <= 0 or size[1] <= 0:
-        return None
-    return size
-
-
 def model_limits(model_path):
     """``{"max_pixels", "max_batch"}`` from an export's metadata (this package's
     defaults for an export that predates the limits or has no metadata)."""
@@ -219,7 +154,6 @@ class ExportedModel:
     """
 
     def __init__(self, model_dir):
-        import tensorflow as tf
 
         self.path = resolve_model_dir(model_dir)
         self._saved_model = tf.saved_model.load(self.path)  # keeps the variables alive
@@ -262,7 +196,6 @@ def embed(model, images, batch_size=None):
       tensorflow.errors.InvalidArgumentError: the model refused an image (undecodable,
         over ``max_pixels``); see :func:`embed_files` to skip such files instead.
     """
-    import tensorflow as tf
 
     model = model if isinstance(model, ExportedModel) else load_model(model)
     size = _request_size(model, batch_size)
@@ -350,7 +283,6 @@ def _read_image(name, strict, max_pixels):
       OSError or tensorflow.errors.InvalidArgumentError: with ``strict``, for an
         unreadable file or a header over ``max_pixels``.
     """
-    import tensorflow as tf
 
     try:
         with open(name, "rb") as f:
@@ -359,10 +291,11 @@ def _read_image(name, strict, max_pixels):
         if strict:
             raise
         return None, str(err)
-    # Unknown formats and unreadable headers are left to the model, whose
-    # message says which it is; only a readable, oversized header stops here.
-    size = image_size(data) if max_pixels is not None else None
-    if size is not None and size[0] * size[1] > max_pixels:
+    # Unknown formats and unreadable headers (-1) are left to the model, whose
+    # message says which it is; only a readable, oversized header stops here. The
+    # header is read by the same op the exported serve_bytes runs in its graph.
+    size = preprocess.encoded_image_size(data).numpy().tolist() if max_pixels else [-1, -1]
+    if min(size) > 0 and size[0] * size[1] > max_pixels:
         reason = (f"declares {size[0]}x{size[1]} pixels (height x width), over the "
                   f"limit of {max_pixels}; not decoded")
         if strict:
@@ -377,7 +310,6 @@ def _embed_batch(model, names, contents, strict):
     One bad file fails its whole batch: then the batch is redone one file at a time
     so that only the bad files are dropped, and the reason says which they are.
     """
-    import tensorflow as tf
 
     try:
         return [embed(model, contents)], list(names), []

@@ -348,9 +348,10 @@ def test_killed_export_is_never_visible_as_a_version(workdir, tmp_path):
     code = """
         import os, signal, sys
         from hdml_tf import export
+        from hdml_tf.export import graph
         def die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)  # after everything is written
-        export._verify = die
+        graph.verify_saved_model = die
         export.export_checkpoint(sys.argv[1], sys.argv[2], warmup="skip")
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), workdir, base],
@@ -449,7 +450,7 @@ def test_export_run_with_the_model_in_memory(model, workdir, tmp_path, monkeypat
             return {"name": "in_memory", "data": {"name": "cub200", "resize": RESIZE,
                                                   "crop": CROP, "val_fraction": 0.25}}
 
-    monkeypatch.setattr(export, "_load_model", no_load)
+    monkeypatch.setattr(export.sources, "_load_model", no_load)
     lines = []
     path = export.export_run(workdir, str(tmp_path / "m"), log=lines.append, model=model,
                              config=Config(), warmup="skip", verify=False)

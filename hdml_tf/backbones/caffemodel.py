@@ -30,9 +30,7 @@ import os
 
 import numpy as np
 
-from hdml_tf.backbones.weights import CaffeWeightsError
-
-__all__ = ["CaffeLayer", "CaffeModelError", "read_caffemodel", "caffemodel_arrays",
+__all__ = ["CaffeLayer", "CaffeModelError", "CaffeWeightsError", "read_caffemodel", "caffemodel_arrays",
            "V1_LAYER_TYPES"]
 
 # V1LayerParameter.LayerType values (caffe.proto) -> the type strings of current
@@ -53,6 +51,10 @@ _DENSE_TYPES = ("InnerProduct",)
 
 # Wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+
+class CaffeWeightsError(ValueError):
+    """A weights file does not fit the model (lists every problem and the file)."""
 
 
 class CaffeModelError(CaffeWeightsError):

@@ -35,6 +35,8 @@ import pickle
 
 import numpy as np
 
+from hdml_tf.backbones.caffemodel import CaffeWeightsError, caffemodel_arrays
+
 __all__ = [
     "CaffeWeightsError",
     "load_caffe_weights",
@@ -54,10 +56,6 @@ _BIAS_SUFFIX = "_bias"
 # (loss3/classifier*) are ignored when skip_classifier.
 _AUX_PREFIXES = ("loss1/", "loss2/")
 _CLASSIFIER_PREFIX = "loss3/"
-
-
-class CaffeWeightsError(ValueError):
-    """A weights file does not fit the model (lists every problem and the file)."""
 
 
 class UnsafePickleError(CaffeWeightsError):
@@ -152,8 +150,6 @@ def read_caffe_weights_file(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Caffe weights file not found: {path!r}")
     if ext == ".caffemodel":
-        from hdml_tf.backbones.caffemodel import caffemodel_arrays
-
         raw = caffemodel_arrays(path)
     elif ext == ".mat":
         import scipy.io

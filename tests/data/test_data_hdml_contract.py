@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hdml_tf import backbones, data, models
+from hdml_tf import backbones, data, models, networks
 
 
 @pytest.mark.slow
@@ -13,7 +13,7 @@ def test_hdml_fit_on_npair_batches():
     train = data.load_dataset("digits", "train")
     backbone = backbones.build_backbone("inception_v1")
     ds = data.npair_dataset(train, 4, seed=0, resize=64, crop=56, preprocessing=backbone)
-    model = models.HDML(models.Embedder(backbone, embedding_dim=16),
+    model = models.HDML(networks.Embedder(backbone, embedding_dim=16),
                         num_classes=train.num_classes, loss="npair", hdml=True)
     model.compile(metric_optimizer=keras.optimizers.Adam(7e-5),
                   generator_optimizer=keras.optimizers.Adam(1e-2),

@@ -13,9 +13,9 @@ from tests.test_export import REPO
 
 @pytest.mark.slow
 def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path):
-    """What a user runs, in a fresh process with the user's environment: every line it
-    prints (stdout and stderr) fits 100 columns, there is one short progress line per
-    epoch and no TensorFlow start-up line."""
+    """What a user runs (`hdml-tf demo`: hdml_tf_entry.main), in a fresh process with the
+    user's environment: every line it prints (stdout and stderr) fits 100 columns,
+    there is one short progress line per epoch and no TensorFlow start-up line."""
     data_dir = make_fashion_idx(str(tmp_path / "fmnist"), per_class_train=12, per_class_test=12)
     env = {k: v for k, v in os.environ.items()
            if k not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES", "HDML_TF_VERBOSE")}
@@ -23,7 +23,7 @@ def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path):
     out, exports = tmp_path / "demo", tmp_path / "saved_models"
     # Run from the output folder with the README's short relative paths, as a user does.
     result = subprocess.run(
-        [sys.executable, "-m", "hdml_tf", "demo", "--smoke", "--out", "demo",
+        [sys.executable, "-m", "hdml_tf_entry", "demo", "--smoke", "--out", "demo",
          "--export-dir", "saved_models"], capture_output=True, text=True, cwd=tmp_path,
         env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

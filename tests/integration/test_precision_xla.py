@@ -161,7 +161,7 @@ def test_xla_training_runs_and_checkpoints(tmp_path, monkeypatch):
     """train.xla=true: the step that ran is one jit-compiled function (its graph
     carries _XlaMustCompile, which makes TensorFlow compile it with XLA or fail)."""
     recorder = _RecordingTF()
-    monkeypatch.setattr(training, "tf", recorder)
+    monkeypatch.setattr(training.loop, "tf", recorder)
     workdir = str(tmp_path / "run")
     results, model = training.train(_config(tmp_path, xla=True), workdir,
                                     log=lambda *a: None, return_model=True)
@@ -180,7 +180,7 @@ def test_xla_training_runs_and_checkpoints(tmp_path, monkeypatch):
 def test_without_xla_no_step_is_compiled(tmp_path, monkeypatch):
     """The premise of the test above: without train.xla nothing asks for XLA."""
     recorder = _RecordingTF()
-    monkeypatch.setattr(training, "tf", recorder)
+    monkeypatch.setattr(training.loop, "tf", recorder)
     training.train(_config(tmp_path, steps=2), str(tmp_path / "run"), log=lambda *a: None)
     assert recorder.functions  # the recorder sees train's tf.functions
     assert not [f for f, kwargs in recorder.functions if kwargs.get("jit_compile")]
