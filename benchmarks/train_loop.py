@@ -65,10 +65,11 @@ def train_seconds(spec, overrides, steps, per_execution):
     import keras
 
     from hdml_tf import training
+    from hdml_tf.training import loop
 
     config = configured(spec, overrides, steps, per_execution)
     calls = []
-    count = training._steps_to_boundary
+    count = loop.steps_to_boundary
 
     def counted(*args):
         n = count(*args)
@@ -76,13 +77,13 @@ def train_seconds(spec, overrides, steps, per_execution):
         return n
 
     keras.backend.clear_session()
-    training._steps_to_boundary = counted
+    loop.steps_to_boundary = counted
     try:
         with tempfile.TemporaryDirectory() as workdir, open(os.devnull, "w") as sink, \
                 contextlib.redirect_stdout(sink):  # the progress bar still runs
             results = training.train(config, workdir, log=lambda *a: None)
     finally:
-        training._steps_to_boundary = count
+        loop.steps_to_boundary = count
     return results["train_seconds"], statistics.mean(calls)
 
 
@@ -91,14 +92,15 @@ def bare_step_ms(spec, overrides, per_call=50, repeats=1):
     import keras
     import tensorflow as tf
 
-    from hdml_tf import training
+    from hdml_tf import experiment, training
 
     config = configured(spec, overrides, 1, 1)
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.train.seed)
     splits = training.load_splits(config)
-    model = training.build_model(config, splits["train"].num_classes)
-    data = training.training_dataset(config, splits["train"], model.embedder.preprocessing)
+    model = experiment.build_model(config, splits["train"].num_classes)
+    data = training.inputs.training_dataset(config, splits["train"],
+                                            model.embedder.preprocessing)
     batch = next(iter(data))
 
     @tf.function

@@ -20,6 +20,7 @@ a workdir from; a run killed before its end loads from ``config.json`` plus the 
 checkpoint.
 """
 
+import glob
 import json
 import os
 import tempfile
@@ -29,8 +30,10 @@ import tensorflow as tf
 
 from hdml_tf import config as config_lib
 from hdml_tf.experiment import build_model
+from hdml_tf.workdir import WorkdirError, WriteError
 
 OPTIMIZERS = ("metric_optimizer", "generator_optimizer", "classifier_optimizer")
+DAMAGED = "damaged"  # where checkpoints that do not restore are moved
 
 
 def _by_path(variables):
@@ -87,14 +90,75 @@ def latest(directory):
     return tf.train.latest_checkpoint(directory)
 
 
+def _step(prefix):
+    return int(prefix.rsplit("-", 1)[1])
+
+
+def on_disk(directory):
+    """Every checkpoint in ``directory`` whose index file exists, newest first (read
+    from the files, not the manager's state file, which may be damaged too)."""
+    indexes = glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index"))
+    prefixes = [p[:-len(".index")] for p in indexes]
+    return sorted((p for p in prefixes if p.rsplit("-", 1)[1].isdigit()), key=_step,
+                  reverse=True)
+
+
+def set_aside(prefix):
+    """Move a damaged checkpoint's files to ``<directory>/damaged/`` (kept, never
+    deleted), so no manager picks it again."""
+    folder = os.path.join(os.path.dirname(prefix), DAMAGED)
+    os.makedirs(folder, exist_ok=True)
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        os.replace(path, os.path.join(folder, os.path.basename(path)))
+    return folder
+
+
+def restore_newest(checkpoint, directory, log=print):
+    """Restore the newest checkpoint of ``directory`` that restores; set aside (and
+    report in one line) each newer one that does not.
+
+    Returns:
+      The restored checkpoint's path, or None when ``directory`` holds none.
+
+    Raises:
+      WorkdirError: checkpoints exist but none of them restores.
+    """
+    tried = []
+    for prefix in on_disk(directory):
+        try:
+            restore(checkpoint, prefix).assert_existing_objects_matched()
+        except (tf.errors.OpError, IndexError, ValueError, OSError) as error:
+            reason = str(getattr(error, "message", error)).strip().splitlines()[-1][:200]
+            folder = set_aside(prefix)
+            log(f"checkpoint {prefix} does not restore ({reason}); moved to {folder}/")
+            tried.append(os.path.basename(prefix))
+            continue
+        # The manager's state file lists what is left, oldest first.
+        tf.compat.v1.train.update_checkpoint_state(
+            directory, prefix, all_model_checkpoint_paths=on_disk(directory)[::-1])
+        return prefix
+    if tried:
+        raise WorkdirError(f"{directory}: no checkpoint restores (tried {', '.join(tried)}, "
+                           f"now in {os.path.join(directory, DAMAGED)}/); start a new run "
+                           "in another --workdir")
+    return None
+
+
 def atomic_save(model, path):
-    """model.save to a temporary file in the same folder, then rename over ``path``."""
+    """model.save to a temporary file in the same folder, then rename over ``path``.
+
+    Raises:
+      WriteError: the save failed (a full disk); ``path`` is as it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=folder)
     os.close(fd)
     try:
         model.save(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        raise WriteError(f"could not write {path}: {error.strerror or error}; the previous "
+                         "file is kept") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -47,6 +47,7 @@ from hdml_tf.backbones.imagenet import imagenet_check
 from hdml_tf.config import ConfigError
 from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 from hdml_tf.nonfinite import NonFiniteTrainingError
+from hdml_tf.workdir import WorkdirError, WriteError
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -547,6 +548,10 @@ def run_command(name, argv=None, prog=None):
     args.argv = argv  # the command line as given (compare records it)
     try:
         return int(command.run(args, parser) or 0)
+    except WorkdirError as error:  # busy, or nothing in it restores
+        return _fail(parser.prog, f"error: {error}", 2)
+    except WriteError as error:  # a full disk: what was written before is kept
+        return _fail(parser.prog, f"error: {error}", 1)
     except command.errors as error:
         return _fail(parser.prog, f"error: {error}", 1)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from hdml_tf import config as config_lib
 from hdml_tf import training
+from hdml_tf.workdir import WorkdirLock, atomic_write, write_json
 
 ARMS = ("hdml", "baseline")
 LABELS = {"hdml": "HDML", "baseline": "baseline"}
@@ -248,12 +249,12 @@ def compare(config, seeds, workdir, overrides=(), smoke=False, confidence=0.95,
                    f"workdir={workdir!r}, overrides={overrides}, smoke={smoke})")
     # Validate every run's config before anything trains.
     configs = {(s, a): run_config(config, a, s, overrides, smoke) for s in seeds for a in ARMS}
-    os.makedirs(workdir, exist_ok=True)
-    per_seed, reused = _train_or_reuse(configs, seeds, workdir, log)
-    summary = summarize(per_seed, confidence, metrics)
-    table = format_table(summary)
-    paths = _write_report(summary, table, config, seeds, workdir, overrides, smoke, command,
-                          log)
+    with WorkdirLock(workdir):  # one comparison at a time (each run locks its own too)
+        per_seed, reused = _train_or_reuse(configs, seeds, workdir, log)
+        summary = summarize(per_seed, confidence, metrics)
+        table = format_table(summary)
+        paths = _write_report(summary, table, config, seeds, workdir, overrides, smoke,
+                              command, log)
     return {**summary, "table": table, "paths": paths, "reused": reused}
 
 
@@ -294,14 +295,13 @@ def _write_report(summary, table, config, seeds, workdir, overrides, smoke, comm
     paths = {"markdown": os.path.join(workdir, "compare.md"),
              "json": os.path.join(workdir, "compare.json"),
              "picture": os.path.join(workdir, "compare.png")}
-    with open(paths["markdown"], "w") as f:
-        f.write(f"# {header}\n\nCommand:\n\n```\n{command}\n```\n\n"
+    markdown = (f"# {header}\n\nCommand:\n\n```\n{command}\n```\n\n"
                 f"Seeds: {', '.join(map(str, seeds))} (train.seed; the two arms of a seed "
                 f"see the same batches). Overrides: {', '.join(overrides) or 'none'}.\n\n"
                 f"{table}\n\n{method}\n\n![per-seed values](compare.png)\n")
-    with open(paths["json"], "w") as f:
-        json.dump({**summary, "command": command, "overrides": overrides,
-                   "config": config, "smoke": smoke}, f, indent=2, default=float)
+    atomic_write(paths["markdown"], lambda f: f.write(markdown))
+    write_json(paths["json"], {**summary, "command": command, "overrides": overrides,
+                               "config": config, "smoke": smoke})
     plot_compare(summary, paths["picture"], title=f"{header}\n(points: seeds, joined by "
                  "seed; bars: means)")
     log(f"wrote {paths['markdown']}, {paths['json']}, {paths['picture']}")

@@ -33,6 +33,7 @@ import tensorflow as tf
 from hdml_tf.data import preprocess
 from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES, INPUT_IMAGES,
                             METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES, SIGNATURE_IMAGES)
+from hdml_tf.workdir import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _LIST_EXTENSIONS = (".txt", ".lst", ".list")
@@ -339,11 +340,14 @@ def _reason(message):
 
 
 def save_embeddings(path, embeddings, paths, skipped=(), model="", signature=SIGNATURE_BYTES):
-    """Write the ``.npz`` that ``hdml-tf search --gallery`` reads (no pickled objects)."""
-    np.savez(path, embeddings=np.asarray(embeddings, np.float32),
-             paths=np.asarray(list(paths), dtype=str),
-             skipped=np.asarray([s for s, _ in skipped], dtype=str),
-             model=np.asarray(str(model)), signature=np.asarray(str(signature)))
+    """Write the ``.npz`` that ``hdml-tf search --gallery`` reads (no pickled objects),
+    atomically: a failed write (a full disk) leaves an earlier file at ``path`` as it
+    was and raises `hdml_tf.workdir.WriteError` naming it."""
+    arrays = dict(embeddings=np.asarray(embeddings, np.float32),
+                  paths=np.asarray(list(paths), dtype=str),
+                  skipped=np.asarray([s for s, _ in skipped], dtype=str),
+                  model=np.asarray(str(model)), signature=np.asarray(str(signature)))
+    atomic_write(path, lambda f: np.savez(f, **arrays), mode="wb")
 
 
 def load_embeddings(path):

@@ -13,7 +13,6 @@ EarlyStopping or ModelCheckpoint should monitor its values). They also go to Ten
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -26,6 +25,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from hdml_tf.evaluation.protocol import ALL_METRICS, KS_SMALL, embed, evaluate_embeddings
+from hdml_tf.workdir import append_row
 
 
 def _names_test(split_name: str) -> bool:
@@ -247,13 +247,8 @@ class EvaluationCallback(keras.callbacks.Callback):
         if not self.csv_path:
             return
         row = {"epoch": self._epoch + 1, "step": self._step(), **self._latest}
-        new = not os.path.exists(self.csv_path) or os.path.getsize(self.csv_path) == 0
         os.makedirs(os.path.dirname(os.path.abspath(self.csv_path)), exist_ok=True)
-        with open(self.csv_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        append_row(self.csv_path, list(row), row)
 
     # -- state, for checkpoints -----------------------------------------------------
 

@@ -30,9 +30,10 @@ from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPU
                                      WARMUP_MODES, ExportError, size_pair)
 from hdml_tf.models import HDML
 from hdml_tf.networks import Embedder
+from hdml_tf.workdir import WorkdirLock
 
 
-def class_split(config, split_info=None):
+def class_split_of(config, split_info=None):
     """Which classes the model was trained and evaluated on.
 
     Args:
@@ -212,7 +213,7 @@ def _metadata(graph, model_name, *, source, config, class_split, metrics,
         "source_dtype_policies": source_policies,
         "warmup_requests": warmup_written,
         "config": config,
-        "class_split": class_split if class_split is not None else class_split(config),
+        "class_split": class_split if class_split is not None else class_split_of(config),
         "metrics": metrics,
         "versions": _versions(),
     }
@@ -301,15 +302,19 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
         graph_lib.check_clone(embedder, clone, crop, preprocessing, source_policies)
     graph = graph_lib.ServingGraph(clone, resize, crop, preprocessing, **limits)
     base_dir = _base_dir(out_dir, version)
-    # Same parent as the version directories, so the final rename is atomic; the dot
-    # prefix keeps TF Serving (which loads integer names only) from looking at it.
-    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir)
-    try:
-        _write_version(temp_dir, graph, os.path.basename(base_dir), warmup, verify, dict(
-            source=source, config=config, class_split=class_split, metrics=metrics,
-            source_policies=source_policies))
-        return _move_into_place(temp_dir, base_dir, version)
-    finally:
-        # Reached on success too: then temp_dir has been renamed and is gone.
-        if os.path.exists(temp_dir):
-            shutil.rmtree(temp_dir, ignore_errors=True)
+    info = dict(source=source, config=config, class_split=class_split, metrics=metrics,
+                source_policies=source_policies)
+    with WorkdirLock(base_dir, what="hdml-tf export"):  # one exporter at a time
+        # Same parent as the version directories, so the final rename is atomic; the
+        # dot prefix keeps TF Serving (which loads integer names only) from looking at it.
+        temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir)
+        try:
+            _write_version(temp_dir, graph, os.path.basename(base_dir), warmup, verify, info)
+            return _move_into_place(temp_dir, base_dir, version)
+        except OSError as error:  # a full disk: no version appears
+            raise ExportError(f"could not write a version of {base_dir}: "
+                              f"{error.strerror or error}; no version was added") from None
+        finally:
+            # Reached on success too: then temp_dir has been renamed and is gone.
+            if os.path.exists(temp_dir):
+                shutil.rmtree(temp_dir, ignore_errors=True)

@@ -12,7 +12,7 @@ from hdml_tf.data import preprocess
 from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
                                      INPUT_IMAGES, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
                                      SIGNATURE_IMAGES, ExportError, size_pair)
-from hdml_tf.export.publish import class_split, export_embedder
+from hdml_tf.export.publish import class_split_of, export_embedder
 from hdml_tf.models import HDML
 from hdml_tf.networks import Embedder
 
@@ -125,7 +125,7 @@ def load_checkpoint(checkpoint, config_path=None, model=None, config=None):
     elif hasattr(config, "to_dict"):
         config = config.to_dict()
     return {"embedder": embedder, "image_shape": image_shape, "config": config,
-            "class_split": class_split(config, split_info), "metrics": metrics,
+            "class_split": class_split_of(config, split_info), "metrics": metrics,
             "source": os.path.abspath(model_path)}
 
 

@@ -7,16 +7,20 @@ steps per execution, under ``fit`` or ``hdml-tf train``, and after a resume.
 * `Checkpointer`: at each epoch end, the evaluations' state into the checkpoint, then
   the checkpoint (``checkpoints/ckpt-<step>``).
 * `ScheduleLog`: ``schedule_log.csv``, HDML's hardness schedule every ``log_every`` steps.
-* `EpochCSVLogger`: ``train_log.csv``, one row of epoch means per epoch.
+* `EpochLog`: ``train_log.csv``, one row of epoch means per epoch.
 * `ProgressLine`: one short line per epoch on the console.
 """
 
 import csv
-import json
+import glob
 import os
+import shutil
 import time
 
 import keras
+import tensorflow as tf
+
+from hdml_tf.workdir import WriteError, append_row, atomic_write
 
 
 def step_of(model):
@@ -35,20 +39,13 @@ def keep_rows(path, keep):
     kept = [row for row in rows if keep(row)]
     if fields is None or len(kept) == len(rows):
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(kept)
-    os.replace(tmp, path)
 
-
-def write_json(path, payload):
-    """``payload`` as JSON at ``path``, replacing it atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=float)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 class Checkpointer(keras.callbacks.Callback):
@@ -67,25 +64,40 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for callback in self.evaluations:
             callback.save_state()
-        self.manager.save(checkpoint_number=step_of(self.model))
+        step = step_of(self.model)
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as error:
+            # TensorFlow writes into ckpt-<step>_temp and renames when complete: the
+            # previous checkpoints and the state file are as they were.
+            prefix = os.path.join(self.manager.directory, f"ckpt-{step}")
+            for partial in glob.glob(glob.escape(prefix) + "_temp*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            reason = getattr(error, "strerror", None) or getattr(error, "message", error)
+            raise WriteError(f"could not write {prefix}: {reason}; the previous "
+                             "checkpoints are kept") from None
 
 
-class EpochCSVLogger(keras.callbacks.CSVLogger):
-    """``CSVLogger`` that, appending to a log a resumed run started, keeps its columns.
+class EpochLog(keras.callbacks.Callback):
+    """``train_log.csv``: one row of the epoch's logs per epoch (``epoch`` 0-based, then
+    the log keys sorted). Appending to a log a resumed run started keeps its columns (a
+    resumed run's first epoch can carry keys the first run's lacked); each row is
+    appended whole or not at all (`hdml_tf.workdir.append_row`)."""
 
-    Keras fixes the columns from the first epoch's keys of each process; a resumed
-    run's first epoch can carry more keys (an evaluation from before the kill), which
-    would shift its rows under the file's header.
-    """
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.fields = path, None
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if os.path.exists(self.filename) and os.path.getsize(self.filename):
-            with open(self.filename, newline="") as f:
-                header = next(csv.reader(f), None)
-            if header and header[0] == "epoch":
-                self.keys = header[1:]
-                self.append_header = False
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.fields is None:
+            header = None
+            if os.path.exists(self.path) and os.path.getsize(self.path):
+                with open(self.path, newline="") as f:
+                    header = next(csv.reader(f), None)
+            self.fields = header or ["epoch"] + sorted(logs)
+        row = {k: logs.get(k, "NA") for k in self.fields[1:]}
+        append_row(self.path, self.fields, {"epoch": epoch, **row})
 
 
 class ScheduleLog(keras.callbacks.Callback):
@@ -113,13 +125,7 @@ class ScheduleLog(keras.callbacks.Callback):
                                        if k.endswith("_skipped_steps")),
                      loss_scale_skips=sum(v for k, v in stats.items()
                                           if k.endswith("_loss_scale_skips")))
-        row = {k: stats[k] for k in self.FIELDS}
-        new = not os.path.exists(self.path)
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        append_row(self.path, self.FIELDS, {k: stats[k] for k in self.FIELDS})
 
 
 class ProgressLine(keras.callbacks.Callback):

@@ -40,13 +40,16 @@ import typing
 import keras
 import tensorflow as tf
 
-from hdml_tf import checkpoints, nonfinite
+from hdml_tf import checkpoints
 from hdml_tf import config as config_lib
+from hdml_tf import nonfinite
+from hdml_tf import workdir as workdir_lib
 from hdml_tf.evaluation.callbacks import EvaluationCallback, authors_schedule
 from hdml_tf.experiment import build_model
 from hdml_tf.training import inputs, report, strategies
-from hdml_tf.training.callbacks import (Checkpointer, EpochCSVLogger, ProgressLine,
-                                        ScheduleLog, keep_rows, step_of, write_json)
+from hdml_tf.training.callbacks import (Checkpointer, EpochLog, ProgressLine, ScheduleLog,
+                                        keep_rows, step_of)
+from hdml_tf.workdir import write_json
 
 
 @dataclasses.dataclass
@@ -77,15 +80,19 @@ def train(config, workdir, strategy=None, devices=None, log=print, return_model=
 
     Args:
       config: a validated ExperimentConfig.
-      workdir: created if missing; an existing one with a different config is refused.
+      workdir: created if missing; an existing one with a different config is refused,
+        and one another process trains in (`hdml_tf.workdir.WorkdirLock`).
       strategy: a tf.distribute strategy (default: from ``config.train.strategy``).
       devices: device list for a "mirrored" strategy built here.
       log: where progress lines go.
       return_model: return ``(results, model)`` instead of ``results``.
     """
-    run = setup(config, workdir, strategy=strategy, devices=devices, log=log)
-    run_loop(run)
-    results = finish(run)
+    strategy = strategy or strategies.build_strategy(config.train.strategy, devices)
+    # One writer per workdir: the chief (the other workers write their scratch folders).
+    with workdir_lib.locked(workdir, enabled=strategies.is_chief(strategy)):
+        run = setup(config, workdir, strategy=strategy, log=log)
+        run_loop(run)
+        results = finish(run)
     return (results, run.model) if return_model else results
 
 
@@ -155,12 +162,13 @@ def setup(config, workdir, strategy=None, devices=None, log=print):
 
 
 def _resume(checkpoint, model, workdir, steps_per_epoch, log):
-    """Restore the latest checkpoint of ``workdir`` (every worker resumes from the
-    chief's) into ``checkpoint``; returns the step to start from."""
-    latest = checkpoints.latest(os.path.join(workdir, "checkpoints"))
-    if latest:
-        checkpoints.restore(checkpoint, latest).assert_existing_objects_matched()
-        log(f"resumed from {latest} at step {step_of(model)}")
+    """Restore the newest checkpoint of ``workdir`` that restores (every worker resumes
+    from the chief's; a damaged one is set aside and its steps re-run) into
+    ``checkpoint``; returns the step to start from."""
+    restored = checkpoints.restore_newest(checkpoint, os.path.join(workdir, "checkpoints"),
+                                          log=log)
+    if restored:
+        log(f"resumed from {restored} at step {step_of(model)}")
     start_step = step_of(model)
     if start_step % steps_per_epoch:
         raise RuntimeError(f"checkpoint step {start_step} is not a multiple of "
@@ -204,7 +212,7 @@ def _callbacks(config, workdir, chief, start_step, evaluations, log):
         keep_rows(os.path.join(workdir, f"{name}_log.csv"),
                   lambda row: int(row["step"]) <= start_step)
     callbacks = list(evaluations.values()) + callbacks + [
-        EpochCSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        EpochLog(os.path.join(workdir, "train_log.csv")),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
         ScheduleLog(os.path.join(workdir, "schedule_log.csv"), t.log_every)]
     if t.verbose:

@@ -7,6 +7,7 @@ import sys
 from hdml_tf import export as export_lib
 from hdml_tf.evaluation import evaluate
 from hdml_tf.training import inputs
+from hdml_tf.workdir import WorkdirError
 
 EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
 
@@ -46,7 +47,7 @@ def export_workdir(workdir, config, log=print, model=None):
     out = os.path.join(config.train.export_dir, config.train.export_name or config.name)
     try:
         export_lib.export_run(workdir, out, log=log, model=model, config=config)
-    except (export_lib.ExportError, ValueError) as error:
+    except (export_lib.ExportError, WorkdirError, ValueError) as error:
         print(f"hdml-tf export: error: {error}", file=sys.stderr)
         return None
     return out
