@@ -30,8 +30,8 @@ import os
 
 import numpy as np
 
-__all__ = ["CaffeLayer", "CaffeModelError", "CaffeWeightsError", "read_caffemodel", "caffemodel_arrays",
-           "V1_LAYER_TYPES"]
+__all__ = ["CaffeLayer", "CaffeModelError", "CaffeWeightsError", "read_caffemodel",
+           "caffemodel_arrays", "V1_LAYER_TYPES"]
 
 # V1LayerParameter.LayerType values (caffe.proto) -> the type strings of current
 # prototxts (Caffe's UpgradeV1LayerType).
