@@ -4,12 +4,16 @@ One function, `build_model`, shared by training, checkpoint loading, export of a
 killed run and the benchmarks, so every one of them builds the same model.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
 from hdml_tf.backbones import build_backbone
+from hdml_tf.evaluation.callbacks import authors_schedule
 from hdml_tf.models import HDML
 from hdml_tf.networks import Embedder
+from hdml_tf.schedules import GlobalStepDecay
 
 
 def build_model(config, num_classes):
@@ -45,14 +49,33 @@ def build_model(config, num_classes):
     return model
 
 
+def authors_eval_schedule(config):
+    """``step -> bool``: the authors' evaluation steps with this config's intervals
+    (``train.authors_eval_every_initial``, ``train.authors_eval_every``)."""
+    t = config.train
+    return functools.partial(authors_schedule, every=t.authors_eval_every,
+                             every_initial=t.authors_eval_every_initial)
+
+
+def lr_decay_boundaries(config):
+    """The global steps after which the metric learning rate is multiplied by
+    ``optim.lr_decay_factor``: ``optim.lr_decay_steps``, with ``optim.lr_decay_rule``
+    "authors" only those the authors' evaluation schedule evaluates after
+    (``main_npair.py`` halves ``_lr`` inside its evaluation block)."""
+    o = config.optim
+    if o.lr_decay_rule == "authors":
+        evaluates = authors_eval_schedule(config)
+        return tuple(s for s in o.lr_decay_steps if evaluates(s))
+    return tuple(o.lr_decay_steps)
+
+
 def _optimizers(config):
     """The metric, generator and classifier optimizers of ``config.optim``."""
     o = config.optim
     lr_metric = o.lr_metric
-    if o.lr_decay_steps:
-        values = [o.lr_metric * o.lr_decay_factor ** i for i in range(len(o.lr_decay_steps) + 1)]
-        lr_metric = keras.optimizers.schedules.PiecewiseConstantDecay(
-            list(o.lr_decay_steps), values)
+    boundaries = lr_decay_boundaries(config)
+    if boundaries:  # follows the model's step counter (HDML.compile binds it)
+        lr_metric = GlobalStepDecay(o.lr_metric, boundaries, o.lr_decay_factor)
     optimizers = [keras.optimizers.Adam(lr, epsilon=o.adam_epsilon)
                   for lr in (lr_metric, o.lr_gen, o.lr_cls)]
     if config.train.precision == "mixed_float16":

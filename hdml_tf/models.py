@@ -31,7 +31,8 @@ import tensorflow as tf
 
 from hdml_tf import nonfinite, objectives, synthesis
 from hdml_tf.networks import Generator
-from hdml_tf.params import DEFAULT_LEARNING_RATES, WEIGHT_DECAY_SCOPES, HDMLParams
+from hdml_tf.params import (DEFAULT_LEARNING_RATES, HEAD_BN_UPDATES, NONFINITE_SYN,
+                            WEIGHT_DECAY_SCOPES, HDMLParams)
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
@@ -45,9 +46,11 @@ def _check(params, num_classes):
         raise ValueError(f"window={params.window!r}: must be a positive number of steps")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes!r}: need at least 2 classes")
-    if params.weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-        raise ValueError(f"weight_decay_scope={params.weight_decay_scope!r}: expected one "
-                         f"of {WEIGHT_DECAY_SCOPES}")
+    for name, allowed in (("weight_decay_scope", WEIGHT_DECAY_SCOPES),
+                          ("head_bn_updates", HEAD_BN_UPDATES),
+                          ("nonfinite_syn", NONFINITE_SYN)):
+        if getattr(params, name) not in allowed:
+            raise ValueError(f"{name}={getattr(params, name)!r}: expected one of {allowed}")
 
 
 class _Window:
@@ -111,8 +114,10 @@ class HDML(keras.Model):
         self.generator = Generator(embedder.feature_dim, params.generator_hidden,
                                    synchronized_bn=self.synchronized_bn, name="generator",
                                    dtype=self.dtype_policy)
-        self.classifier = keras.layers.Dense(self.num_classes, name="classifier",
-                                             dtype=self.dtype_policy)
+        # The authors' extra output (labels from 1) is the last one: never a target.
+        self.classifier = keras.layers.Dense(
+            self.num_classes + int(params.classifier_extra_class), name="classifier",
+            dtype=self.dtype_policy)
         # Set by `compile`; one per objective, each over its own variables.
         self.metric_optimizer = self.generator_optimizer = self.classifier_optimizer = None
         self.j_avg_window = _Window(self, "j_avg", params.j_avg_init)
@@ -177,6 +182,10 @@ class HDML(keras.Model):
         p = self.params
         # [embed] one backbone pass over every image of the tuple.
         y = self.embedder.features(tf.concat(images, axis=0), training=training)
+        head_bn = self.embedder.head.bn
+        prestep = None  # the head's statistics before the step (head_bn_updates)
+        if p.hdml and training and p.head_bn_updates == "prestep":
+            prestep = [tf.identity(v) for v in (head_bn.moving_mean, head_bn.moving_variance)]
         z = tf.cast(self.embedder.head(y, training=training), tf.float32)
         real = self.parts.real_tuple(tf.split(z, [tf.shape(x)[0] for x in images]),
                                      labels, replicas)
@@ -199,6 +208,8 @@ class HDML(keras.Model):
         y_prime, y_tilde = y_gen[:num_real], y_gen[num_real:]
         # [J_syn] the synthetic tuple re-embedded by the SAME head.
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
+        if prestep is not None:
+            _second_update_from_prestep(head_bn, prestep, head_after_real)
         out["j_syn"] = self.parts.synthetic_loss(z_tilde, synthetic, replicas)
         out["j_metric"] = w * out["j_m"] + (1.0 - w) * out["j_syn"]
         # [J_gen] reconstruction (a sum) plus label preservation of the synthetic rows.
@@ -243,8 +254,10 @@ class HDML(keras.Model):
         syn_ok = tf.constant(True)
         if self.params.hdml:
             syn_ok = tf.math.is_finite(totals["j_syn"])
-            totals["j_metric"] = tf.where(syn_ok, totals["j_metric"],
-                                          extras["w"] * totals["j_m"])
+            fallback = extras["w"] * totals["j_m"]
+            if self.params.nonfinite_syn == "zero_metric":
+                fallback = tf.zeros_like(fallback)  # and a zero gradient (_gradients)
+            totals["j_metric"] = tf.where(syn_ok, totals["j_metric"], fallback)
         return totals, syn_ok
 
     def _gradients(self, tape, losses, extras, syn_ok):
@@ -274,6 +287,10 @@ class HDML(keras.Model):
         variables = self.embedder.trainable_variables
         decay = _dense(tape.gradient(parts["decay"], variables), variables)
         grads["metric"] = [total[id(v)] + g for v, g in zip(variables, decay)]
+        if self.params.nonfinite_syn == "zero_metric":
+            # The authors' triplet: the NaN reaches J_metric, which their
+            # nn_Ops.training replaces by 0, so Adam steps on a zero gradient.
+            grads["metric"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in grads["metric"]]
         return grads
 
     # --------------------------------------------------- statistics and logs
@@ -286,13 +303,28 @@ class HDML(keras.Model):
             self.last_hardened_fraction.assign(totals["hardened_fraction"])
 
     def _update_statistics(self, totals, extras, applied):
-        """Spec step 11: only the steps whose update was applied are recorded."""
+        if self.params.hdml:
+            self.record_statistics(totals["j_m"], totals["j_gen"], extras["w"],
+                                   applied["metric"], applied["generator"])
+
+    def record_statistics(self, j_m, j_gen, w, metric_applied=True, generator_applied=True):
+        """Spec step 11: add one step's values to the windows of J_avg and J_gen_avg.
+
+        ``train_step`` calls it after every step; ``tests/test_authors_parity.py``
+        drives it with a sequence of losses beside the authors' ``data_collector``.
+
+        Args:
+          j_m: the step's J_m with weight decay, not weighted; w J_m is recorded
+            (``record_weighted_jm``, the J_m the authors fetch), else J_m.
+          j_gen: the step's J_gen; w: the w the step used.
+          metric_applied, generator_applied: whether the step's metric / generator
+            update was applied. Only applied steps with a finite value are recorded
+            (the authors' ``data_collector`` drops NaN).
+        """
         p = self.params
-        if not p.hdml:
-            return
-        j_m = totals["j_m"] * extras["w"] if p.record_weighted_jm else totals["j_m"]
-        self.j_avg_window.record(j_m, applied["metric"], p.window)
-        self.j_gen_window.record(totals["j_gen"], applied["generator"], p.window)
+        j_m = j_m * w if p.record_weighted_jm else j_m
+        self.j_avg_window.record(tf.cast(j_m, tf.float32), metric_applied, p.window)
+        self.j_gen_window.record(tf.cast(j_gen, tf.float32), generator_applied, p.window)
 
     def _update_trackers(self, totals, extras):
         """Epoch means of the finite values (one bad step does not make them NaN)."""
@@ -462,6 +494,9 @@ class HDML(keras.Model):
             optimizer = keras.optimizers.get(
                 optimizer or keras.optimizers.Adam(DEFAULT_LEARNING_RATES[name]))
             setattr(self, f"{name}_optimizer", nonfinite.skipping(optimizer))
+        for name in OBJECTIVES:  # a schedule on the step: the metric optimizer's count
+            _bind_global_step(getattr(self, f"{name}_optimizer"),
+                              self.metric_optimizer.iterations)
         super().compile(optimizer=None, **kwargs)
         self._compile_kwargs = {k: v for k, v in kwargs.items()
                                 if k in ("jit_compile", "steps_per_execution", "run_eagerly")}
@@ -587,6 +622,32 @@ class HDML(keras.Model):
     def build_from_config(self, config):
         if config.get("input_shape"):
             self.build(tuple(config["input_shape"]))
+
+
+def _bind_global_step(optimizer, step):
+    """Let a learning-rate schedule that follows the step (`hdml_tf.schedules`) read
+    ``step`` (the batches trained, skipped ones included) instead of its optimizer's
+    update count, which a skipped update does not advance."""
+    while optimizer is not None:
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if hasattr(schedule, "bind_global_step"):
+            schedule.bind_global_step(step)
+        optimizer = getattr(optimizer, "inner_optimizer", None)
+
+
+def _second_update_from_prestep(bn, prestep, after_real):
+    """Re-base the second of a step's two updates of ``bn``'s statistics on the
+    pre-step value (``head_bn_updates="prestep"``).
+
+    Keras moved them one after the other: after_syn = m after_real + (1 - m) b_syn.
+    Adding (1 - m)(after_real - prestep) gives prestep + (1 - m)(b_real - prestep) +
+    (1 - m)(b_syn - prestep): both updates computed from the pre-step value, both
+    applied. ``prestep`` and ``after_real`` are [moving_mean, moving_variance] values.
+    """
+    rate = 1.0 - bn.momentum
+    for variable, before, real in zip((bn.moving_mean, bn.moving_variance), prestep,
+                                      after_real):
+        variable.assign(variable + rate * (real - before))
 
 
 def _dense(grads, variables):

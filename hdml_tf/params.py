@@ -15,6 +15,10 @@ import dataclasses
 
 LOSSES = ("npair", "triplet")
 WEIGHT_DECAY_SCOPES = ("kernels", "authors")
+# How the head's BatchNorm moves its statistics when it runs twice in a step.
+HEAD_BN_UPDATES = ("sequential", "prestep")
+# What a non-finite J_syn does to J_metric.
+NONFINITE_SYN = ("fallback", "zero_metric")
 # Images per tuple: an N-pair batch is P (anchor, positive) pairs, a triplet batch T
 # (anchor, positive, negative) triplets.
 TUPLE_SIZE = {"npair": 2, "triplet": 3}
@@ -46,6 +50,20 @@ class HDMLParams:
         at first).
       record_weighted_jm: record w * J_m in J_avg (official) instead of the raw J_m.
       generator_hidden: hidden units of G (512).
+      classifier_extra_class: give C one output more than there are training classes,
+        never a target (the authors' labels start at 1, so their ``num_class`` is the
+        class count + 1: ``FLAGS.py``, ``lib/HDML.py`` ``cross_entropy``). The extra
+        output is the last one; it still enters every softmax denominator.
+      head_bn_updates: how the head's BatchNorm statistics move in a step, where H runs
+        on the real features and then on the synthetic ones: "sequential" (Keras: the
+        second update starts from the value the first left) or "prestep" (both updates
+        computed from the statistics before the step, and both applied: moving = pre +
+        (1 - m)(b_real - pre) + (1 - m)(b_syn - pre); the deterministic model of the
+        authors' graph, whose two TF1 update ops race on one variable).
+      nonfinite_syn: what a non-finite J_syn does: "fallback" (J_metric = w J_m, the
+        authors' N-pair, whose ``new_npair_loss`` returns 0 for NaN) or "zero_metric"
+        (J_metric = 0 and the metric step applies a zero gradient: the authors'
+        triplet, where the NaN reaches J_metric and ``nn_Ops.training`` zeroes it).
     """
 
     loss: str = "npair"
@@ -63,6 +81,9 @@ class HDMLParams:
     j_gen_avg_init: float = 1e6
     record_weighted_jm: bool = True
     generator_hidden: int = 512
+    classifier_extra_class: bool = False
+    head_bn_updates: str = "sequential"
+    nonfinite_syn: str = "fallback"
 
     def __post_init__(self):
         # HDML(alpha=90) and HDML(alpha=90.0) hold the same float (as before).

@@ -190,7 +190,8 @@ def test_layout_metadata_and_versions(exported, workdir):
         meta = json.load(f)
     assert meta["format"] == export.METADATA_FORMAT and meta["model_name"] == "tiny"
     assert meta["preprocessing"] == {"resize": [RESIZE, RESIZE], "crop": [CROP, CROP],
-                                     "normalize": "caffe", "interpolation": "bilinear"}
+                                     "crop_rounding": "floor", "normalize": "caffe",
+                                     "interpolation": "bilinear"}
     assert meta["embedding_dim"] == DIM and meta["serving_dtype"] == "float32"
     assert meta["warmup_requests"] == has_api
     assert meta["config"]["data"]["name"] == "cub200"

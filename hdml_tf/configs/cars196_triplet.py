@@ -15,5 +15,6 @@ from hdml_tf.configs._common import paper_config
 def get_config():
     return paper_config(
         "cars196_triplet", "cars196", loss="triplet", embedding_dim=128,
-        lr_metric=7e-5, lr_decay_steps=(5632, 6848), weight_decay=5e-3, l2_reg=3e-3,
+        lr_metric=7e-5, weight_decay=5e-3, l2_reg=3e-3,
         beta=1e4, lr_gen=1e-2, lr_cls=1e-3, steps=8000)
+

@@ -14,3 +14,4 @@ def get_config():
         "cub200_npair", "cub200", embedding_dim=256, lr_metric=6e-5, weight_decay=1e-3,
         l2_reg=1.5e-2, beta=5e3, lr_gen=1e-2, lr_cls=1e-3, steps=8000,
         paper={"recall@1": 53.7, "recall@2": 65.7, "recall@4": 76.7, "recall@8": 85.7})
+

@@ -17,3 +17,4 @@ def get_config():
         "cub200_triplet", "cub200", loss="triplet", embedding_dim=256,
         lr_metric=6e-5, weight_decay=1e-3, l2_reg=1.5e-2, beta=5e3, lr_gen=1e-2,
         lr_cls=1e-3, steps=8000)
+

@@ -340,6 +340,7 @@ def eval_dataset(
     resize="auto",
     crop="auto",
     preprocessing="caffe",
+    crop_rounding: str = "floor",
     strict: bool = False,
     num_parallel_calls=AUTOTUNE,
     prefetch=AUTOTUNE,
@@ -356,6 +357,7 @@ def eval_dataset(
             227); with both None the stored images must share one size; "auto"
             (default) as in ``training_pipeline`` (``image_sizes``).
         preprocessing: ``normalize`` mode, backbone name or backbone object.
+        crop_rounding: the centre crop's offset rounding (``preprocess.center_crop``).
         strict: as for ``training_pipeline``.
         num_parallel_calls, prefetch: tf.data tuning.
 
@@ -377,7 +379,8 @@ def eval_dataset(
                             lambda: _sentinel_image(crop or resize))
         else:
             image = source.load(index)
-        image = preprocess.eval_transform(image, resize=resize, crop=crop)
+        image = preprocess.eval_transform(image, resize=resize, crop=crop,
+                                          crop_rounding=crop_rounding)
         label = tf.gather(labels_t, tf.minimum(index, n - 1))
         return index, preprocess.normalize(image, mode), label
 

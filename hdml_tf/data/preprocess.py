@@ -312,14 +312,28 @@ def random_crop_flip(image, crop, flip: bool = True, seed=None) -> tf.Tensor:
     return image
 
 
-def center_crop(image, crop) -> tf.Tensor:
-    """Centre ``crop`` x ``crop`` window of a (H, W, C) image with H, W >= crop."""
+CROP_ROUNDINGS = ("floor", "ceil")
+
+
+def center_crop(image, crop, rounding: str = "floor") -> tf.Tensor:
+    """Centre ``crop`` x ``crop`` window of a (H, W, C) image with H, W >= crop.
+
+    Args:
+        image: (H, W, C) tensor.
+        crop: int or (h, w); None returns ``image``.
+        rounding: the offset when H - h (or W - w) is odd: "floor", (H - h) // 2 (14
+            for 256 -> 227), or "ceil", (H - h + 1) // 2 (15: the authors'
+            ``random_fixed_size_crop_mod.py`` crops ``[15:-14]`` of a 256 image).
+    """
     if crop is None:
         return image
+    if rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"rounding={rounding!r}: expected one of {CROP_ROUNDINGS}")
     h, w = size_pair(crop)
     shape = tf.shape(image)
-    top = (shape[0] - h) // 2
-    left = (shape[1] - w) // 2
+    up = 1 if rounding == "ceil" else 0
+    top = (shape[0] - h + up) // 2
+    left = (shape[1] - w + up) // 2
     return tf.image.crop_to_bounding_box(image, top, left, h, w)
 
 
@@ -340,10 +354,11 @@ def train_transform(image, resize=256, crop=227, flip: bool = True, seed=None) -
     return random_crop_flip(resize_image(image, resize), crop, flip=flip, seed=seed)
 
 
-def eval_transform(image, resize=256, crop=227) -> tf.Tensor:
-    """Evaluation transform: resize, centre crop. Same input/output contract as
-    ``train_transform`` but deterministic."""
-    return center_crop(resize_image(image, resize), crop)
+def eval_transform(image, resize=256, crop=227, crop_rounding="floor") -> tf.Tensor:
+    """Evaluation transform: resize, centre crop (offset rounding ``crop_rounding``,
+    see ``center_crop``). Same input/output contract as ``train_transform`` but
+    deterministic."""
+    return center_crop(resize_image(image, resize), crop, rounding=crop_rounding)
 
 
 def normalize(images, mode: str = "caffe") -> tf.Tensor:

@@ -33,14 +33,17 @@ def _names_test(split_name: str) -> bool:
     return re.search(r"(^|[^a-z])test([^a-z]|$)", split_name.lower()) is not None
 
 
-def authors_schedule(step: int) -> bool:
-    """The authors' evaluation steps: every 500 steps, every 64 from step 5000 on.
+def authors_schedule(step: int, every: int = 64, every_initial: int = 500) -> bool:
+    """Whether the authors' training loop evaluates after ``step``.
 
-    ``main_npair.py`` evaluates when ``step % bp_epoch == 0`` with ``bp_epoch`` 500
-    (``init_batch_per_epoch``), switched to 64 (``batch_per_epoch``) after the
-    evaluation at step 5000: 500, 1000, ..., 5000, 5056, 5120, ...
+    ``main_npair.py`` evaluates when ``step % bp_epoch == 0``, ``bp_epoch`` starting at
+    ``init_batch_per_epoch`` (``every_initial``: 500) and set to ``batch_per_epoch``
+    (``every``: 64 for Cars196, 46 for CUB, ``FLAGS.py``) by the first evaluation at a
+    step >= 5000. Cars196: 500, 1000, ..., 5000, 5056, 5120, ...; CUB: ..., 5000,
+    5014, 5060, ...
     """
-    return step % 500 == 0 if step <= 5000 else step % 64 == 0
+    switch = -(-5000 // every_initial) * every_initial  # that first evaluation
+    return step % every_initial == 0 if step <= switch else step % every == 0
 
 
 def _check_arguments(split_name, monitor, mode, every_n_epochs, every_n_steps,
@@ -99,7 +102,7 @@ class EvaluationCallback(keras.callbacks.Callback):
             epoch's logs, so History has them once per epoch.
         schedule: instead of ``every_n_steps``, a function of the step count that says
             whether to evaluate after that step (e.g. the authors' every 500 steps,
-            every 64 from step 5000 on: :func:`authors_schedule`).
+            every 64 or 46 from step 5000 on: :func:`authors_schedule`).
         monitor: metric that selects the best weights, without prefix (e.g. "recall@1",
             "map@r"), or None to only log.
         mode: "max" or "min" for `monitor`. A later evaluation replaces the best only if

@@ -147,15 +147,19 @@ class ServingGraph:
       max_pixels: ``serve_bytes`` refuses, before decoding, an image whose header
         declares more pixels (height x width) than this.
       max_batch: both signatures refuse a request of more images than this.
+      crop_rounding: the centre crop's offset rounding (``preprocess.center_crop``;
+        the run's ``data.center_crop_rounding``, so serving crops as evaluation did).
     """
 
     def __init__(self, embedder, resize, crop, preprocessing,
-                 max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH):
+                 max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH,
+                 crop_rounding="floor"):
         self.embedder = embedder
         self.resize, self.crop = tuple(resize), tuple(crop)
         self.preprocessing = preprocess.preprocessing_mode(preprocessing)
         self.embedding_dim = int(embedder.embedding_dim)
         self.max_pixels, self.max_batch = int(max_pixels), int(max_batch)
+        self.crop_rounding = crop_rounding
 
     def embed(self, images):
         """``{"embedding": z}`` for float32 RGB 0-255 images of the crop size."""
@@ -176,7 +180,8 @@ class ServingGraph:
     def decode(self, contents):
         """One encoded image -> float32 (crop, crop, 3), as evaluation prepares it."""
         image = preprocess.decode_image(contents, channels=3)
-        return preprocess.eval_transform(image, resize=self.resize, crop=self.crop)
+        return preprocess.eval_transform(image, resize=self.resize, crop=self.crop,
+                                         crop_rounding=self.crop_rounding)
 
     def serve_images(self, images):
         with tf.control_dependencies([

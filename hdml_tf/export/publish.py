@@ -199,6 +199,7 @@ def _metadata(graph, model_name, *, source, config, class_split, metrics,
         "source": source,
         "signatures": _signature_metadata(graph),
         "preprocessing": {"resize": list(graph.resize), "crop": list(graph.crop),
+                          "crop_rounding": graph.crop_rounding,
                           "normalize": graph.preprocessing, "interpolation": "bilinear"},
         "limits": {
             "max_pixels": graph.max_pixels,
@@ -300,7 +301,10 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
     clone = graph_lib.serving_embedder(embedder, crop)
     if verify:
         graph_lib.check_clone(embedder, clone, crop, preprocessing, source_policies)
-    graph = graph_lib.ServingGraph(clone, resize, crop, preprocessing, **limits)
+    data = (config or {}).get("data") if isinstance(config, dict) else None
+    rounding = (data or {}).get("center_crop_rounding", "floor")  # as evaluation crops
+    graph = graph_lib.ServingGraph(clone, resize, crop, preprocessing,
+                                   crop_rounding=rounding, **limits)
     base_dir = _base_dir(out_dir, version)
     info = dict(source=source, config=config, class_split=class_split, metrics=metrics,
                 source_policies=source_policies)

@@ -40,7 +40,8 @@ def evaluation_dataset(config, split, preprocessing):
     if d.max_eval_images and len(split) > d.max_eval_images:
         split = subsample_split(split, d.max_eval_images, config.train.seed)
     return pipeline.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
-                                 crop=d.crop, preprocessing=preprocessing)
+                                 crop=d.crop, preprocessing=preprocessing,
+                                 crop_rounding=d.center_crop_rounding)
 
 
 def subsample_split(split, count, seed):

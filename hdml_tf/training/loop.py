@@ -44,8 +44,8 @@ from hdml_tf import checkpoints
 from hdml_tf import config as config_lib
 from hdml_tf import nonfinite
 from hdml_tf import workdir as workdir_lib
-from hdml_tf.evaluation.callbacks import EvaluationCallback, authors_schedule
-from hdml_tf.experiment import build_model
+from hdml_tf.evaluation.callbacks import EvaluationCallback
+from hdml_tf.experiment import authors_eval_schedule, build_model
 from hdml_tf.training import inputs, report, strategies
 from hdml_tf.training.callbacks import (Checkpointer, EpochLog, ProgressLine, ScheduleLog,
                                         keep_rows, step_of)
@@ -189,13 +189,14 @@ def _evaluations(config, workdir, splits, preprocessing):
             allow_test_selection=t.select_on_test))
     if t.authors_selection:
         specs["authors_eval"] = ("test", dict(
-            schedule=authors_schedule, monitor="nmi", restore_best_weights=False,
-            allow_test_selection=True, seed=1))
+            schedule=authors_eval_schedule(config), monitor="nmi",
+            restore_best_weights=False, allow_test_selection=True))
     return {name: EvaluationCallback(
         inputs.evaluation_dataset(config, splits[split], preprocessing), split_name=split,
         ks=t.ks, log_dir=os.path.join(workdir, "tensorboard", name),
         csv_path=os.path.join(workdir, f"{name}_log.csv"), verbose=t.verbose,
-        kmeans_nredo=t.kmeans_restarts, **kwargs) for name, (split, kwargs) in specs.items()}
+        kmeans_nredo=t.kmeans_restarts, seed=t.kmeans_seed, **kwargs)
+        for name, (split, kwargs) in specs.items()}
 
 
 def _callbacks(config, workdir, chief, start_step, evaluations, log):
@@ -258,7 +259,7 @@ def boundaries(config):
     if t.eval_every:
         checks.append(lambda s: s % t.eval_every == 0)
     if t.authors_selection:
-        checks.append(authors_schedule)
+        checks.append(authors_eval_schedule(config))
     return checks
 
 
@@ -314,13 +315,14 @@ def finish(run):
     results["paper"] = dict(config.paper)
     tables = {config.name: results["test"]}  # the headline: the final checkpoint
     if "authors_eval" in run.evaluations:
-        results["authors_selected"] = report.authors_selected(run.evaluations["authors_eval"])
+        results["authors_selected"] = report.authors_selected(
+            run.evaluations["authors_eval"], config.train)
         if results["authors_selected"]:
             tables["authors' protocol"] = results["authors_selected"]["metrics"]
     write_json(os.path.join(run.workdir, "metrics.json"), results)
     run.log(report.summary_table(tables, paper=config.paper))
     if "authors_selected" in results:
-        run.log(report.authors_note(results["authors_selected"]))
+        run.log(report.authors_note(results["authors_selected"], config.train))
     if config.train.export:
         results["export"] = report.export_workdir(run.workdir, config, log=run.log,
                                                   model=model)

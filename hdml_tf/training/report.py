@@ -12,20 +12,23 @@ from hdml_tf.workdir import WorkdirError
 EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
 
 
-def authors_selected(callback):
+def authors_selected(callback, train_config):
     """The authors' number: the evaluation with the best test NMI, and its step."""
     if callback.best_step is None:
         return None
     best = next(e for e in callback.evaluations if e["step"] == callback.best_step)
     metrics = {k[len("test_"):]: v for k, v in best.items() if k.startswith("test_")}
+    t = train_config
     return {"selected_on": "test", "criterion": "best test NMI over the authors' "
-            "evaluation steps (every 500, every 64 from step 5000)",
+            f"evaluation steps (every {t.authors_eval_every_initial}, every "
+            f"{t.authors_eval_every} from step 5000)",
             "step": callback.best_step, "metrics": metrics}
 
 
-def authors_note(selected):
+def authors_note(selected, train_config):
     if not selected:
-        return "authors' protocol: no evaluation step was reached (first at step 500)"
+        return ("authors' protocol: no evaluation step was reached (first at step "
+                f"{train_config.authors_eval_every_initial})")
     return (f"authors' protocol: step {selected['step']}, chosen for its test NMI (selected "
             "on the test set,\n  as their code did; the first column is the final "
             "checkpoint, the number to compare)")
@@ -34,7 +37,7 @@ def authors_note(selected):
 def evaluate_model(model, config, split):
     data = inputs.evaluation_dataset(config, split, model.embedder.preprocessing)
     return evaluate(model.embedder, data, ks=config.train.ks, metrics=EVAL_METRICS,
-                    kmeans_nredo=config.train.kmeans_restarts)
+                    kmeans_nredo=config.train.kmeans_restarts, seed=config.train.kmeans_seed)
 
 
 def export_workdir(workdir, config, log=print, model=None):
