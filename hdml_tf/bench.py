@@ -154,7 +154,6 @@ def _set_precision(config, variant):
 
 
 def _peak_memory(device_type):
-
     if device_type == "GPU":
         return tf.config.experimental.get_memory_info("GPU:0")["peak"]
 

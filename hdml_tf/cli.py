@@ -89,7 +89,6 @@ def _config_errors(prog, call):
 
 
 def _train_parser(prog):
-
     parser = argparse.ArgumentParser(
         prog=prog, description="Train HDML (or its baseline with --set model.hdml=false).")
     _add_config_options(parser, "override, e.g. --set model.embedding_dim=64 (repeatable)")
@@ -104,7 +103,6 @@ def _train_parser(prog):
 
 
 def _train(args, parser):
-
     overrides = list(args.set)
     if args.strategy:
         overrides.append(f"train.strategy={args.strategy}")
@@ -136,7 +134,6 @@ def _demo_parser(prog):
 
 
 def _demo(args, parser):
-
     os.makedirs(args.out, exist_ok=True)
     result = demo.run_demo(args.out, args.export_dir, smoke=args.smoke, steps=args.steps)
     return 0 if result is not None else 1
@@ -162,7 +159,6 @@ def _compare_parser(prog):
 
 
 def _compare(args, parser):
-
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     command = "hdml-tf compare " + shlex.join(args.argv)
@@ -174,20 +170,66 @@ def _compare(args, parser):
 def _presets_parser(prog):
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("name", nargs="?", help="print this preset as JSON")
+    parser.add_argument("--provenance", action="store_true",
+                        help="with a name: each setting, its value and where it comes "
+                             "from (the authors' commit and file, or ours and why)")
     return parser
 
 
 def _presets(args, parser):
-
+    if args.provenance and not args.name:
+        parser.error("--provenance needs a preset name")
     if args.name:
-        return _config_errors(parser.prog,
-                              lambda: print(config_lib.get_preset(args.name).to_json()))
-    print(f"{'preset':<22} {'fidelity':<9} description")
+        show = _print_provenance if args.provenance else (
+            lambda name: print(config_lib.get_preset(name).to_json()))
+        return _config_errors(parser.prog, lambda: show(args.name))
+    print(f"{'preset':<20} {'fidelity':<8} description")
+    indent = " " * 30
     for name in config_lib.available_presets():
         module = importlib.import_module(f"hdml_tf.configs.{name}")
         first = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<22} {config_lib.fidelity(config_lib.get_preset(name)):<9} {first}")
+        head = f"{name:<20} {config_lib.fidelity(config_lib.get_preset(name)):<8} "
+        print(textwrap.fill(first, 99, initial_indent=head, subsequent_indent=indent))
+        print(textwrap.fill(_sources_line(config_lib.get_provenance(name)), 99,
+                            initial_indent=indent, subsequent_indent=indent + "  "))
+    print("(hdml-tf presets NAME --provenance: the settings one by one)")
     return 0
+
+
+def _sources_line(provenance):
+    """"from the authors' code: fa03ef0 (27 keys), ...; ours: train.ks" (or "no
+    setting from the authors' code")."""
+    if not provenance:
+        return "every setting ours (not from the authors' code)"
+    commits = {}
+    for source in provenance.values():
+        if source.origin == "authors":
+            commits[source.commit] = commits.get(source.commit, 0) + 1
+    ours = sorted(key for key, source in provenance.items() if source.origin == "ours")
+    authors = ", ".join(f"{c} ({n} keys)" for c, n in commits.items())
+    return f"from the authors' code: {authors}; ours: {', '.join(ours) or 'none'}"
+
+
+def _print_provenance(name):
+    """One row per setting of a paper preset: key, value, source."""
+    values = _flat(config_lib.get_preset(name).to_dict())
+    provenance = config_lib.get_provenance(name)
+    if not provenance:
+        print(f"{name}: not a paper preset; every setting is ours")
+        return
+    print(f"{name}: settings that change what it computes (github.com/wzzheng/HDML)")
+    width = max(len(k) for k in provenance) + 2
+    for key in sorted(provenance):
+        value = json.dumps(values[key])
+        row = f"{key:<{width}}{value:<14} "
+        print(textwrap.fill(str(provenance[key]), 99, initial_indent=row,
+                            subsequent_indent=" " * len(row)))
+
+
+def _flat(config_dict):
+    """{"data": {"crop": 227}} -> {"data.crop": 227}."""
+    return {f"{section}.{key}": value for section, fields in config_dict.items()
+            if isinstance(fields, dict) for key, value in fields.items()}
 
 
 def _bench_parser(prog):
@@ -206,7 +248,6 @@ def _bench_parser(prog):
 
 
 def _bench(args, parser):
-
     try:
         config = bench.bench_config(args.config, args.set, smoke=args.smoke)
     except ConfigError as error:
@@ -224,7 +265,6 @@ def _bench(args, parser):
 
 
 def _export_parser(prog):
-
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Export the embedder of a trained model as a TF Serving SavedModel "
@@ -265,7 +305,6 @@ def _export_parser(prog):
 
 
 def _export(args, parser):
-
     try:
         export.export_run(
             args.checkpoint, args.out, resize=args.resize, crop=args.crop,
@@ -308,7 +347,6 @@ def _embed_parser(prog):
 
 
 def _embed(args, parser):
-
     try:
         files = tools.list_images(args.images)
         if not files:
@@ -344,7 +382,6 @@ def _search_parser(prog):
 
 
 def _search(args, parser):
-
     if args.k < 1:
         parser.error("-k must be at least 1")
     try:
@@ -402,7 +439,6 @@ def _weights_import_parser(prog):
 
 
 def _weights_import(args, parser):
-
     _, report = weights.convert_with_report(
         args.src, args.output, input_shape=(args.input_size, args.input_size, 3),
         include_top=args.include_top)
@@ -413,7 +449,6 @@ def _weights_import(args, parser):
 
 
 def _weights_fetch_parser(prog):
-
     parser = argparse.ArgumentParser(
         prog=prog,
         description=("Download a weights file and verify its digest (file:// works too). "
@@ -459,7 +494,6 @@ def _weights_fetch(args, parser):
 
 
 def _fetch_known(args, parser):
-
     source = dict(url=args.url, sha256=args.sha256, sha1=args.sha1, cache_dir=args.cache_dir)
     if args.no_convert:
         print(download.fetch_known_weights(args.target, **source))
@@ -485,7 +519,6 @@ def _weights_check_parser(prog):
 
 
 def _weights_check(args, parser):
-
     imagenet_check(args.weights, crop=args.crop, k=args.k)
     return 0
 

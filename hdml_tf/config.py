@@ -307,6 +307,15 @@ def get_preset(name):
     return importlib.import_module(f"hdml_tf.configs.{name}").get_config()
 
 
+def get_provenance(name):
+    """``config key -> source`` of a preset: for a paper preset, where each setting
+    that changes what it computes comes from (``hdml_tf.configs._common.Source``: the
+    authors' commit and file, or ours and why); {} for the others."""
+    get_preset(name)  # an unknown name raises ConfigError
+    module = importlib.import_module(f"hdml_tf.configs.{name}")
+    return module.get_provenance() if hasattr(module, "get_provenance") else {}
+
+
 def load_config(spec, overrides=(), smoke=False):
     """A preset name or a JSON file path, then overrides, then validation."""
     if os.path.isfile(spec):

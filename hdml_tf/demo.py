@@ -27,7 +27,6 @@ TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@
 
 
 def _data_or_explain():
-
     try:
         return data_lib.load_dataset("fashion_mnist", "test")
     except data_lib.DatasetNotFoundError as error:

@@ -155,7 +155,6 @@ class ExportedModel:
     """
 
     def __init__(self, model_dir):
-
         self.path = resolve_model_dir(model_dir)
         self._saved_model = tf.saved_model.load(self.path)  # keeps the variables alive
         self.signatures = self._saved_model.signatures

@@ -7,7 +7,7 @@ code's run was reported at R@1 80.1, NMI 70.3).
 Backbone weights: --set model.weights=googlenet.weights.h5 (from `hdml-tf weights import`).
 """
 
-from hdml_tf.configs._common import paper_config
+from hdml_tf.configs._common import paper_config, paper_provenance
 
 
 def get_config():
@@ -17,3 +17,6 @@ def get_config():
         lr_gen=1e-2, lr_cls=1e-3, steps=8000,
         paper={"recall@1": 79.1, "recall@2": 87.1, "recall@4": 92.1, "recall@8": 95.5})
 
+
+def get_provenance():
+    return paper_provenance("cars196", "npair")

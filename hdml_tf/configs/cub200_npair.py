@@ -6,7 +6,7 @@ Paper (HDML N-pair, CUB-200-2011): Recall@1/2/4/8 = 53.7 / 65.7 / 76.7 / 85.7.
 Backbone weights: --set model.weights=googlenet.weights.h5 (from `hdml-tf weights import`).
 """
 
-from hdml_tf.configs._common import paper_config
+from hdml_tf.configs._common import paper_config, paper_provenance
 
 
 def get_config():
@@ -15,3 +15,6 @@ def get_config():
         l2_reg=1.5e-2, beta=5e3, lr_gen=1e-2, lr_cls=1e-3, steps=8000,
         paper={"recall@1": 53.7, "recall@2": 65.7, "recall@4": 76.7, "recall@8": 85.7})
 
+
+def get_provenance():
+    return paper_provenance("cub200", "npair")

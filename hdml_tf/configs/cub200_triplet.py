@@ -9,7 +9,7 @@ FLAGS default 90, which produced their numbers, so the preset follows the code
 (--set model.alpha=7 gives the paper's value). docs/method.md lists both.
 """
 
-from hdml_tf.configs._common import paper_config
+from hdml_tf.configs._common import paper_config, paper_provenance
 
 
 def get_config():
@@ -18,3 +18,6 @@ def get_config():
         lr_metric=6e-5, weight_decay=1e-3, l2_reg=1.5e-2, beta=5e3, lr_gen=1e-2,
         lr_cls=1e-3, steps=8000)
 
+
+def get_provenance():
+    return paper_provenance("cub200", "triplet")

@@ -7,7 +7,7 @@ The spec gives no step count for SOP; 40,000 steps (about 43 epochs of the 59,55
 training images at batch 128) is this preset's choice: override with train.steps.
 """
 
-from hdml_tf.configs._common import paper_config
+from hdml_tf.configs._common import paper_config, paper_provenance
 
 
 def get_config():
@@ -22,3 +22,10 @@ def get_config():
     config.train.authors_selection = False
     return config
 
+
+def get_provenance():
+    return paper_provenance("sop", "npair", ours={
+        "train.steps": "the spec gives no step count for SOP",
+        "train.authors_selection": "their schedule over 60,502 test images would cost "
+                                   "more than the training",
+        "train.ks": "the paper's Recall@K (their products_neighbours: 1, 10, 1000)"})
