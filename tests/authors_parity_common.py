@@ -9,20 +9,23 @@ environment alike.
 What is here
 ------------
 * :data:`SETTINGS` -- every constant both sides need, per loss (``"npair"``,
-  ``"triplet"``).
+  ``"triplet"``), and :data:`CONFIG_KEYS`, the hdml_tf config key each one is (the
+  test checks the paper preset holds these values).
+* :data:`PRESETS` / :func:`preset_overrides` -- the paper preset hdml_tf's side is
+  built from, and the only overrides (sizes, batch, the statistics' fed values).
 * :func:`initial_weights` -- every initial weight, generated from a fixed seed, under
   the neutral names below.
 * :func:`backbone_caffe_arrays` -- the backbone part of those weights in the layout of
   the authors' ``tf_ckpt_from_caffe.mat`` (and of
   :func:`hdml_tf.backbones.load_caffe_weights`).
-* :func:`fixed_batch` -- the images and labels, already in the authors' input
-  convention.
-* :func:`summarize` / :func:`subset_indices` -- the compressed form (L2 norm, sum,
-  values at fixed element indices) the fixture stores large arrays in.
+* :func:`fixed_batch` -- the RGB images (uint8, 256 x 256, as both pipelines store
+  them) and the labels, before either side's preprocessing.
+* :func:`window_sequence` -- the step losses that drive the running statistics.
+* :func:`summarize` / :func:`sketch` -- the compressed form of large arrays.
 * :func:`load_fixture` -- reads the fixture back; its docstring lists every field.
 
-Neutral weight names (every array float32)
-------------------------------------------
+Neutral weight names (every array float32; the layout is hdml_tf's)
+--------------------------------------------------------------------
 ``backbone/<caffe layer>/kernel``
     HWIO ``(kh, kw, in, out)``, for the 57 Caffe convolutions of BVLC GoogLeNet
     (``conv1/7x7_s2``, ``conv2/3x3_reduce``, ``conv2/3x3``,
@@ -37,12 +40,16 @@ Neutral weight names (every array float32)
     the embedding layer (authors' ``Classifier/fc1``), E = ``embedding_size``.
 ``generator/fc1/kernel`` ``(E, 512)``, ``generator/fc1/bias`` ``(512,)``
     authors' ``Generator/generator1`` (matmul + bias, then ReLU, then BN).
-``generator/bn/gamma``, ``generator/bn/beta``, ``generator/bn/moving_mean``, ``generator/bn/moving_variance``
+``generator/bn/gamma``, ``generator/bn/beta``, ``generator/bn/moving_mean``,
+``generator/bn/moving_variance``
     ``(512,)``: the BN inside generator1 (after the ReLU).
 ``generator/fc2/kernel`` ``(512, 1024)``, ``generator/fc2/bias`` ``(1024,)``
     authors' ``Generator/generator2`` (no activation).
-``classifier/kernel`` ``(1024, num_class)``, ``classifier/bias`` ``(num_class,)``
-    authors' ``Softmax_classifier`` on the pooled (pre-BN) features.
+``classifier/kernel`` ``(1024, C + 1)``, ``classifier/bias`` ``(C + 1,)``
+    the softmax classifier on the pooled (pre-BN) features, C = 98 training classes
+    plus the authors' extra class. Column j < C is hdml_tf's class j, the authors'
+    label j + 1 (their labels start at 1); the last column is the extra class, the
+    authors' column 0 (``tools/authors_parity.py`` rolls the columns by one).
 
 The authors' variable that each neutral name stands for is in the fixture's metadata
 (``variable_map``).
@@ -50,6 +57,7 @@ The authors' variable that each neutral name stands for is in the fixture's meta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -58,23 +66,12 @@ import os
 import numpy as np
 
 __all__ = [
-    "SETTINGS",
-    "LOSSES",
-    "K_STEPS",
-    "BACKBONE_LAYERS",
-    "INIT_SCALES",
-    "IMAGE_MEAN_BGR",
-    "initial_weights",
-    "backbone_caffe_arrays",
-    "fixed_batch",
-    "weight_shapes",
-    "subset_indices",
-    "summarize",
-    "fingerprint",
-    "FIXTURE_DIR",
-    "fixture_paths",
-    "load_fixture",
-    "LOSS_TERMS",
+    "SETTINGS", "CONFIG_KEYS", "PRESETS", "preset_overrides", "LOSSES", "K_STEPS",
+    "BACKBONE_LAYERS", "INIT_SCALES", "IMAGE_MEAN_BGR", "initial_weights",
+    "backbone_caffe_arrays", "fixed_batch", "weight_shapes", "window_sequence",
+    "WINDOW_STEPS", "FULL_MAX_SIZE", "SKETCH_BUCKETS", "sketch", "summarize",
+    "SIGN_FLIPS",
+    "fingerprint", "FIXTURE_DIR", "fixture_paths", "load_fixture", "LOSS_TERMS",
     "OBJECTIVES",
 ]
 
@@ -90,8 +87,10 @@ K_STEPS = 2  # training steps the fixture covers
 _COMMON = {
     "image_size": 227,  # FLAGS.default_image_size; their GoogLeNet's final 7x7 VALID
                         # average pool needs a 7x7 map, i.e. exactly 227 px input
+    "resize": 256,  # datasets/*_converter.py store the images at 256 x 256
     "embedding_size": 128,  # FLAGS.embedding_size (cars196)
     "num_class": 99,  # FLAGS.num_class (cars196: 98 training classes + 1)
+    "num_train_classes": 98,  # hdml_tf's num_classes (its classifier adds the extra)
     "alpha": 90.0,  # FLAGS.alpha: lambda = exp(-alpha / Javg) in HDML.Pulling
     "beta": 1e4,  # FLAGS.beta: w = exp(-beta / Jgen) weighting J_m and J_syn
     "_lambda": 0.5,  # FLAGS._lambda: J_recon = (1-_lambda)*..., J_soft = _lambda*...
@@ -110,6 +109,8 @@ _COMMON = {
     "bn_momentum": 0.99,
     "bn_epsilon": 1e-3,
     "triplet_margin": 1.0,  # Loss_ops.triplet_loss default (Loss() passes none)
+    "window": 64,  # nn_Ops.data_collector publishes its mean every 64 values
+    "collector_init": 1e6,  # main_*.py: data_collector(..., init=1e+6)
     # Fed to the Javg / Jgen placeholders. Their data_collector publishes a mean only
     # after 64 values, so over K=2 steps the fed values stay at their initial value:
     # we choose them low so that lambda and w are well below 1.
@@ -127,8 +128,8 @@ SETTINGS = {
         # Loss_ops.new_npair_loss(half_batch_size=...) for J_syn; main_npair.py passes
         # none (default 64 = batch 128 / 2); we pass batch_size / 2, their intent.
         npair_half_batch_size=4,
-        # fixed_batch: positive i = mix*anchor i + (1-mix)*fresh image (before the
-        # mean); pair 2 unrelated, so some of Pulling's candidates are not hardened
+        # fixed_batch: positive i = mix*anchor i + (1-mix)*fresh image; pair 2
+        # unrelated, so some of Pulling's candidates are not hardened
         positive_mix=[0.6, 0.5, 0.0, 0.4],
     ),
     "triplet": dict(
@@ -147,6 +148,31 @@ SETTINGS = {
 for _s in SETTINGS.values():
     _s["lambda"] = math.exp(-_s["alpha"] / _s["Javg"])  # pull factor in Pulling
     _s["w"] = math.exp(-_s["beta"] / _s["Jgen"])  # J_metric = w*J_m + (1-w)*J_syn_raw
+
+#: SETTINGS key -> the hdml_tf config key that holds it (the test checks the preset).
+CONFIG_KEYS = {
+    "image_size": "data.crop", "resize": "data.resize",
+    "embedding_size": "model.embedding_dim", "alpha": "model.alpha", "beta": "model.beta",
+    "_lambda": "model.lambda_gen", "Softmax_factor": "model.softmax_factor",
+    "loss_l2_reg": "model.l2_reg", "Regular_factor": "model.weight_decay",
+    "init_learning_rate": "optim.lr_metric", "lr_gen": "optim.lr_gen",
+    "s_lr": "optim.lr_cls", "adam_epsilon": "optim.adam_epsilon",
+    "triplet_margin": "model.margin", "window": "model.window",
+    "collector_init": "model.j_avg_init",
+}
+
+#: The paper preset each loss's hdml_tf model is built from.
+PRESETS = {"npair": "cars196_npair", "triplet": "cars196_triplet"}
+
+
+def preset_overrides(loss):
+    """The ``--set`` overrides of :data:`PRESETS` [loss] for the parity run: the batch
+    and the running statistics' start values (the Javg / Jgen fed here). Nothing else:
+    every setting of the method is the preset's."""
+    s = SETTINGS[loss]
+    return [f"data.batch_size={s['batch_size']}", f"model.j_avg_init={s['Javg']}",
+            f"model.j_gen_avg_init={s['Jgen']}"]
+
 
 # Loss terms stored per step (see load_fixture) and the three objectives.
 LOSS_TERMS = (
@@ -345,15 +371,21 @@ def _smooth_rgb(rng, size):
 
 
 def fixed_batch(loss):
-    """``(images, labels)`` of the parity run, in the authors' input convention.
+    """``(rgb, labels)`` of the parity run, before either side's preprocessing.
 
-    images: float32 ``(B, 227, 227, 3)``, NHWC, **BGR minus** :data:`IMAGE_MEAN_BGR`
-        (what their ``nn_Ops.batch_data`` feeds ``x_raw``), made from smooth random
-        RGB images in (0, 255). Positive i is ``m * anchor i + (1 - m) * a fresh
-        image`` with m = ``SETTINGS[loss]["positive_mix"][i]`` (before the mean), and
-        triplet negatives likewise with ``negative_mix``, so that some tuples are
-        easy and some hard.
-    labels: int32 ``(B, 1)`` (their ``label_raw`` placeholder shape).
+    rgb: uint8 ``(B, 256, 256, 3)``, NHWC, RGB: what both pipelines hold after
+        decoding and resizing (the authors' converters store 256 x 256 uint8 images;
+        hdml_tf's evaluation resize to 256 leaves a 256 image unchanged). Smooth
+        random images; positive i is ``m * anchor i + (1 - m) * a fresh image`` with
+        m = ``SETTINGS[loss]["positive_mix"][i]``, triplet negatives likewise with
+        ``negative_mix``, so that some tuples are easy and some hard.
+    labels: int32 ``(B,)``, hdml_tf's classes in ``[0, 98)``; the authors' graph is
+        fed ``labels + 1`` (their labels start at 1).
+
+    Both sides then run their evaluation preprocessing, the one deterministic path:
+    hdml_tf ``training.evaluation_dataset`` (resize, centre crop at
+    ``data.center_crop_rounding``, Caffe normalisation); the tool the authors'
+    ``RandomFixedSizeCrop(center_crop=True)`` and ``nn_Ops.batch_data``.
 
     N-pair (B = 8): 4 anchors, then the 4 positives in the same order with the
     anchors' labels; 4 distinct classes.
@@ -362,8 +394,8 @@ def fixed_batch(loss):
     """
     s = SETTINGS[loss]
     rng = np.random.default_rng([INIT_SCALES["seed"], 1 + LOSSES.index(loss)])
-    size, n = s["image_size"], s["num_tuples"]
-    classes = rng.choice(s["num_class"], size=2 * n, replace=False)
+    size, n = s["resize"], s["num_tuples"]
+    classes = rng.choice(s["num_train_classes"], size=2 * n, replace=False)
     anchors = [_smooth_rgb(rng, size) for _ in range(n)]
     positives = [m * a + (1.0 - m) * _smooth_rgb(rng, size)
                  for a, m in zip(anchors, s["positive_mix"])]
@@ -373,41 +405,104 @@ def fixed_batch(loss):
         rgb += [m * a + (1.0 - m) * _smooth_rgb(rng, size)
                 for a, m in zip(anchors, s["negative_mix"])]
         lab += list(classes[n:])
-    rgb = np.stack(rgb)
-    images = (rgb[..., ::-1] - IMAGE_MEAN_BGR).astype(np.float32)
-    labels = np.asarray(lab, dtype=np.int32).reshape(-1, 1)
-    assert images.shape == (s["batch_size"], size, size, 3)
-    return images, labels
+    rgb = np.clip(np.rint(np.stack(rgb)), 0, 255).astype(np.uint8)
+    labels = np.asarray(lab, dtype=np.int32)
+    assert rgb.shape == (s["batch_size"], size, size, 3)
+    return rgb, labels
+
+
+# ---------------------------------------------------------------------------------
+# The running statistics' input
+# ---------------------------------------------------------------------------------
+#: Steps of :func:`window_sequence`: more than two windows of 64 recorded values.
+WINDOW_STEPS = 150
+#: Steps whose J_m / J_gen is NaN in :func:`window_sequence`.
+WINDOW_NAN_STEPS = {"j_m": (20, 90), "j_gen": (45, 110)}
+
+
+def window_sequence():
+    """The step losses that drive both sides' running statistics, ``{"j_m", "j_gen"}``,
+    float32 ``(WINDOW_STEPS,)``.
+
+    ``j_m``: the metric loss plus weight decay, not weighted by w (what the authors'
+    graph multiplies by w before they record it); ``j_gen``: J_gen. Shaped like the
+    first steps of a Cars196 run (the parity run's step-0 terms: J_m ~ 41, dominated
+    by the decay, J_gen ~ 2e6, falling to ~1e4 as the generator learns), with noise,
+    so that λ and w change at each published window; NaN at
+    :data:`WINDOW_NAN_STEPS` (the authors' ``data_collector`` skips a NaN, so a window
+    with one spans 65 steps). Generated, not recorded from a run: the running
+    statistics read nothing else.
+    """
+    rng = np.random.default_rng([INIT_SCALES["seed"], 99])
+    k = np.arange(WINDOW_STEPS, dtype=np.float64)
+    j_m = 41.5 - 0.02 * k + 0.8 * np.exp(-k / 30.0) + 0.3 * rng.standard_normal(k.size)
+    j_gen = 2.1e6 * np.exp(-k / 12.0) + 6e3 + 2e3 * np.abs(rng.standard_normal(k.size))
+    out = {"j_m": j_m.astype(np.float32), "j_gen": j_gen.astype(np.float32)}
+    for name, steps in WINDOW_NAN_STEPS.items():
+        out[name][list(steps)] = np.nan
+    return out
 
 
 # ---------------------------------------------------------------------------------
 # Compressed form of large arrays
 # ---------------------------------------------------------------------------------
-#: arrays with at most this many elements are stored whole (idx = all indices)
-FULL_MAX_SIZE = 2048
-#: elements sampled from a larger array
-SUBSET_SIZE = 256
+#: Sign flips of Adam updates allowed beyond the noise. Adam steps each element by
+#: about ±lr whatever its gradient's size (exactly ±lr / (1 + eps/|g|) at the first
+#: step), so an element whose gradient is within rounding of 0 may step either way:
+#: a flip moves the update by up to 2·max|u|, 3e-3 of the norm of a 500,000-element
+#: update. Measured on the parity run: hdml_tf and the authors' oneDNN-on run flip
+#: about the same elements (3,614 and 3,742 over both steps of N-pair), but where
+#: their run flipped none, hdml_tf may flip one. The update bound is therefore
+#: max(1e-3, 2 noise_rel) ||u|| + sqrt(SIGN_FLIPS) · 2 max|u|.
+SIGN_FLIPS = 2
+
+#: arrays with at most this many elements are stored whole
+FULL_MAX_SIZE = 4096
+#: buckets of the count sketch of a larger array
+SKETCH_BUCKETS = 512
 
 
-def subset_indices(name, size):
-    """Flat (C-order) element indices the fixture stores for an array of `size`
-    elements named `name`: all of them if ``size <= FULL_MAX_SIZE``, else
-    ``SUBSET_SIZE`` distinct sorted indices drawn from a seed derived from the name.
-    (The fixture stores the indices too; use those.)"""
-    if size <= FULL_MAX_SIZE:
-        return np.arange(size, dtype=np.int32)
-    digest = hashlib.sha256(name.encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return np.sort(rng.choice(size, SUBSET_SIZE, replace=False)).astype(np.int32)
+@functools.lru_cache(maxsize=256)
+def _sketch_map(name, size):
+    """(bucket, sign) of each element: from the raw 64-bit PCG64 stream seeded by the
+    name's hash (``random_raw`` is the bit generator itself, the same in every numpy
+    release)."""
+    digest = hashlib.sha256(("sketch/" + name).encode()).digest()
+    raw = np.random.PCG64(int.from_bytes(digest[:8], "little")).random_raw(size)
+    bucket = (raw % np.uint64(SKETCH_BUCKETS)).astype(np.int64)
+    sign = np.where((raw >> np.uint64(63)) == 1, -1.0, 1.0)
+    return bucket, sign
 
 
-def summarize(array, idx):
-    """``(l2 norm, sum, values at flat indices idx)`` of `array` as the fixture stores
-    them: norm and sum in float64 over the float32 array, values as float32."""
+def sketch(name, array):
+    """Count sketch of `array` (float64 ``(SKETCH_BUCKETS,)``): element i, flat C
+    order, is added with a random sign into a random bucket, both fixed by `name`.
+
+    Linear, so ``sketch(n, a) - sketch(n, b) == sketch(n, a - b)``, and for any d,
+    ``||sketch(n, d)||²`` is an unbiased estimate of ``||d||²`` with relative standard
+    deviation at most sqrt(2 / SKETCH_BUCKETS) = 6% (3% on the norm). That is what
+    the test needs from a gradient or an update too big to store: the norm of the
+    difference between hdml_tf's and the authors', to compare with a tolerance of
+    1e-3 of the stored exact norm; a one-line change of the maths moves it by far
+    more than 3%.
+    """
+    flat = np.asarray(array, dtype=np.float64).reshape(-1)
+    bucket, sign = _sketch_map(name, flat.size)
+    return np.bincount(bucket, weights=sign * flat, minlength=SKETCH_BUCKETS)
+
+
+def summarize(name, array, dtype=np.float32):
+    """What the fixture stores of `array` named `name`: ``{"norm": float64 L2 norm}``
+    plus ``"values"`` (the whole array, flat, as `dtype`) when it has at most
+    :data:`FULL_MAX_SIZE` elements, else ``"sketch"`` (:func:`sketch`)."""
     flat = np.asarray(array).reshape(-1)
     f64 = flat.astype(np.float64)
-    return (float(np.sqrt(np.dot(f64, f64))), float(f64.sum()),
-            flat[np.asarray(idx)].astype(np.float32))
+    out = {"norm": np.float64(np.sqrt(np.dot(f64, f64)))}
+    if flat.size <= FULL_MAX_SIZE:
+        out["values"] = flat.astype(dtype)
+    else:
+        out["sketch"] = sketch(name, f64)
+    return out
 
 
 def fingerprint(arrays):
@@ -438,12 +533,14 @@ def fixture_paths(directory=None):
     return {
         "npair": os.path.join(d, "authors_parity_npair.npz"),
         "triplet": os.path.join(d, "authors_parity_triplet.npz"),
+        "window": os.path.join(d, "authors_parity_window.npz"),
         "meta": os.path.join(d, "authors_parity.json"),
     }
 
 
 def load_fixture(loss, directory=None):
-    """Reads the authors'-graph fixture of `loss`: ``{"arrays": {...}, "meta": {...}}``.
+    """Reads the authors'-graph fixture of `loss` (or ``"window"``):
+    ``{"arrays": {...}, "meta": {...}}``.
 
     ``meta`` is ``authors_parity.json``'s common part merged with its `loss` section:
     ``authors_repository``, ``authors_commit``, ``tensorflow_version``,
@@ -452,13 +549,16 @@ def load_fixture(loss, directory=None):
     ``init_scales``, ``variable_map`` (authors' variable name -> neutral name),
     ``wd_loss_variables`` (the authors' variables wdLoss sums over, and
     ``wd_loss_variables_neutral``), ``objective_variables`` (objective -> neutral
-    names its optimizer updates), ``bn_update_order``, ``bn_moving_variance`` (which
+    names its optimizer updates), ``bn_update_model``, ``bn_moving_variance`` (which
     variance the moving-variance update used), ``sanity`` (activations, hardened
-    fraction, ...), ``input_fingerprint`` / ``initial_weights_fingerprint``
-    (:func:`fingerprint` of :func:`fixed_batch` / :func:`initial_weights` when made),
-    ``sizes``.
+    fraction, the BN update checked against numpy, ...), ``input_fingerprint`` /
+    ``initial_weights_fingerprint`` (:func:`fingerprint` of :func:`fixed_batch` /
+    :func:`initial_weights` when made), ``authors_input_fingerprint`` (of the batch
+    their pipeline made from it), ``noise_summary``, ``sizes``.
 
-    ``arrays`` (K = 2 steps; names are the neutral names of this module):
+    ``arrays`` of a loss (K = 2 steps; names are the neutral names of this module;
+    ``<s>`` is a :func:`summarize` form: ``<key>/norm`` float64, then ``<key>/values``
+    or ``<key>/sketch``):
 
     ``loss/<term>``: float64 ``(K,)``, the value at step k (k = 0 at the initial
         weights, k = 1 after one update), for <term> in :data:`LOSS_TERMS`:
@@ -469,36 +569,33 @@ def load_fixture(loss, directory=None):
         J_m + J_syn; ``J_recon``; ``J_soft``; ``J_gen`` = J_recon + J_soft;
         ``cross_entropy`` (softmax classifier on the pooled features); ``lambda`` =
         exp(-alpha/Javg) and ``w`` = exp(-beta/Jgen) as the graph computes them.
-        (Triplet J_syn is exactly 0 at step 1: every synthetic triplet meets the
-        margin after one update.)
-    ``grad0/<objective>/<var>/{norm,sum,idx,values}``: the gradient of <objective>
-        (J_metric, J_gen, cross_entropy) at the INITIAL weights, w.r.t. each variable
-        its optimizer updates (J_metric: backbone/* and the trainable head/*;
-        J_gen: the trainable generator/*; cross_entropy: classifier/*). ``norm`` and
-        ``sum`` float64 scalars over the whole gradient; ``idx`` int32 flat C-order
-        indices (all of them when the variable has <= 2048 elements); ``values``
-        float32 gradient values at idx. Layout = the neutral layout (HWIO, (in, out)).
-        (``norm`` / ``sum`` were computed by numpy 1.26 in the tool's venv: compare
-        them with a relative tolerance; another numpy/BLAS may differ in the last
-        bits. ``values`` are exact copies of the float32 elements.)
-    ``weights/<var>/{norm,sum,idx,values}``: every weight after K steps (trainable and
-        BN moving statistics), same compressed form (small ones whole).
+    ``grad0/<objective>/<var>/<s>``: the gradient of <objective> at the INITIAL
+        weights w.r.t. each variable its optimizer updates; ``values`` float32.
+    ``update/<k>/<var>/<s>``: the update of step k, w_{k+1} - w_k, of every trainable
+        variable, float64 (the difference of two float32 values, exact), and
+        ``update/<k>/<var>/max_abs``, its largest element (see :data:`SIGN_FLIPS`).
     ``bn/<var>``: float32 ``(K, n)``, the BN moving statistics after each step, for
         head/bn/moving_mean, head/bn/moving_variance, generator/bn/moving_mean,
-        generator/bn/moving_variance.
-    ``noise/weights/<var>``: float64 scalar, max |difference| of the weight after K
-        steps between the run with TF_ENABLE_ONEDNN_OPTS=0 (the reference, whose
-        numbers are stored) and a run with =1.
-    ``noise/grad0/<objective>/<var>``: the same for the step-0 gradients.
-    ``noise_rel/grad0/<objective>/<var>``: float64 scalar, ||g_0 - g_1|| / ||g_0|| of
-        those two runs' step-0 gradients (whole arrays).
-    ``noise/loss/<term>``: float64 ``(K,)``, the same for the loss terms.
+        generator/bn/moving_variance (their initial values: :func:`initial_weights`).
+    ``noise_rel/<key>``: float64, ``||a_0 - a_1|| / ||a_0||`` over the whole array
+        between the run with TF_ENABLE_ONEDNN_OPTS=0 (the reference, stored) and one
+        with =1, for every ``grad0/...``, ``update/...`` and ``bn/<var>/<k>`` (the
+        step-k update of a statistic).
+    ``noise/loss/<term>``: float64 ``(K,)``, ``|a_0 - a_1|`` of the loss terms.
+    ``sketch_selftest``: :func:`sketch` ("selftest", arange(10000)) by the tool.
+
+    ``arrays`` of ``"window"`` (:data:`WINDOW_STEPS` steps, their data_collector
+    driven by :func:`window_sequence`; float64 copies of float32 values):
+    ``j_m``, ``j_gen`` the input; ``javg_fed``, ``jgen_fed`` what ``read()`` gave
+    before the step (fed to their placeholders); ``lambda``, ``w`` what their graph
+    computes from them; ``j_m_recorded`` their fetched J_m = w * j_m;
+    ``javg_after``, ``jgen_after`` ``read()`` after the step's ``update``.
     """
     paths = fixture_paths(directory)
     with open(paths["meta"]) as f:
         meta_all = json.load(f)
-    meta = {k: v for k, v in meta_all.items() if k not in LOSSES}
-    meta.update(meta_all[loss])
+    meta = {k: v for k, v in meta_all.items() if k not in LOSSES + ("window",)}
+    meta.update(meta_all.get(loss, {}))
     with np.load(paths[loss], allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     return {"arrays": arrays, "meta": meta}
