@@ -577,11 +577,10 @@ def load_fixture(loss, directory=None):
     ``bn/<var>``: float32 ``(K, n)``, the BN moving statistics after each step, for
         head/bn/moving_mean, head/bn/moving_variance, generator/bn/moving_mean,
         generator/bn/moving_variance (their initial values: :func:`initial_weights`).
-    ``noise_rel/<key>``: float64, ``||a_0 - a_1|| / ||a_0||`` over the whole array
-        between the run with TF_ENABLE_ONEDNN_OPTS=0 (the reference, stored) and one
-        with =1, for every ``grad0/...``, ``update/...`` and ``bn/<var>/<k>`` (the
-        step-k update of a statistic).
-    ``noise/loss/<term>``: float64 ``(K,)``, ``|a_0 - a_1|`` of the loss terms.
+    ``noise_rel/<key>``: float64, ``||a_0 - a_1|| / ||a_0||`` between the run with
+        TF_ENABLE_ONEDNN_OPTS=0 (the reference, stored) and one with =1, for every
+        ``grad0/...``, ``update/...`` and ``bn/<var>/<k>`` (a statistic's update).
+    ``noise/loss/<term>``: float64 ``(K,)``, ``|a_0 - a_1|`` of the loss terms;
     ``sketch_selftest``: :func:`sketch` ("selftest", arange(10000)) by the tool.
 
     ``arrays`` of ``"window"`` (:data:`WINDOW_STEPS` steps, their data_collector

@@ -8,11 +8,11 @@ import pytest
 import tensorflow as tf
 
 from hdml_tf import config as config_lib
-from hdml_tf import training
+from hdml_tf import experiment
 from hdml_tf.configs._common import Source
 from hdml_tf.data import preprocess
 from hdml_tf.evaluation.callbacks import authors_schedule
-from hdml_tf.models import HDML, Embedder
+from hdml_tf import HDML, Embedder
 from hdml_tf.schedules import GlobalStepDecay
 from tests.test_models import NUM_CLASSES, make_batch, tiny_backbone
 
@@ -130,7 +130,8 @@ def test_the_learning_rate_follows_the_global_step_not_the_update_count():
     model = model_with(lr=GlobalStepDecay(1e-3, [1], 0.5))
     bad = (np.full_like(x[0], np.nan), x[1])
     model.train_on_batch(bad, y)  # step 0 skipped
-    assert int(model.metric_optimizer.iterations.numpy()) == 0
+    assert int(model.metric_optimizer.inner_optimizer.iterations.numpy()) == 0
+    assert int(model.metric_optimizer.iterations.numpy()) == 1  # the step advanced
     assert float(model.metric_optimizer.learning_rate) == pytest.approx(5e-4)
 
 
@@ -139,17 +140,29 @@ def test_the_learning_rate_follows_the_global_step_not_the_update_count():
     ("sop_npair", "authors", ()), ("cub200_npair", "global_step", (5632, 6848))])
 def test_lr_decay_boundaries(preset, rule, expected):
     config = config_lib.load_config(preset, [f"optim.lr_decay_rule={rule}"])
-    assert training.lr_decay_boundaries(config) == expected
+    assert experiment.lr_decay_boundaries(config) == expected
 
 
 def test_build_model_puts_the_rule_on_the_global_step():
     config = config_lib.load_config("fashion_mnist_npair", [
         "optim.lr_decay_steps=3", "data.batch_size=4"])
-    model = training.build_model(config, 5)
-    schedule = model.metric_optimizer._learning_rate
+    model = experiment.build_model(config, 5)
+    schedule = model.metric_optimizer.inner_optimizer._learning_rate
     assert isinstance(schedule, GlobalStepDecay) and schedule.boundaries == (3,)
-    model.steps_taken.assign(3.0)
+    model.metric_optimizer.iterations.assign(3)  # the step
     assert float(model.metric_optimizer.learning_rate) == pytest.approx(
+        config.optim.lr_metric * 0.5)
+
+
+def test_a_saved_model_reloads_with_its_rule_on_the_global_step(tmp_path):
+    config = config_lib.load_config("fashion_mnist_npair", [
+        "optim.lr_decay_steps=3", "data.batch_size=4"])
+    path = str(tmp_path / "model.keras")
+    experiment.build_model(config, 5).save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.metric_optimizer.inner_optimizer._learning_rate, GlobalStepDecay)
+    loaded.metric_optimizer.iterations.assign(3)  # the step
+    assert float(loaded.metric_optimizer.learning_rate) == pytest.approx(
         config.optim.lr_metric * 0.5)
 
 
