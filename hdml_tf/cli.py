@@ -17,6 +17,7 @@ and one running it, which calls library functions with plain arguments
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
+  hdml-tf data glyphs --out DIR [--size 32] [--seed 0]   CJK ideographs in the installed fonts
 
 The command's entry point (``hdml_tf_entry.main``, beside the package) keeps
 TensorFlow's start-up lines off the output; this module only parses and dispatches.
@@ -45,6 +46,7 @@ from hdml_tf.backbones import download, weights
 from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
 from hdml_tf.backbones.imagenet import imagenet_check
 from hdml_tf.config import ConfigError
+from hdml_tf.data import glyphs
 from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 from hdml_tf.nonfinite import NonFiniteTrainingError
 from hdml_tf.workdir import WorkdirError, WriteError
@@ -523,6 +525,46 @@ def _weights_check(args, parser):
     return 0
 
 
+# ----------------------------------------------------------------- data commands
+
+
+def _data_glyphs_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Render the CJK ideographs that every distinct installed typeface "
+                    "draws into an image folder (one class per character, one image per "
+                    "face), with splits.txt and manifest.json (hdml_tf.data.glyphs).")
+    parser.add_argument("--out", required=True, help="output folder (data.root)")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--margin", type=int, default=None,
+                        help="white pixels around the face box (default size // 16)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the characters kept by --max-chars and the split")
+    parser.add_argument("--max-chars", type=int, default=None,
+                        help="keep this many shared characters (default: all)")
+    parser.add_argument("--min-ideographs", type=int, default=7000,
+                        help="skip faces whose charset has fewer ideographs (default 7000)")
+    parser.add_argument("--fractions", default="0.45,0.05,0.5", metavar="TRAIN,VAL,TEST",
+                        help="shares of the characters (default 0.45,0.05,0.5)")
+    parser.add_argument("--fonts", action="append", default=None, metavar="PATH",
+                        help="use these font files or directories instead of every "
+                             "installed face (repeatable)")
+    return parser
+
+
+def _data_glyphs(args, parser):
+    try:
+        fractions = tuple(float(x) for x in args.fractions.split(","))
+    except ValueError:
+        parser.error(f"--fractions: expected three numbers TRAIN,VAL,TEST, got "
+                     f"{args.fractions!r}")
+    glyphs.build(args.out, size=args.size, margin=args.margin, seed=args.seed,
+                 max_chars=args.max_chars, min_ideographs=args.min_ideographs,
+                 fractions=fractions, fonts=args.fonts,
+                 command="hdml-tf data glyphs " + shlex.join(args.argv))
+    return 0
+
+
 # ---------------------------------------------------------------- the dispatcher
 
 
@@ -557,6 +599,9 @@ COMMANDS = {
                              errors=(OSError, ValueError)),
     "weights check": Command("", _weights_check_parser, _weights_check,
                              errors=(OSError, ValueError)),
+    # Missing fonts or fontconfig, an unusable output folder, bad fractions.
+    "data glyphs": Command("", _data_glyphs_parser, _data_glyphs,
+                           errors=(OSError, ValueError)),
 }
 _WEIGHTS_HELP = "weights fetch|check|import: the GoogLeNet weights"
 _WEIGHTS_USAGE = (
@@ -594,6 +639,7 @@ def _usage():
     lines += [f"  {name:<9} {command.help}" for name, command in COMMANDS.items()
               if " " not in name]
     lines += [f"  {'weights':<9} {_WEIGHTS_HELP}"]
+    lines += [f"  {'data':<9} data glyphs: CJK ideographs in the installed typefaces"]
     lines += ["", "`hdml-tf <command> --help` for a command's options."]
     return "\n".join(lines)
 
@@ -616,6 +662,12 @@ def main(argv=None):
             print(_WEIGHTS_USAGE, file=sys.stderr)
             return 2
         name, rest = f"weights {rest[0]}", rest[1:]
+    elif name == "data":
+        if not rest or rest[0] != "glyphs":
+            print("usage: hdml-tf data glyphs --out DIR [--size 32] [--seed 0] "
+                  "[--max-chars N]", file=sys.stderr)
+            return 2
+        name, rest = "data glyphs", rest[1:]
     elif name not in COMMANDS or " " in name:
         print(f"hdml-tf: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2

@@ -6,8 +6,9 @@ Loading (one module per dataset, one entry point)::
     train = data.load_dataset("cub200", "train", root="/data")   # -> ImageDataset
     test = data.load_dataset("cub200", "test", root="/data")
 
-Registered names: ``cub200``, ``cars196``, ``sop``, ``inshop``, ``folder``,
-``fashion_mnist``, ``digits`` (``available_datasets()``); ``register_dataset`` adds
+Registered names (``available_datasets()``): ``cub200``, ``cars196``, ``sop``,
+``inshop``, ``folder``, ``fashion_mnist``, ``digits``, ``glyphs`` (CJK ideographs in the
+installed typefaces, written by ``hdml-tf data glyphs``); ``register_dataset`` adds
 more. Splits are by class (zero-shot); ``val_fraction`` holds out training classes
 as a "val" split.
 
@@ -29,8 +30,8 @@ from __future__ import annotations
 from typing import Callable
 
 from hdml_tf.data import (
-    cars196, corrupt_images, cub, digits, fashion_mnist, folder, inshop, pipeline, preprocess,
-    samplers, sop,
+    cars196, corrupt_images, cub, digits, fashion_mnist, folder, glyphs, inshop, pipeline,
+    preprocess, samplers, sop,
 )
 from hdml_tf.data.base import (
     CorruptImageWarning,
@@ -65,6 +66,7 @@ _REGISTRY: dict = {
     "folder": folder.load,
     "fashion_mnist": fashion_mnist.load,
     "digits": digits.load,
+    "glyphs": glyphs.load,
 }
 
 

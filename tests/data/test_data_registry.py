@@ -8,7 +8,8 @@ from hdml_tf import data
 
 def test_registry_names():
     assert data.available_datasets() == sorted(
-        ["cars196", "cub200", "digits", "fashion_mnist", "folder", "inshop", "sop"])
+        ["cars196", "cub200", "digits", "fashion_mnist", "folder", "glyphs", "inshop",
+         "sop"])
     with pytest.raises(ValueError, match="available"):
         data.load_dataset("imagenet", "train")
 

@@ -1,0 +1,206 @@
+"""hdml-tf data glyphs: CJK ideographs rendered in real typefaces.
+
+Runs on the faces of three small Debian packages (the README's test command installs
+them): fonts-wqy-microhei (one .ttc holding WenQuanYi Micro Hei and its monospace twin),
+fonts-arphic-gkai00mp and fonts-arphic-gbsn00lp (GB 2312 Kai and Song faces).
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hdml_tf import cli
+from hdml_tf import config as config_lib
+from hdml_tf import data
+from hdml_tf import training
+from hdml_tf.data import glyphs
+
+WQY = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
+GKAI = "/usr/share/fonts/truetype/arphic-gkai00mp/gkai00mp.ttf"
+GBSN = "/usr/share/fonts/truetype/arphic-gbsn00lp/gbsn00lp.ttf"
+FONTS = (WQY, GKAI, GBSN)
+PACKAGES = "fonts-wqy-microhei fonts-arphic-gkai00mp fonts-arphic-gbsn00lp"
+
+pytestmark = pytest.mark.skipif(
+    not all(map(os.path.isfile, FONTS)) or not shutil.which("fc-query"),
+    reason=f"needs fontconfig and the fonts of: apt-get install {PACKAGES}")
+
+CHARS = 24
+ARGS = ["--size", "32", "--seed", "3", "--max-chars", str(CHARS), "--min-ideographs", "3000",
+        *[a for f in FONTS for a in ("--fonts", f)]]
+
+
+def _glyphs(out, *extra):
+    return cli.run_command("data glyphs", ["--out", str(out), *ARGS, *extra])
+
+
+def _snapshot(root):
+    """Relative path -> bytes of every file under root."""
+    files = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as f:
+                files[os.path.relpath(path, root)] = f.read()
+    return files
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("glyphs") / "out"
+    assert _glyphs(out) == 0
+    return str(out)
+
+
+def test_layout_is_a_folder_dataset_with_the_characters_as_classes(folder):
+    manifest = glyphs.read_manifest(folder)
+    ids = sorted(f["id"] for f in manifest["faces"])
+    assert ids == ["gbsn00lp_0", "gkai00mp_0", "wqy-microhei_0"]
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    assert "".join(classes) == manifest["characters"] and len(classes) == CHARS
+    assert all(0x4E00 <= ord(c) <= 0x9FFF for c in classes)
+    for c in classes:
+        assert sorted(os.listdir(os.path.join(folder, c))) == [i + ".png" for i in ids]
+    image = Image.open(os.path.join(folder, classes[0], ids[0] + ".png"))
+    pixels = np.asarray(image)
+    assert image.mode == "L" and pixels.shape == (32, 32)
+    assert pixels[0].min() == 255 and pixels[:, 0].min() == 255  # margin: white background
+    assert pixels.min() < 64  # black ink
+
+
+def test_loader_reads_the_split_file(folder):
+    splits = {s: data.load_dataset("glyphs", s, root=folder) for s in ("train", "val", "test")}
+    names = {s: set(d.class_names) for s, d in splits.items()}
+    assert not (names["train"] & names["test"]) and not (names["train"] & names["val"])
+    assert not (names["val"] & names["test"])
+    assert sum(map(len, names.values())) == CHARS
+    # 24 characters: test round(0.5 * 24) = 12, val round(0.05 * 24) = 1, train the rest
+    assert [len(names[s]) for s in ("train", "val", "test")] == [11, 1, 12]
+    assert splits["test"].name == "glyphs" and len(splits["test"]) == 12 * 3
+    assert set(glyphs.image_faces(splits["test"])) == {"gbsn00lp_0", "gkai00mp_0",
+                                                       "wqy-microhei_0"}
+    manifest = glyphs.read_manifest(folder)
+    assert manifest["splits"] == {"train": 11, "val": 1, "test": 12}
+    with pytest.raises(ValueError, match="val_fraction=0"):
+        data.load_dataset("glyphs", "train", root=folder, val_fraction=0.2)
+
+
+def test_manifest_names_packages_duplicates_and_the_command(folder):
+    manifest = glyphs.read_manifest(folder)
+    by_id = {f["id"]: f for f in manifest["faces"]}
+    assert by_id["wqy-microhei_0"]["package"] == "fonts-wqy-microhei"
+    assert by_id["gkai00mp_0"]["package"] == "fonts-arphic-gkai00mp"
+    for face in manifest["faces"]:
+        assert face["version"] and face["source"] and face["group"] == face["source"]
+    twin = [d for d in manifest["dropped"] if d["family"] == "WenQuanYi Micro Hei Mono"]
+    assert len(twin) == 1 and twin[0]["duplicate_of"] == "wqy-microhei_0"
+    assert twin[0]["share_drawn_the_same"] >= 0.98 and twin[0]["index"] == 1
+    assert manifest["command"].startswith("hdml-tf data glyphs --out ")
+    assert manifest["settings"]["size"] == 32 and manifest["settings"]["seed"] == 3
+    assert manifest["images"] == 3 * CHARS
+    assert manifest["shared_in_charsets"] == 6763  # GB 2312's hanzi, in all three faces
+
+
+def test_same_command_gives_the_same_bytes(folder, tmp_path):
+    before = _snapshot(folder)
+    assert _glyphs(folder) == 0  # the same command again, over its own output
+    assert _snapshot(folder) == before
+    other = tmp_path / "other"
+    assert _glyphs(other) == 0  # only the command line in the manifest differs
+    again = _snapshot(other)
+    manifest = json.loads(again.pop("manifest.json"))
+    first = json.loads(before["manifest.json"])
+    assert {k: v for k, v in manifest.items() if k != "command"} == {
+        k: v for k, v in first.items() if k != "command"}
+    assert again == {k: v for k, v in before.items() if k != "manifest.json"}
+
+
+def test_another_seed_draws_another_split(folder, tmp_path):
+    assert _glyphs(tmp_path / "seed4", "--seed", "4") == 0
+    split = {}
+    for root in (folder, tmp_path / "seed4"):
+        with open(os.path.join(root, glyphs.SPLIT_FILE), encoding="utf-8") as f:
+            split[str(root)] = [l for l in f if not l.startswith("#")]
+    assert split[str(folder)] != split[str(tmp_path / "seed4")]
+
+
+def test_a_face_and_its_copy_collapse(tmp_path):
+    copy = tmp_path / "copy-of-kai.ttf"
+    shutil.copyfile(GKAI, copy)
+    faces = glyphs.list_faces([GKAI, str(copy)])
+    assert len(faces) == 2
+    kept, _, dropped = glyphs.deduplicate(faces, glyphs.probe_characters(faces))
+    assert len(kept) == 1 and dropped[0]["reason"] == "duplicate"
+    assert dropped[0]["share"] == 1.0 and dropped[0]["duplicate_of"] is kept[0]
+
+
+def test_different_designs_stay_apart():
+    faces = glyphs.list_faces([GKAI, GBSN])
+    kept, drawings, dropped = glyphs.deduplicate(faces, glyphs.probe_characters(faces))
+    assert len(kept) == 2 and not dropped
+    assert glyphs.same_share(*drawings.values()) < 0.05
+
+
+def test_tofu_and_blank_renderings_are_not_glyphs():
+    face = glyphs.list_faces([GKAI])[0]
+    renderer = glyphs.FaceRenderer(face, 32, 2)
+    assert 0x570B not in face.ideographs  # 國: traditional, not in GB 2312
+    image, reason = renderer.ink("國")
+    assert image is None and reason == ("notdef" if renderer.notdef else "blank")
+    assert renderer.ink("\u3000") == (None, "blank")  # the ideographic space
+    image, reason = renderer.ink("国")
+    assert image is not None and reason is None
+
+
+def test_two_characters_drawn_alike_are_both_rejected(monkeypatch):
+    face = glyphs.list_faces([GKAI])[0]
+    results = glyphs._FaceResults(face, 32, 2)
+    real = results.renderer.ink
+    monkeypatch.setattr(results.renderer, "ink", lambda c: real("国" if c == "困" else c))
+    results.draw([ord("国"), ord("困"), ord("口")])
+    assert results.results[ord("国")] == "drawn as 困"
+    assert results.results[ord("困")] == "drawn as 国"
+    assert isinstance(results.results[ord("口")], bytes)
+
+
+def test_golden_charset_and_split():
+    assert glyphs.parse_charset("20-7e 4dff-4e02 4e05 9ffe-a000") == {
+        0x4E00, 0x4E01, 0x4E02, 0x4E05, 0x9FFE, 0x9FFF}
+    split = glyphs.split_characters(range(10), (0.5, 0.2, 0.3), seed=0)
+    assert sorted(split.values()).count("test") == 3
+    assert sorted(split.values()).count("val") == 2
+    assert split == glyphs.split_characters(range(10), (0.5, 0.2, 0.3), seed=0)
+    order = glyphs.seeded_order(range(100), seed=5)
+    assert sorted(order) == list(range(100)) and order != list(range(100))
+    assert glyphs.seeded_order([c for c in range(100) if c != order[10]], 5) == [
+        c for c in order if c != order[10]]  # one character lost moves no other
+    with pytest.raises(ValueError, match="summing to 1"):
+        glyphs.split_characters(range(10), (0.5, 0.2, 0.2), seed=0)
+
+
+def test_command_errors_are_one_line(tmp_path, capsys):
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    assert _glyphs(busy) == 1
+    assert "refusing to write" in capsys.readouterr().err
+    assert cli.run_command("data glyphs", ["--out", str(tmp_path / "x"), "--fonts",
+                                           str(tmp_path / "none.ttf")]) == 1
+    assert "no font file" in capsys.readouterr().err
+
+
+def test_a_few_training_steps_on_the_glyph_folder(folder, tmp_path):
+    config = config_lib.load_config("fashion_mnist_npair", [
+        "data.name=glyphs", f"data.root={folder}", "data.batch_size=8", "data.resize=32",
+        "data.crop=32", "data.flip=false", "model.embedding_dim=16", "train.export=false",
+        "train.verbose=0"], smoke=True)
+    results = training.train(config, str(tmp_path / "run"))
+    assert results["steps"] == 6
+    assert 0.0 <= results["test"]["map@r"] <= 1.0
+    with open(tmp_path / "run" / "config.json") as f:
+        names = json.load(f)["class_names"]
+    assert len(names["train"]) == 11 and len(names["test"]) == 12
