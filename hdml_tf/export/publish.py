@@ -305,10 +305,15 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
     rounding = (data or {}).get("center_crop_rounding", "floor")  # as evaluation crops
     graph = graph_lib.ServingGraph(clone, resize, crop, preprocessing,
                                    crop_rounding=rounding, **limits)
-    base_dir = _base_dir(out_dir, version)
-    info = dict(source=source, config=config, class_split=class_split, metrics=metrics,
-                source_policies=source_policies)
-    with WorkdirLock(base_dir, what="hdml-tf export"):  # one exporter at a time
+    return _publish(graph, _base_dir(out_dir, version), version, warmup, verify, dict(
+        source=source, config=config, class_split=class_split, metrics=metrics,
+        source_policies=source_policies))
+
+
+def _publish(graph, base_dir, version, warmup, verify, info):
+    """Write the new version beside the others and rename it into place, holding the
+    base directory's lock (one exporter at a time)."""
+    with WorkdirLock(base_dir, what="hdml-tf export"):
         # Same parent as the version directories, so the final rename is atomic; the
         # dot prefix keeps TF Serving (which loads integer names only) from looking at it.
         temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=base_dir)
