@@ -31,8 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from hdml_tf.data import preprocess
-from hdml_tf.export import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES, INPUT_IMAGES,
-                            METADATA_FILENAME, OUTPUT_EMBEDDING, SIGNATURE_BYTES, SIGNATURE_IMAGES)
+from hdml_tf.serving_contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                                      INPUT_IMAGES, METADATA_FILENAME, OUTPUT_EMBEDDING,
+                                      SIGNATURE_BYTES, SIGNATURE_IMAGES)
 from hdml_tf.workdir import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")

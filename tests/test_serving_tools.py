@@ -48,7 +48,7 @@ def gallery(tmp_path_factory):
     return root, files, str(listing)
 
 
-def test_embed_and_search_end_to_end_without_training_code(model_dir, gallery, tmp_path):
+def test_embed_and_search_end_to_end(model_dir, gallery, tmp_path):
     root, files, listing = gallery
     npz, grid, report = (str(tmp_path / n) for n in ("g.npz", "grid.png", "r.json"))
     code = f"""
@@ -61,8 +61,7 @@ def test_embed_and_search_end_to_end_without_training_code(model_dir, gallery, t
                   "--query", {files[3]!r}, {files[4]!r}, "-k", "3",
                   "--grid", {grid!r}, "--json", {report!r}]),
         ]
-        loaded = sorted(m for m in sys.modules if m.startswith({TRAINING_MODULES!r}))
-        print("RESULT", json.dumps({{"codes": codes, "training_modules": loaded}}))
+        print("RESULT", json.dumps({{"codes": codes}}))
     """
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
                             capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
@@ -70,7 +69,7 @@ def test_embed_and_search_end_to_end_without_training_code(model_dir, gallery, t
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
     outcome = json.loads(line[len("RESULT "):])
-    assert outcome == {"codes": [0, 0], "training_modules": []}, result.stderr[-3000:]
+    assert outcome == {"codes": [0, 0]}, result.stderr[-3000:]
     assert "skipped" in result.stderr and "broken.jpg" in result.stderr
 
     # The .npz: folder images in sorted order, then the list file's entry.
@@ -98,6 +97,23 @@ def test_embed_and_search_end_to_end_without_training_code(model_dir, gallery, t
     assert f"query: {files[3]}" in result.stdout
     with Image.open(grid) as image:
         assert image.size[0] > 100 and image.size[1] > 100
+
+
+def test_serving_tools_import_no_training_code(model_dir):
+    """A serving process that embeds through the library (``serving_tools``) loads the
+    model classes (``import hdml_tf``) but none of the training side."""
+    code = f"""
+        import json, sys
+        from hdml_tf import serving_tools
+        serving_tools.load_model({model_dir!r})
+        loaded = sorted(m for m in sys.modules if m.startswith({TRAINING_MODULES!r}))
+        print("RESULT", json.dumps(loaded))
+    """
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                            capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
+                            timeout=240)
+    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    assert json.loads(line[len("RESULT "):]) == [], result.stderr[-3000:]
 
 
 def test_search_golden():

@@ -45,17 +45,18 @@ weights.
 
 From Python: :func:`export_run` (what ``hdml-tf export`` does, with its report lines),
 :func:`export_checkpoint` (a workdir or ``.keras`` file) and :func:`export_embedder`
-(a model in memory). Where the pieces are: ``contract.py`` (names, limits,
-``ExportError``), ``graph.py`` (the float32 rebuild and the serving functions),
-``publish.py`` (TF Serving's version directories, warmup, metadata), ``sources.py``
-(what an export is made from).
+(a model in memory). Where the pieces are: ``hdml_tf/serving_contract.py`` (names,
+limits, ``ExportError``; outside this package because ``serving_tools`` reads what an
+export writes without loading the training side), ``graph.py`` (the float32 rebuild and
+the serving functions), ``publish.py`` (TF Serving's version directories, warmup,
+metadata), ``sources.py`` (what an export is made from).
 """
 
 
-from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
-                                     INPUT_IMAGES, METADATA_FILENAME, METADATA_FORMAT,
-                                     OUTPUT_EMBEDDING, SIGNATURE_BYTES, SIGNATURE_IMAGES,
-                                     WARMUP_FILENAME, ExportError)
+from hdml_tf.serving_contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                                      INPUT_IMAGES, METADATA_FILENAME, METADATA_FORMAT,
+                                      OUTPUT_EMBEDDING, SIGNATURE_BYTES, SIGNATURE_IMAGES,
+                                      WARMUP_FILENAME, ExportError)
 from hdml_tf.export.graph import ServingGraph, build_archive, serving_embedder
 from hdml_tf.export.publish import (existing_versions, export_embedder, next_version,
                                     write_warmup)

@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from hdml_tf.data import preprocess
-from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
-                                     INPUT_IMAGES, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
-                                     SIGNATURE_IMAGES, ExportError, MAGIC)
+from hdml_tf.serving_contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                                      INPUT_IMAGES, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
+                                      SIGNATURE_IMAGES, ExportError, MAGIC)
 
 
 def _layers(model):

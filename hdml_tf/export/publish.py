@@ -23,11 +23,11 @@ import tensorflow as tf
 
 from hdml_tf.data import preprocess
 from hdml_tf.export import graph as graph_lib
-from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
-                                     INPUT_IMAGES, METADATA_FILENAME, METADATA_FORMAT,
-                                     OUTPUT_EMBEDDING, SERVING_API_HINT, SIGNATURE_BYTES,
-                                     SIGNATURE_IMAGES, TEMP_PREFIX, WARMUP_FILENAME,
-                                     WARMUP_MODES, ExportError, size_pair)
+from hdml_tf.serving_contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                                      INPUT_IMAGES, METADATA_FILENAME, METADATA_FORMAT,
+                                      OUTPUT_EMBEDDING, SERVING_API_HINT, SIGNATURE_BYTES,
+                                      SIGNATURE_IMAGES, TEMP_PREFIX, WARMUP_FILENAME,
+                                      WARMUP_MODES, ExportError, size_pair)
 from hdml_tf.models import HDML
 from hdml_tf.networks import Embedder
 from hdml_tf.workdir import WorkdirLock

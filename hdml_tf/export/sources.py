@@ -9,9 +9,9 @@ import keras
 
 from hdml_tf import checkpoints
 from hdml_tf.data import preprocess
-from hdml_tf.export.contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
-                                     INPUT_IMAGES, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
-                                     SIGNATURE_IMAGES, ExportError, size_pair)
+from hdml_tf.serving_contract import (DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS, INPUT_BYTES,
+                                      INPUT_IMAGES, OUTPUT_EMBEDDING, SIGNATURE_BYTES,
+                                      SIGNATURE_IMAGES, ExportError, size_pair)
 from hdml_tf.export.publish import class_split_of, export_embedder
 from hdml_tf.models import HDML
 from hdml_tf.networks import Embedder

@@ -56,7 +56,7 @@ def test_demo_smoke_trains_both_evaluates_plots_and_exports(tmp_path):
                         f"training_curves_{run}.png"):
             assert (out / picture).stat().st_size > 10_000, picture
     # Only the HDML run is exported, as version 1 of fashion_mnist_hdml.
-    versions = sorted(os.listdir(exports / "fashion_mnist_hdml"))
+    versions = sorted(n for n in os.listdir(exports / "fashion_mnist_hdml") if n != ".lock")
     assert versions == ["1"]
     assert (exports / "fashion_mnist_hdml" / "1" / "saved_model.pb").exists()
 
