@@ -47,6 +47,7 @@ from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
 from hdml_tf.backbones.imagenet import imagenet_check
 from hdml_tf.config import ConfigError
 from hdml_tf.data import glyphs
+from hdml_tf.data.base import default_root
 from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 from hdml_tf.nonfinite import NonFiniteTrainingError
 from hdml_tf.workdir import WorkdirError, WriteError
@@ -534,7 +535,10 @@ def _data_glyphs_parser(prog):
         description="Render the CJK ideographs that every distinct installed typeface "
                     "draws into an image folder (one class per character, one image per "
                     "face), with splits.txt and manifest.json (hdml_tf.data.glyphs).")
-    parser.add_argument("--out", required=True, help="output folder (data.root)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: where the glyphs dataset looks, "
+                             "$HDML_GLYPHS_DIR, else $HDML_DATA_DIR/glyphs, else "
+                             "~/hdml_data/glyphs)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--margin", type=int, default=None,
                         help="white pixels around the face box (default size // 16)")
@@ -558,7 +562,8 @@ def _data_glyphs(args, parser):
     except ValueError:
         parser.error(f"--fractions: expected three numbers TRAIN,VAL,TEST, got "
                      f"{args.fractions!r}")
-    glyphs.build(args.out, size=args.size, margin=args.margin, seed=args.seed,
+    out = args.out or default_root("HDML_GLYPHS_DIR", glyphs.NAME)
+    glyphs.build(out, size=args.size, margin=args.margin, seed=args.seed,
                  max_chars=args.max_chars, min_ideographs=args.min_ideographs,
                  fractions=fractions, fonts=args.fonts,
                  command="hdml-tf data glyphs " + shlex.join(args.argv))
