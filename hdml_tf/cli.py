@@ -544,8 +544,9 @@ def _data_glyphs_parser(prog):
                         help="white pixels around the face box (default size // 16)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the characters kept by --max-chars and the split")
-    parser.add_argument("--max-chars", type=int, default=None,
-                        help="keep this many shared characters (default: all)")
+    parser.add_argument("--max-chars", type=int, default=3000,
+                        help="keep this many shared characters, a seeded choice (default "
+                             "3000: the glyphs_npair benchmark's folder; 0 keeps all)")
     parser.add_argument("--min-ideographs", type=int, default=7000,
                         help="skip faces whose charset has fewer ideographs (default 7000)")
     parser.add_argument("--fractions", default="0.45,0.05,0.5", metavar="TRAIN,VAL,TEST",
@@ -564,7 +565,7 @@ def _data_glyphs(args, parser):
                      f"{args.fractions!r}")
     out = args.out or default_root("HDML_GLYPHS_DIR", glyphs.NAME)
     glyphs.build(out, size=args.size, margin=args.margin, seed=args.seed,
-                 max_chars=args.max_chars, min_ideographs=args.min_ideographs,
+                 max_chars=args.max_chars or None, min_ideographs=args.min_ideographs,
                  fractions=fractions, fonts=args.fonts,
                  command="hdml-tf data glyphs " + shlex.join(args.argv))
     return 0

@@ -14,9 +14,7 @@ import pytest
 from PIL import Image
 
 from hdml_tf import cli
-from hdml_tf import config as config_lib
 from hdml_tf import data
-from hdml_tf import training
 from hdml_tf.data import glyphs
 
 WQY = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
@@ -193,14 +191,24 @@ def test_command_errors_are_one_line(tmp_path, capsys):
     assert "no font file" in capsys.readouterr().err
 
 
-def test_a_few_training_steps_on_the_glyph_folder(folder, tmp_path):
-    config = config_lib.load_config("fashion_mnist_npair", [
-        "data.name=glyphs", f"data.root={folder}", "data.batch_size=8", "data.resize=32",
-        "data.crop=32", "data.flip=false", "model.embedding_dim=16", "train.export=false",
-        "train.verbose=0"], smoke=True)
-    results = training.train(config, str(tmp_path / "run"))
-    assert results["steps"] == 6
-    assert 0.0 <= results["test"]["map@r"] <= 1.0
-    with open(tmp_path / "run" / "config.json") as f:
-        names = json.load(f)["class_names"]
-    assert len(names["train"]) == 11 and len(names["test"]) == 12
+def test_smoke_compare_of_the_glyphs_preset(folder, tmp_path, capsys):
+    """``hdml-tf compare --config glyphs_npair --smoke`` on a tiny glyph folder: both
+    arms of two seeds train on its characters and score the unseen test characters."""
+    workdir = tmp_path / "cmp"
+    argv = ["--config", "glyphs_npair", "--seeds", "2", "--workdir", str(workdir),
+            "--smoke", "--set", f"data.root={folder}", "--set", "data.batch_size=8"]
+    assert cli.main(["compare", *argv]) == 0
+    capsys.readouterr()
+    markdown = (workdir / "compare.md").read_text()
+    assert "map@r" in markdown.lower() and "Seeds: 0, 1" in markdown
+    for seed in (0, 1):
+        for arm in ("hdml", "baseline"):
+            run = workdir / f"seed{seed}" / arm
+            test = json.loads((run / "metrics.json").read_text())["test"]
+            assert 0.0 <= test["map@r"] <= 1.0 and 0.0 <= test["r_precision"] <= 1.0
+            config = json.loads((run / "config.json").read_text())
+            assert config["config"]["data"]["name"] == "glyphs"
+            assert config["config"]["model"]["hdml"] == (arm == "hdml")
+            names = config["class_names"]
+            assert len(names["train"]) == 11 and len(names["test"]) == 12
+            assert not set(names["train"]) & set(names["test"])
