@@ -5,6 +5,7 @@ import errno
 import glob
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -66,7 +67,11 @@ def test_the_lock_names_its_holder_and_a_dead_holder_frees_it(tmp_path):
 def test_a_second_trainer_on_a_workdir_fails_at_once_and_the_first_finishes(tmp_path):
     """Two `hdml-tf train` on one workdir, the second started while the first trains:
     the second exits 2 with one line naming the workdir and the first's process; the
-    first finishes, its schedule log with strictly increasing steps."""
+    first finishes, its schedule log with strictly increasing steps.
+
+    The first is paused (SIGSTOP) after its first checkpoint while the second is tried,
+    so on a loaded machine it cannot finish (and free the workdir) before the second
+    starts; it holds the lock all the while, then resumes (SIGCONT)."""
     config = write_config(tmp_path, train={"steps": 300, "steps_per_epoch": 10,
                                            "log_every": 10})
     run = tmp_path / "run"
@@ -78,10 +83,14 @@ def test_a_second_trainer_on_a_workdir_fails_at_once_and_the_first_finishes(tmp_
         while not glob.glob(str(run / "checkpoints" / "ckpt-*.index")):
             assert first.poll() is None and time.time() < deadline, first.stderr.read()
             time.sleep(0.05)
-        started = time.time()
-        second = _train(config, run)
-        elapsed = time.time() - started
-        assert first.poll() is None, "the first run ended before the second was tried"
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            started = time.time()
+            second = _train(config, run)
+            elapsed = time.time() - started
+            assert first.poll() is None, "the first run ended before the second was tried"
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         assert first.wait(timeout=600) == 0, first.stderr.read()
     finally:
         first.kill()
