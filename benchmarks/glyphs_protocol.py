@@ -65,7 +65,7 @@ def evaluate_workdir(workdir, split_name="test"):
     """Leave-one-out and across-family retrieval metrics of a workdir's final model."""
     from hdml_tf import checkpoints
     from hdml_tf import config as config_lib
-    from hdml_tf.data import base, glyphs, pipeline
+    from hdml_tf.data import glyphs, pipeline
     from hdml_tf.evaluation import evaluate_embeddings
     from hdml_tf.evaluation.cross_group import evaluate_across_groups
     from hdml_tf.evaluation.protocol import embed
@@ -73,13 +73,12 @@ def evaluate_workdir(workdir, split_name="test"):
     with open(os.path.join(workdir, "config.json")) as f:
         config = config_lib.from_dict(json.load(f)["config"])
     d = config.data
-    root = d.root or base.default_root("HDML_GLYPHS_DIR", glyphs.NAME)
-    split = glyphs.load(split_name, root)
+    split = glyphs.load(split_name, d.root)
     embedder = checkpoints.restore_model(workdir).embedder
     data = pipeline.eval_dataset(split, batch_size=d.eval_batch_size, resize=d.resize,
                                  crop=d.crop, preprocessing=embedder.preprocessing)
     embeddings, labels = embed(embedder, data)
-    group_of = {f["id"]: f["group"] for f in glyphs.read_manifest(root)["faces"]}
+    group_of = {f["id"]: f["group"] for f in glyphs.read_manifest(d.root)["faces"]}
     groups = np.array([group_of[i] for i in glyphs.image_faces(split)])
     metrics = ("recall", "map@r", "r_precision")
     return {"split": split_name, "images": len(split), "classes": split.num_classes,

@@ -47,7 +47,6 @@ from hdml_tf.backbones.download import KNOWN_WEIGHTS, default_cache_dir
 from hdml_tf.backbones.imagenet import imagenet_check
 from hdml_tf.config import ConfigError
 from hdml_tf.data import glyphs
-from hdml_tf.data.base import default_root
 from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 from hdml_tf.nonfinite import NonFiniteTrainingError
 from hdml_tf.workdir import WorkdirError, WriteError
@@ -563,8 +562,7 @@ def _data_glyphs(args, parser):
     except ValueError:
         parser.error(f"--fractions: expected three numbers TRAIN,VAL,TEST, got "
                      f"{args.fractions!r}")
-    out = args.out or default_root("HDML_GLYPHS_DIR", glyphs.NAME)
-    glyphs.build(out, size=args.size, margin=args.margin, seed=args.seed,
+    glyphs.build(args.out, size=args.size, margin=args.margin, seed=args.seed,
                  max_chars=args.max_chars or None, min_ideographs=args.min_ideographs,
                  fractions=fractions, fonts=args.fonts,
                  command="hdml-tf data glyphs " + shlex.join(args.argv))

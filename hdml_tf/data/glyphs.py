@@ -597,14 +597,20 @@ def select_faces(fonts: Sequence[str] | None, min_ideographs: int):
     return candidates, dropped
 
 
-def build(out: str, *, size: int = 32, margin: int | None = None, seed: int = 0,
+def default_root(root: str | None = None) -> str:
+    """``root``, else where the glyphs dataset looks: ``$HDML_GLYPHS_DIR``, else
+    ``$HDML_DATA_DIR/glyphs``, else ``~/hdml_data/glyphs``."""
+    return root or base.default_root("HDML_GLYPHS_DIR", NAME)
+
+
+def build(out: str | None = None, *, size: int = 32, margin: int | None = None, seed: int = 0,
           max_chars: int | None = None, min_ideographs: int = 7000,
           fractions: Sequence[float] = (0.45, 0.05, 0.5),
           fonts: Sequence[str] | None = None, command: str = "", log=print) -> dict:
     """Write the glyph folder (module docstring) to ``out``; returns the manifest.
 
     Args:
-        out: output directory; must be empty, absent, or a previous glyph folder.
+        out: output directory (default `default_root`): empty, absent or a glyph folder.
         size: image side in pixels. margin: white pixels on each side of the face box
             (default ``max(1, size // 16)``).
         seed: decides the characters kept under ``max_chars`` and the split.
@@ -614,6 +620,7 @@ def build(out: str, *, size: int = 32, margin: int | None = None, seed: int = 0,
         fonts: font files or directories to use instead of every installed face.
         command: the command line, recorded in the manifest.
     """
+    out = default_root(out)
     margin = max(1, size // 16) if margin is None else margin
     candidates, dropped = select_faces(fonts, min_ideographs)
     probe = probe_characters(candidates)
@@ -661,8 +668,9 @@ def build(out: str, *, size: int = 32, margin: int | None = None, seed: int = 0,
 # -------------------------------------------------------------------- loading
 
 
-def read_manifest(root: str) -> dict:
-    """The manifest.json of a glyph folder."""
+def read_manifest(root: str | None = None) -> dict:
+    """The manifest.json of a glyph folder (default: `default_root`)."""
+    root = default_root(root)
     with open(base.require_file(os.path.join(root, MANIFEST), "glyphs manifest",
                                 "(write the folder with: hdml-tf data glyphs --out DIR)"),
               encoding="utf-8") as f:
@@ -683,7 +691,7 @@ def load(split: str, root: str | None = None, *, val_fraction: float = 0.0,
         ImageDataset named "glyphs" with ``paths``; class names are the characters.
         Each image's face is `image_faces` of it.
     """
-    root = root or base.default_root("HDML_GLYPHS_DIR", NAME)
+    root = default_root(root)
     split_file = base.require_file(os.path.join(root, SPLIT_FILE), "glyphs split file",
                                    "(write the folder with: hdml-tf data glyphs --out DIR)")
     data = folder.load(split, root, split_file=split_file, val_fraction=val_fraction,
