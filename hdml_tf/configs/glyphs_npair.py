@@ -14,22 +14,20 @@ leave-one-out protocol is saturated on val (docs/results.md, "Glyphs"). Not in t
 paper: no reference numbers.
 """
 
-from hdml_tf.config import ExperimentConfig
+from hdml_tf.configs import fashion_mnist_npair
 
 
 def get_config():
-    config = ExperimentConfig(name="glyphs_npair")
-    d, m, o, t = config.data, config.model, config.optim, config.train
+    """The Fashion-MNIST preset's small-CNN N-pair recipe (backbone, embedding, decay,
+    window, learning rates), on the glyph folder at the paper's batch."""
+    config = fashion_mnist_npair.get_config()
+    config.name = "glyphs_npair"
+    d, m, t = config.data, config.model, config.train
     # 32 x 32 as rendered (a crop of the whole image); no flip (a mirrored glyph is no
     # glyph).
-    d.name, d.resize, d.crop, d.flip, d.batch_size, d.cache = (
-        "glyphs", 32, 32, False, 128, True)
-    d.eval_batch_size = 1000
-    m.backbone, m.embedding_dim, m.loss = "small_cnn", 64, "npair"
-    m.weight_decay, m.l2_reg, m.window = 5e-4, 3e-3, 64
-    m.alpha, m.beta = 90.0, 1e4
-    o.lr_metric, o.lr_gen, o.lr_cls = 1e-3, 1e-3, 1e-3
-    t.steps, t.steps_per_epoch, t.ks = 2000, 250, (1, 2, 4, 8)
-    t.export = False
-    t.export_name = "glyphs_hdml"
+    d.name, d.resize, d.crop, d.flip, d.batch_size = "glyphs", 32, 32, False, 128
+    d.eval_batch_size, d.max_eval_images = 1000, 0
+    m.alpha, m.beta = 90.0, 1e4  # the paper's batch: the authors' constants
+    t.steps, t.steps_per_epoch = 2000, 250
+    t.export, t.export_name = False, "glyphs_hdml"
     return config
