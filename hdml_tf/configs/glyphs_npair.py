@@ -4,8 +4,8 @@ Run:  hdml-tf data glyphs                      (once: the folder, ~/hdml_data/gl
       hdml-tf train --config glyphs_npair --workdir runs/glyphs_hdml
       hdml-tf compare --config glyphs_npair --seeds 5 --workdir runs/glyphs
 Class = character, instance = typeface (hdml_tf.data.glyphs): with Debian 12's CJK
-packages (README) 41 faces draw the 3,000 characters `hdml-tf data glyphs` keeps by
-default, split 1,350 train / 150 val / 1,500 unseen test. Batch 128 = 64 classes per
+packages (their apt line: docs/results.md) 41 faces draw the 3,000 characters
+`hdml-tf data glyphs` keeps by default, split 1,350 train / 150 val / 1,500 unseen test. Batch 128 = 64 classes per
 N-pair batch, as in the paper.
 
 Not settled yet (issue 25): the hyper-parameters below are starting values, not chosen on
