@@ -17,7 +17,7 @@ and one running it, which calls library functions with plain arguments
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
-  hdml-tf data glyphs --out DIR [--size 32] [--seed 0]   CJK ideographs in the installed fonts
+  hdml-tf data glyphs --out DIR [--size 16] [--seed 0]   CJK ideographs in the installed fonts
 
 The command's entry point (``hdml_tf_entry.main``, beside the package) keeps
 TensorFlow's start-up lines off the output; this module only parses and dispatches.
@@ -538,7 +538,8 @@ def _data_glyphs_parser(prog):
                         help="output folder (default: where the glyphs dataset looks, "
                              "$HDML_GLYPHS_DIR, else $HDML_DATA_DIR/glyphs, else "
                              "~/hdml_data/glyphs)")
-    parser.add_argument("--size", type=int, default=32, help="image side in pixels")
+    parser.add_argument("--size", type=int, default=16,
+                        help="image side in pixels (default 16: the glyphs_npair folder)")
     parser.add_argument("--margin", type=int, default=None,
                         help="white pixels around the face box (default size // 16)")
     parser.add_argument("--seed", type=int, default=0,
@@ -550,6 +551,10 @@ def _data_glyphs_parser(prog):
                         help="skip faces whose charset has fewer ideographs (default 7000)")
     parser.add_argument("--fractions", default="0.45,0.05,0.5", metavar="TRAIN,VAL,TEST",
                         help="shares of the characters (default 0.45,0.05,0.5)")
+    parser.add_argument("--held-out", type=float, default=1 / 3, metavar="SHARE",
+                        help="share of the faces (whole families) that draw only the val "
+                             "and test characters, the others only the train characters "
+                             "(default 1/3; 0: every face draws every character)")
     parser.add_argument("--fonts", action="append", default=None, metavar="PATH",
                         help="use these font files or directories instead of every "
                              "installed face (repeatable)")
@@ -564,7 +569,7 @@ def _data_glyphs(args, parser):
                      f"{args.fractions!r}")
     glyphs.build(args.out, size=args.size, margin=args.margin, seed=args.seed,
                  max_chars=args.max_chars or None, min_ideographs=args.min_ideographs,
-                 fractions=fractions, fonts=args.fonts,
+                 fractions=fractions, held_out=args.held_out, fonts=args.fonts,
                  command="hdml-tf data glyphs " + shlex.join(args.argv))
     return 0
 
@@ -668,7 +673,7 @@ def main(argv=None):
         name, rest = f"weights {rest[0]}", rest[1:]
     elif name == "data":
         if not rest or rest[0] != "glyphs":
-            print("usage: hdml-tf data glyphs --out DIR [--size 32] [--seed 0] "
+            print("usage: hdml-tf data glyphs --out DIR [--size 16] [--seed 0] "
                   "[--max-chars N]", file=sys.stderr)
             return 2
         name, rest = "data glyphs", rest[1:]

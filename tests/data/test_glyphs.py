@@ -1,8 +1,9 @@
 """hdml-tf data glyphs: CJK ideographs rendered in real typefaces.
 
-Runs on the faces of three small Debian packages (the README's test command installs
-them): fonts-wqy-microhei (one .ttc holding WenQuanYi Micro Hei and its monospace twin),
-fonts-arphic-gkai00mp and fonts-arphic-gbsn00lp (GB 2312 Kai and Song faces).
+Runs on the faces of four Debian packages (the README's test command installs them):
+fonts-wqy-microhei and fonts-wqy-zenhei (each a .ttc holding a Hei face and its
+monospace twin), fonts-arphic-gkai00mp and fonts-arphic-gbsn00lp (GB 2312 Kai and Song
+faces). Four faces in four families: the default protocol holds two of them out.
 """
 
 import json
@@ -20,8 +21,11 @@ from hdml_tf.data import glyphs
 WQY = "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"
 GKAI = "/usr/share/fonts/truetype/arphic-gkai00mp/gkai00mp.ttf"
 GBSN = "/usr/share/fonts/truetype/arphic-gbsn00lp/gbsn00lp.ttf"
-FONTS = (WQY, GKAI, GBSN)
-PACKAGES = "fonts-wqy-microhei fonts-arphic-gkai00mp fonts-arphic-gbsn00lp"
+ZEN = "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"
+FONTS = (WQY, GKAI, GBSN, ZEN)
+PACKAGES = "fonts-wqy-microhei fonts-wqy-zenhei fonts-arphic-gkai00mp fonts-arphic-gbsn00lp"
+TRAIN_FACES = ["gbsn00lp_0", "gkai00mp_0"]  # seed 3 holds out the two Hei families
+TEST_FACES = ["wqy-microhei_0", "wqy-zenhei_0"]
 
 pytestmark = pytest.mark.skipif(
     not all(map(os.path.isfile, FONTS)) or not shutil.which("fc-query"),
@@ -34,6 +38,12 @@ ARGS = ["--size", "32", "--seed", "3", "--max-chars", str(CHARS), "--min-ideogra
 
 def _glyphs(out, *extra):
     return cli.run_command("data glyphs", ["--out", str(out), *ARGS, *extra])
+
+
+def folder_split(root):
+    """Character -> split, from a glyph folder's split file."""
+    with open(os.path.join(root, glyphs.SPLIT_FILE), encoding="utf-8") as f:
+        return dict(reversed(line.split()) for line in f if not line.startswith("#"))
 
 
 def _snapshot(root):
@@ -57,13 +67,16 @@ def folder(tmp_path_factory):
 def test_layout_is_a_folder_dataset_with_the_characters_as_classes(folder):
     manifest = glyphs.read_manifest(folder)
     ids = sorted(f["id"] for f in manifest["faces"])
-    assert ids == ["gbsn00lp_0", "gkai00mp_0", "wqy-microhei_0"]
+    assert ids == sorted(TRAIN_FACES + TEST_FACES)
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     assert "".join(classes) == manifest["characters"] and len(classes) == CHARS
     assert all(0x4E00 <= ord(c) <= 0x9FFF for c in classes)
+    split = folder_split(folder)
     for c in classes:
-        assert sorted(os.listdir(os.path.join(folder, c))) == [i + ".png" for i in ids]
-    image = Image.open(os.path.join(folder, classes[0], ids[0] + ".png"))
+        drawn_by = TRAIN_FACES if split[c] == "train" else TEST_FACES
+        assert sorted(os.listdir(os.path.join(folder, c))) == [i + ".png" for i in drawn_by]
+    image = Image.open(os.path.join(folder, classes[0], os.listdir(
+        os.path.join(folder, classes[0]))[0]))
     pixels = np.asarray(image)
     assert image.mode == "L" and pixels.shape == (32, 32)
     assert pixels[0].min() == 255 and pixels[:, 0].min() == 255  # margin: white background
@@ -78,9 +91,9 @@ def test_loader_reads_the_split_file(folder):
     assert sum(map(len, names.values())) == CHARS
     # 24 characters: test round(0.5 * 24) = 12, val round(0.05 * 24) = 1, train the rest
     assert [len(names[s]) for s in ("train", "val", "test")] == [11, 1, 12]
-    assert splits["test"].name == "glyphs" and len(splits["test"]) == 12 * 3
-    assert set(glyphs.image_faces(splits["test"])) == {"gbsn00lp_0", "gkai00mp_0",
-                                                       "wqy-microhei_0"}
+    assert splits["test"].name == "glyphs" and len(splits["test"]) == 12 * 2
+    assert sorted(set(glyphs.image_faces(splits["test"]))) == TEST_FACES
+    assert sorted(set(glyphs.image_faces(splits["train"]))) == TRAIN_FACES
     manifest = glyphs.read_manifest(folder)
     assert manifest["splits"] == {"train": 11, "val": 1, "test": 12}
     with pytest.raises(ValueError, match="val_fraction=0"):
@@ -97,10 +110,13 @@ def test_manifest_names_packages_duplicates_and_the_command(folder):
     twin = [d for d in manifest["dropped"] if d["family"] == "WenQuanYi Micro Hei Mono"]
     assert len(twin) == 1 and twin[0]["duplicate_of"] == "wqy-microhei_0"
     assert twin[0]["share_drawn_the_same"] >= 0.98 and twin[0]["index"] == 1
+    assert manifest["held_out_groups"] == ["fonts-wqy-microhei", "fonts-wqy-zenhei"]
+    assert {f["id"]: f["draws"] for f in manifest["faces"]} == {
+        **{i: "train" for i in TRAIN_FACES}, **{i: "val+test" for i in TEST_FACES}}
     assert manifest["command"].startswith("hdml-tf data glyphs --out ")
     assert manifest["settings"]["size"] == 32 and manifest["settings"]["seed"] == 3
-    assert manifest["images"] == 3 * CHARS
-    assert manifest["shared_in_charsets"] == 6763  # GB 2312's hanzi, in all three faces
+    assert manifest["images"] == 2 * CHARS  # each character in its side's two faces
+    assert manifest["shared_in_charsets"] == 6763  # GB 2312's hanzi, in all four faces
 
 
 def test_same_command_gives_the_same_bytes(folder, tmp_path):
@@ -212,3 +228,29 @@ def test_smoke_compare_of_the_glyphs_preset(folder, tmp_path, capsys):
             names = config["class_names"]
             assert len(names["train"]) == 11 and len(names["test"]) == 12
             assert not set(names["train"]) & set(names["test"])
+
+
+def test_held_out_families_are_whole_and_never_one_big_design():
+    # 41 faces as Debian 12's: one design with 14 weights, the rest in small families.
+    sizes = {"noto": 14, "cwtex": 5, "klee": 4, "horai": 3, "cns": 2, "ipa": 2, "yoz": 2,
+             **{f"one{i}": 1 for i in range(9)}}
+    groups = {(g, i): g for g, n in sizes.items() for i in range(n)}
+    for seed in range(20):
+        held = glyphs.held_out_groups(groups, 1 / 3, seed)
+        faces = sum(sizes[g] for g in held)
+        assert "noto" not in held and 41 / 3 <= faces < 41 / 3 + 5
+        assert held == sorted(held) == glyphs.held_out_groups(groups, 1 / 3, seed)
+    assert glyphs.held_out_groups(groups, 0, 0) == []
+    assert len({tuple(glyphs.held_out_groups(groups, 1 / 3, s)) for s in range(20)}) > 5
+    with pytest.raises(ValueError, match="each side needs two"):
+        glyphs.held_out_groups({("a", 0): "a", ("b", 0): "b", ("c", 0): "c"}, 1 / 3, 0)
+    with pytest.raises(ValueError, match="held_out must be in"):
+        glyphs.held_out_groups(groups, 1.0, 0)
+
+
+def test_every_face_draws_every_character_without_the_held_out_protocol(tmp_path):
+    out = tmp_path / "all"
+    assert _glyphs(out, "--held-out", "0") == 0
+    manifest = glyphs.read_manifest(str(out))
+    assert manifest["held_out_groups"] == [] and manifest["images"] == 4 * CHARS
+    assert {f["draws"] for f in manifest["faces"]} == {"all"}
