@@ -59,7 +59,7 @@ DATASETS = {
     # glyphs_npair's folder (docs/results.md): 1,350 train and 1,500 test characters x
     # 41 faces, 32x32 PNGs. The class count sets the classifier's width, which at 64
     # classes a batch (4,160 synthetic rows) is a real share of the step.
-    "glyphs": dict(train=55350, test=61500, classes=1350, size=(32, 32)),
+    "glyphs": dict(train=35100, test=22500, classes=1350, size=(16, 16)),
 }
 _DEFAULT_FACTS = dict(train=10000, test=10000, classes=100, size=(500, 375))
 # `hdml-tf bench --smoke`: tiny sizes (seconds, for CI); the user's --set still applies.
