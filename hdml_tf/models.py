@@ -205,7 +205,9 @@ class HDML(keras.Model):
         num_real = tf.shape(z)[0]
         y_gen = tf.cast(self.generator(tf.concat([z, synthetic.rows], axis=0),
                                        training=training), tf.float32)
-        y_prime, y_tilde = y_gen[:num_real], y_gen[num_real:]
+        # tf.split, not slicing: its gradient is one concat, where two slices' gradients
+        # are two zero-padded copies of the whole (4,288 x 256 at P = 64) summed.
+        y_prime, y_tilde = tf.split(y_gen, tf.stack([num_real, tf.shape(synthetic.rows)[0]]))
         # [J_syn] the synthetic tuple re-embedded by the SAME head.
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
         if prestep is not None:
