@@ -26,17 +26,19 @@ import tensorflow as tf
 
 from hdml_tf import bench, experiment
 
-# Name fragment -> part, in this order (the first fragment found in an op's name wins).
-PARTS = (("classifier", "classifier"), ("generator", "generator"), ("/head/", "head"),
-         ("embedder", "backbone"))
 OTHER = "losses, synthesis, optimizers"
 
 
-def part_of(name):
-    """(part, "backward" | "forward") of a traced op name."""
+def part_of(name, backbone):
+    """(part, "backward" | "forward") of a traced op name; ``backbone``: the backbone
+    layer's name. Ops are named after their layer scope with Keras' instance suffix
+    (``generator_1/fc2_1/BiasAdd``, ``gradient_tape/head_3/fc_1/MatMul/MatMul_1``)."""
     direction = "backward" if name.startswith("gradient_tape") else "forward"
-    for fragment, part in PARTS:
-        if fragment in name:
+    scope = name.removeprefix("gradient_tape/").split("/", 1)[0]
+    scopes = {scope, scope.rsplit("_", 1)[0]}
+    for layer, part in (("classifier", "classifier"), ("generator", "generator"),
+                        ("head", "head"), (backbone, "backbone")):
+        if layer in scopes:
             return part, direction
     return OTHER, direction
 
@@ -82,7 +84,7 @@ def profile_arm(config_spec, hdml, overrides, steps, num_classes):
         times = op_times(logdir)
     parts = {}
     for name, us in times.items():
-        key = part_of(name)
+        key = part_of(name, model.embedder.backbone.name)
         parts[key] = parts.get(key, 0.0) + us / 1000 / steps
     return parts, statistics.median(walls), times
 
