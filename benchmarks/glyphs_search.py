@@ -67,11 +67,11 @@ def main(argv=None):
     rows, best = [], {}
     for stage in (1, 2):
         lr = max(best, key=best.get) if best else None
-        for name, overrides in candidates_of_stage(stage, lr):
+        for i, (name, overrides) in enumerate(candidates_of_stage(stage, lr)):
             r = run(args.workdir, name, overrides, args.steps, args.seed)
             loo, across = r["leave_one_out"], r["across_families"]
             if stage == 1:
-                best[overrides[1].split("=")[1]] = loo["map@r"]
+                best[LEARNING_RATES[i]] = loo["map@r"]
             rows.append(f"| {name} | {' '.join(overrides)} | {100 * loo['map@r']:.2f} | "
                         f"{100 * loo['r_precision']:.2f} | {100 * loo['recall@1']:.2f} | "
                         f"{100 * across['map@r']:.2f} | {100 * across['recall@1']:.2f} |")

@@ -56,8 +56,8 @@ DATASETS = {
     "inshop": dict(train=25882, test=26830, classes=3997, size=(256, 256)),
     "fashion_mnist": dict(train=35000, test=35000, classes=5, size=(28, 28)),
     "digits": dict(train=900, test=897, classes=5, size=(8, 8)),
-    # glyphs_npair's folder (docs/results.md): 1,350 train and 1,500 test characters x
-    # 41 faces, 32x32 PNGs. The class count sets the classifier's width, which at 64
+    # glyphs_npair's folder (docs/results.md): 1,350 train characters x 26 faces and
+    # 1,500 test characters x 15 held-out faces, 16x16 PNGs. The class count sets the classifier's width, which at 64
     # classes a batch (4,160 synthetic rows) is a real share of the step.
     "glyphs": dict(train=35100, test=22500, classes=1350, size=(16, 16)),
 }

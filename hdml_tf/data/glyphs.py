@@ -67,6 +67,7 @@ in the root.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import io
@@ -497,10 +498,10 @@ def draw_shared(faces: Sequence[Face], size: int, margin: int, seed: int = 0,
     return faces, chosen, {f.key: results[f.key] for f in faces}, dropped
 
 
-def seeded_order(codes: Iterable[int], seed: int) -> list:
-    """The code points sorted by SHA-256 of ``"<seed> <code point>"``: a seeded shuffle
-    in which each character's place depends on itself only (adding or removing one
-    character leaves the others' relative order unchanged)."""
+def seeded_order(codes: Iterable, seed: int) -> list:
+    """The code points (or names) sorted by SHA-256 of ``"<seed> <value>"``: a seeded
+    shuffle in which each value's place depends on itself only (adding or removing one
+    leaves the others' relative order unchanged)."""
     return sorted(codes, key=lambda c: hashlib.sha256(f"{seed} {c}".encode()).digest())
 
 
@@ -600,10 +601,10 @@ def held_out_groups(groups: dict, share: float, seed: int) -> list:
         return []
     if not 0 < share < 1:
         raise ValueError(f"glyphs: held_out must be in [0, 1), got {share}")
-    sizes = {g: list(groups.values()).count(g) for g in set(groups.values())}
+    sizes = collections.Counter(groups.values())
     target, limit = share * len(groups), max(1.0, share * len(groups) / 2)
     chosen = []
-    for name in sorted(sizes, key=lambda g: hashlib.sha256(f"{seed} {g}".encode()).digest()):
+    for name in seeded_order(sizes, seed):
         if sum(sizes[g] for g in chosen) >= target:
             break
         if sizes[name] <= limit:
@@ -702,8 +703,8 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
                 "held_out": held_out, "fonts": list(fonts or [])}
     candidates, probe, kept, drawings, codes, results, dropped = _faces_and_characters(
         fonts, min_ideographs, size, margin, seed, max_chars, log)
-    packages = debian_packages({f.file for f in candidates + [d["face"] for d in dropped]})
-    ids = face_ids(list(candidates) + [d["face"] for d in dropped])
+    every = list(candidates) + [d["face"] for d in dropped]
+    packages, ids = debian_packages({f.file for f in every}), face_ids(every)
     groups = family_groups(kept, drawings, packages, dropped)
     split = split_characters(codes, fractions, seed)
     test_groups = held_out_groups(groups, held_out, seed)

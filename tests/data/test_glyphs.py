@@ -40,12 +40,6 @@ def _glyphs(out, *extra):
     return cli.run_command("data glyphs", ["--out", str(out), *ARGS, *extra])
 
 
-def folder_split(root):
-    """Character -> split, from a glyph folder's split file."""
-    with open(os.path.join(root, glyphs.SPLIT_FILE), encoding="utf-8") as f:
-        return dict(reversed(line.split()) for line in f if not line.startswith("#"))
-
-
 def _snapshot(root):
     """Relative path -> bytes of every file under root."""
     files = {}
@@ -71,7 +65,7 @@ def test_layout_is_a_folder_dataset_with_the_characters_as_classes(folder):
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     assert "".join(classes) == manifest["characters"] and len(classes) == CHARS
     assert all(0x4E00 <= ord(c) <= 0x9FFF for c in classes)
-    split = folder_split(folder)
+    split = glyphs.folder.read_split_file(os.path.join(folder, glyphs.SPLIT_FILE))
     for c in classes:
         drawn_by = TRAIN_FACES if split[c] == "train" else TEST_FACES
         assert sorted(os.listdir(os.path.join(folder, c))) == [i + ".png" for i in drawn_by]
