@@ -20,11 +20,22 @@ and each step's update of a BN statistic. Arrays over 4096 elements are compared
 through a linear count sketch (``authors_parity_common.sketch``): the sketch of the
 difference estimates its norm within a few per cent, far inside what a one-line
 change of the maths moves it.
+
+One allowance is added to that bound, and it is measured, not guessed: a ReLU unit
+whose pre-activation lies within rounding of its kink (seen: -1.7e-5 where its layer's
+rms is 23, 7e-7 relative) takes the other branch on another CPU (AVX2 vs AVX-512
+accumulation order), and its whole gradient goes with it (4.6% of inception_5b/5x5's
+bias gradient, 0.5% of conv1's beneath it). So the test also computes hdml_tf's side
+twice more with every ReLU's gradient mask moved to ``x > +KINK_BAND rms`` and to
+``x > -KINK_BAND rms`` (the forward pass untouched), and each quantity may differ from
+theirs by how far those two runs move it (:func:`kink_brackets`). A unit outside the
+band gets no allowance, so a change of the maths still fails everywhere it acts.
 """
 
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -37,6 +48,12 @@ from hdml_tf import experiment, training  # noqa: E402
 from hdml_tf.data.base import ImageDataset  # noqa: E402
 
 OBJECTIVES = {"J_metric": "metric", "J_gen": "generator", "cross_entropy": "classifier"}
+
+#: ReLU units within this fraction of their layer's rms pre-activation of the kink may
+#: take either branch on another machine (the float32 rounding of a dot product of K
+#: terms is about sqrt(K) 6e-8 of its scale; 1e-5 is well above it and, at about 1e-5
+#: of all units, still leaves almost every gradient element without allowance).
+KINK_BAND = 1e-5
 
 
 def preset_config(loss, overrides=None):
@@ -99,6 +116,27 @@ def ours_as_theirs(terms):
             "cross_entropy": terms["j_cls"], "lambda": terms["lambda"], "w": w}
 
 
+def relu_with_mask_at(side):
+    """ReLU whose gradient mask is ``x > side KINK_BAND rms(x)`` (``side`` 0: tf.nn.relu)."""
+    @tf.custom_gradient
+    def relu(x):
+        def grad(dy):
+            band = side * KINK_BAND * tf.sqrt(tf.reduce_mean(tf.square(x)))
+            return dy * tf.cast(x > band, dy.dtype)
+        return tf.nn.relu(x), grad
+    return relu
+
+
+def move_relu_masks(model, side):
+    """Every ReLU layer of ``model`` (backbone convs, generator fc1) -> `relu_with_mask_at`."""
+    layers = [layer for layer in model._flatten_layers()
+              if getattr(layer, "activation", None) is keras.activations.relu]
+    assert len(layers) > 50, len(layers)  # 57 backbone convs and the generator's fc1
+    for layer in layers:
+        layer.activation = relu_with_mask_at(side)
+    return model
+
+
 @pytest.fixture(scope="module", params=common.LOSSES)
 def case(request):
     loss = request.param
@@ -108,8 +146,34 @@ def case(request):
     return loss, fixture["arrays"], fixture["meta"], model, batch_of(loss, config, model)
 
 
-def _close(got, want, noise, rtol, what):
-    tol = max(rtol * abs(want), 2.0 * float(np.max(noise)), 1e-7)
+@pytest.fixture(scope="module")
+def kink_brackets(case):
+    """hdml_tf's side with the ReLU masks moved to each edge of the band: the step-0
+    gradients and the K steps' terms and snapshots, for side -1 and +1."""
+    loss, _, _, _, batch = case
+    out = []
+    for side in (-1, 1):
+        model = move_relu_masks(build(preset_config(loss), loss), side)
+        grads = {ours: {id_name: g.numpy() for id_name, g in _named(model, pairs)}
+                 for ours, pairs in model.objective_gradients(batch).items()}
+        out.append((grads, *_train(model, batch)))
+    return out
+
+
+def _named(model, pairs):
+    names = {id(v): k for k, v in neutral_variables(model).items()}
+    return [(names[id(variable)], grad) for grad, variable in pairs]
+
+
+def kink_allowance(ours, bracket, theirs_norm):
+    """How far the two bracket runs move a quantity from ours, relative to theirs."""
+    lo, hi = (np.asarray(b, np.float64) for b in bracket)
+    ours = np.asarray(ours, np.float64)
+    return (np.linalg.norm(lo - ours) + np.linalg.norm(hi - ours)) / theirs_norm
+
+
+def _close(got, want, noise, rtol, what, kinks=0.0):
+    tol = max(rtol * abs(want), 2.0 * float(np.max(noise)), 1e-7) + kinks
     assert abs(got - want) <= tol, f"{what}: ours {got!r}, authors' {want!r} (tol {tol:.3g})"
 
 
@@ -190,19 +254,22 @@ def test_every_loss_term_at_the_initial_weights(case):
                1e-4, term)
 
 
-def test_gradients_at_the_initial_weights(case):
+def test_gradients_at_the_initial_weights(case, kink_brackets):
     """The sharpest check (no training noise): every variable's gradient of each
-    objective within max(1e-3, twice their own oneDNN noise) of its norm."""
+    objective within max(1e-3, twice their own oneDNN noise) of its norm, plus what
+    the ReLU units at their kink move it."""
     loss, arrays, meta, model, batch = case
     grads = model.objective_gradients(batch)
-    names = {id(v): k for k, v in neutral_variables(model).items()}
     results = []
     for theirs, ours in OBJECTIVES.items():
-        for grad, variable in grads[ours]:
-            key = f"grad0/{theirs}/{names[id(variable)]}"
+        for name, grad in _named(model, grads[ours]):
+            key = f"grad0/{theirs}/{name}"
             assert f"{key}/norm" in arrays, f"{key}: no such gradient in the fixture"
+            kinks = kink_allowance(grad.numpy().reshape(-1),
+                                   [b[0][ours][name].reshape(-1) for b in kink_brackets],
+                                   float(arrays[f"{key}/norm"]))
             results.append((key, relative_difference(arrays, key, grad.numpy()),
-                            float(arrays[f"noise_rel/{key}"]), 0.0))
+                            float(arrays[f"noise_rel/{key}"]), kinks))
     assert len(results) == sum(len(v) for v in meta["objective_variables"].values())
     assert_all_within(results)
 
@@ -222,25 +289,34 @@ def _train(model, batch):
     return terms, snapshots
 
 
-def test_every_step_updates_as_theirs(case):
+def test_every_step_updates_as_theirs(case, kink_brackets):
     """Each step's loss terms, each trainable variable's update w_{k+1} - w_k and
-    each BN statistic's update, relative to the update's own norm."""
+    each BN statistic's update, relative to the update's own norm (plus, each, what
+    the ReLU units at their kink move it)."""
     loss, arrays, meta, model, batch = case
     terms, snapshots = _train(model, batch)
     for step, ours in enumerate(terms):
         # From step 1 on the weights already differ by the step-0 rounding (within
         # the update bound): 1e-3, not step 0's 1e-4.
         for term, value in ours.items():
+            kinks = kink_allowance(value, [b[1][step][term] for b in kink_brackets], 1.0)
             _close(value, float(arrays[f"loss/{term}"][step]),
                    arrays[f"noise/loss/{term}"][step], 1e-4 if step == 0 else 1e-3,
-                   f"step {step} {term}")
+                   f"step {step} {term}", kinks)
     results = []
+
+    def update(snaps, step, name):
+        return snaps[step + 1][name] - snaps[step][name]
+
     for step in range(common.K_STEPS):
         for name in meta["trainable_neutral"]:
             key = f"update/{step}/{name}"
-            ours = snapshots[step + 1][name] - snapshots[step][name]
+            ours = update(snapshots, step, name)
+            kinks = kink_allowance(ours, [update(b[2], step, name) for b in kink_brackets],
+                                   float(arrays[f"{key}/norm"]))
             results.append((key, relative_difference(arrays, key, ours),
-                            float(arrays[f"noise_rel/{key}"]), flip_allowance(arrays, key)))
+                            float(arrays[f"noise_rel/{key}"]),
+                            flip_allowance(arrays, key) + kinks))
         for name in ("head/bn/moving_mean", "head/bn/moving_variance",
                      "generator/bn/moving_mean", "generator/bn/moving_variance"):
             theirs = arrays[f"bn/{name}"].astype(np.float64)
@@ -248,11 +324,13 @@ def test_every_step_updates_as_theirs(case):
             ours = snapshots[step + 1][name] - snapshots[step][name]
             want = theirs[step] - before
             rel = np.linalg.norm(ours - want) / np.linalg.norm(want)
+            kinks = kink_allowance(ours, [update(b[2], step, name) for b in kink_brackets],
+                                   np.linalg.norm(want))
             # From step 1 on the batch statistics come from weights that already
             # differ by the step-0 sign flips: 3e-3 instead of 1e-3.
             results.append((f"bn/{name}/{step}", rel,
                             float(arrays[f"noise_rel/bn/{name}/{step}"]),
-                            0.0 if step == 0 else 2e-3))
+                            (0.0 if step == 0 else 2e-3) + kinks))
     assert len(results) == common.K_STEPS * (len(meta["trainable_neutral"]) + 4)
     assert_all_within(results)
 
