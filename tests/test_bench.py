@@ -33,6 +33,7 @@ def table(lines):
     return header, [dict(zip(header, r)) for r in rows]
 
 
+@pytest.mark.manual
 def test_one_table_with_the_documented_columns(smoke_output):
     lines, _ = smoke_output
     header, rows = table(lines)
@@ -49,6 +50,7 @@ def test_one_table_with_the_documented_columns(smoke_output):
     assert any(re.search(r"load average [\d.]+ at start", line) for line in lines)
 
 
+@pytest.mark.manual
 def test_ratios_and_rates_follow_from_the_printed_ms(smoke_output):
     lines, _ = smoke_output
     _, rows = table(lines)
@@ -93,6 +95,7 @@ def test_cli_lists_and_dispatches_bench(capsys):
     assert cli.main(["bench", "--config", "no_such_preset"]) == 2
 
 
+@pytest.mark.manual
 def test_a_triplet_preset_is_timed_with_triplet_batches(capsys):
     """The step is timed on a batch of the preset's own layout (three groups for a
     triplet model), and --smoke picks a batch size the loss accepts."""

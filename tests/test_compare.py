@@ -92,6 +92,7 @@ def _numbers(text):
     return [float(x) for x in re.findall(r"[-+]?\d+\.\d+", text)]
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_compare_smoke_two_seeds_arithmetic_and_reuse(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HDML_FASHION_MNIST_DIR", _noisy_fashion_idx(str(tmp_path / "fm")))

@@ -336,6 +336,7 @@ def test_two_replica_contributions_sum_to_the_one_device_value(loss, two_replica
                                    err_msg=key)
 
 
+@pytest.mark.manual
 def test_two_replica_nonfinite_generator_branch(two_replicas):
     """Under MirroredStrategy the J_syn fallback and the generator skip run too."""
     batch = make_batch("npair")

@@ -171,6 +171,7 @@ def test_quickstart_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
     assert (exports / "fashion_mnist_hdml" / "1" / "saved_model.pb").is_file()
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_serving_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
     from tests.serving_stub import ServingStub
@@ -203,6 +204,7 @@ def test_serving_runs_end_to_end_in_smoke_mode(tmp_path, smoke_env):
     assert _png_count(notebook) == 1
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_reproduce_paper_runs_up_to_training_in_smoke_mode(tmp_path, smoke_env):
     from tests.backbones.test_caffemodel import googlenet_arrays, write_caffemodel

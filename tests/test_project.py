@@ -17,7 +17,7 @@ def _readme_block_after(heading_text):
 
 
 def test_ci_runs_the_readme_test_command():
-    command = _readme_block_after("The tests (this is what `.ci/run` runs")
+    command = _readme_block_after("The tests (what `.ci/run` runs")
     ci_lines = [l.strip() for l in (ROOT / ".ci" / "run").read_text().splitlines()
                 if l.strip() and not l.startswith("#")]
     assert command in ci_lines

@@ -63,6 +63,7 @@ def test_the_lock_names_its_holder_and_a_dead_holder_frees_it(tmp_path):
         holder.kill()
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_a_second_trainer_on_a_workdir_fails_at_once_and_the_first_finishes(tmp_path):
     """Two `hdml-tf train` on one workdir, the second started while the first trains:
@@ -105,6 +106,7 @@ def test_a_second_trainer_on_a_workdir_fails_at_once_and_the_first_finishes(tmp_
 # ------------------------------------------------------- a damaged newest checkpoint
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_a_truncated_newest_checkpoint_is_stepped_over_and_the_run_ends_identical(tmp_path):
     """ckpt-60's data truncated to 1000 bytes: resuming says so in one line, sets it
@@ -129,6 +131,7 @@ def test_a_truncated_newest_checkpoint_is_stepped_over_and_the_run_ends_identica
     _assert_same_run(reference, run, ["train_log.csv", "schedule_log.csv"])
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_no_checkpoint_restores_is_one_line_and_exit_2(tmp_path):
     config = write_config(tmp_path, train={"steps": 20, "steps_per_epoch": 10})

@@ -6,6 +6,7 @@ import pytest
 from hdml_tf import backbones, data, models, networks
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_hdml_fit_on_npair_batches():
     import keras

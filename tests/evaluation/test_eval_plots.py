@@ -86,6 +86,7 @@ def test_training_curves_from_dict_and_csv(tmp_path):
         plots.plot_training_curves({"accuracy": [0.1]}, str(tmp_path / "c3.png"))
 
 
+@pytest.mark.manual
 def test_import_leaves_the_matplotlib_backend_alone():
     """Notebooks keep inline figures: the plotting module must not switch backends."""
     import subprocess

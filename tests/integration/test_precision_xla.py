@@ -72,6 +72,7 @@ def _check_run(workdir, results, model, atol=1e-6):
     np.testing.assert_allclose(np.linalg.norm(ours.numpy(), axis=1), 1.0, rtol=1e-3)
 
 
+@pytest.mark.manual
 def test_mixed_precision_training_checkpoints_and_export(tmp_path):
     workdir = str(tmp_path / "run")
     config = _config(tmp_path, precision="mixed_float16", export=True,
@@ -157,6 +158,7 @@ class _RecordingTF:
         return function
 
 
+@pytest.mark.manual
 def test_xla_training_runs_and_checkpoints(tmp_path, monkeypatch):
     """train.xla=true: the step that ran is one jit-compiled function (its graph
     carries _XlaMustCompile, which makes TensorFlow compile it with XLA or fail)."""
@@ -177,6 +179,7 @@ def test_xla_training_runs_and_checkpoints(tmp_path, monkeypatch):
     _check_run(workdir, results, model)
 
 
+@pytest.mark.manual
 def test_without_xla_no_step_is_compiled(tmp_path, monkeypatch):
     """The premise of the test above: without train.xla nothing asks for XLA."""
     recorder = _RecordingTF()
@@ -239,6 +242,7 @@ def _changed(variables, before):
             if not np.array_equal(v.numpy(), b, equal_nan=True)]
 
 
+@pytest.mark.manual
 def test_mixed_precision_step_skips_a_nan_batch():
     """A float16 HDML step on a NaN batch changes no weight, no optimizer state (loss
     scales included) and no running statistic, and is counted (tests/test_models.py):
@@ -275,6 +279,7 @@ def test_nan_batch_leaves_batchnorm_statistics_and_inference_intact(policy):
     assert np.isfinite(model.embedder(x[1]).numpy()).all()
 
 
+@pytest.mark.manual
 def test_mixed_precision_model_reloads_with_its_policy(tmp_path):
     """Sub-layers created in __init__ follow the parent's dtype policy, so model.keras
     of a mixed-precision run reloads computing in float16 (fixed in fb2f2ec)."""

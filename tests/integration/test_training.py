@@ -86,6 +86,7 @@ def test_too_many_classes_per_batch_fails_before_training(tmp_path, capsys):
     assert not (workdir / "checkpoints").exists()
 
 
+@pytest.mark.manual
 def test_changed_config_in_existing_workdir_is_refused(tmp_path):
     workdir = tmp_path / "run"
     config = config_lib.load_config(write_config(tmp_path, train={"steps": 10}))
@@ -150,6 +151,7 @@ def _assert_same_run(reference, workdir, logs):
         assert (reference / name).read_text() == (workdir / name).read_text(), name
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     """Killed with SIGKILL after its first checkpoint, the same command resumes and
@@ -162,6 +164,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path):
     _assert_same_run(reference, workdir, ["train_log.csv", "schedule_log.csv"])
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_kill_9_after_an_evaluation_resumes_the_evaluation_state(tmp_path):
     """With periodic evaluation and best-weight selection on a validation split, a
@@ -220,6 +223,7 @@ def _train_under(strategy, batches):
     return model, logs
 
 
+@pytest.mark.manual
 def test_mirrored_two_replicas_equal_one_device(two_replicas):
     """Global-batch N-pair negatives (all_gather), per-replica loss shares and
     synchronised BatchNorm make 2 replicas train like 1 device."""
@@ -247,6 +251,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 def test_two_worker_processes_train_together(tmp_path):
     """MultiWorkerMirroredStrategy from TF_CONFIG: two `hdml-tf train` processes on
@@ -283,6 +288,7 @@ def test_two_worker_processes_train_together(tmp_path):
 # ------------------------------------------------------------ steps per execution
 
 
+@pytest.mark.manual
 def test_steps_per_execution_keeps_steps_logs_and_checkpoints(tmp_path):
     """N steps in one tf.function call: the same checkpoints and schedule-log steps
     as one step per call (calls end at log rows and epoch ends), and bit-identical
