@@ -220,10 +220,9 @@ class HDML(keras.Model):
         out["j_soft"] = p.softmax_factor * p.lambda_gen * ce_soft
         out["j_gen"] = out["j_recon"] + out["j_soft"]
         # [J_cls] the classifier on real features.
-        logits_real = tf.cast(self.classifier(y), tf.float32)
+        logits_real = self.classifier(y)
         out["j_cls"] = replicas.share(tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.concat(labels, axis=0), logits=logits_real)))
+            objectives.softmax_ce(tf.concat(labels, axis=0), logits_real)))
         if training:
             # A non-finite synthetic tuple must not leave the head's statistics so.
             extras["syn_ok"] = tf.math.is_finite(replicas.sum(out["j_syn"]))

@@ -99,6 +99,28 @@ def test_npair_metric_loss_and_label_ce_against_loops(dtype):
                                np.mean(ce[P:]) + np.mean(ce[:P]), rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_softmax_ce_value_and_gradient_are_tensorflows_kernel(scale):
+    """softmax_ce replaces tf.nn.sparse_softmax_cross_entropy_with_logits for speed:
+    the same values (a loop in float64 too) and the same gradient, softmax - one-hot,
+    also for logits far from 0 (the exp must be taken after subtracting the max)."""
+    rng = np.random.default_rng(5)
+    logits = tf.constant(scale * rng.normal(size=(37, 11)), tf.float32)
+    labels = tf.constant(rng.integers(0, 11, 37), tf.int32)
+    upstream = tf.constant(rng.normal(size=37), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = objectives.softmax_ce(labels, logits)
+        theirs = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        ours_sum, theirs_sum = (tf.reduce_sum(upstream * c) for c in (ours, theirs))
+    loop = [softmax_ce(logits.numpy()[r], labels.numpy()[r]) for r in range(37)]
+    np.testing.assert_allclose(ours, loop, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6 * scale)
+    np.testing.assert_allclose(tape.gradient(ours_sum, logits),
+                               tape.gradient(theirs_sum, logits), atol=1e-6)
+    assert objectives.softmax_ce(labels, tf.cast(logits, tf.bfloat16)).dtype == tf.float32
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_triplet_parts_against_loops(dtype):
     rng = np.random.default_rng(3)
