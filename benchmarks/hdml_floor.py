@@ -31,10 +31,9 @@ import statistics
 import sys
 import time
 
-import keras
 import tensorflow as tf
 
-from hdml_tf import bench, experiment
+from hdml_tf import bench
 
 
 def products(config, feature_dim, num_classes):
@@ -86,10 +85,7 @@ def product_timer(shape, steps):
 def step_timer(config, hdml, num_classes, steps):
     """A function timing ``steps`` training steps of one arm: seconds per step."""
     config = bench.bench_config(config, [f"model.hdml={str(hdml).lower()}"])
-    keras.utils.set_random_seed(config.train.seed)
-    model = experiment.build_model(config, num_classes)
-    batch = bench._batch(config, num_classes)
-    step = tf.function(model.train_step)
+    model, step, batch = bench.step_function(config, num_classes)
     for _ in range(2):
         float(step(batch)["j_m"])
 

@@ -21,10 +21,9 @@ import sys
 import tempfile
 import time
 
-import keras
 import tensorflow as tf
 
-from hdml_tf import bench, experiment
+from hdml_tf import bench
 
 OTHER = "losses, synthesis, optimizers"
 
@@ -67,10 +66,7 @@ def profile_arm(config_spec, hdml, overrides, steps, num_classes):
     over the traced steps) for one arm."""
     config = bench.bench_config(config_spec, [f"model.hdml={str(hdml).lower()}",
                                               *overrides])
-    keras.utils.set_random_seed(config.train.seed)
-    model = experiment.build_model(config, num_classes)
-    batch = bench._batch(config, num_classes)
-    step = tf.function(model.train_step)
+    model, step, batch = bench.step_function(config, num_classes)
     for _ in range(2):
         float(step(batch)["j_m"])
     walls = []

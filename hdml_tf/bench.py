@@ -178,6 +178,16 @@ def _batch(config, num_classes, seed=0):
     return tf.nest.map_structure(tf.constant, (images, tuple(groups)))
 
 
+def step_function(config, num_classes, jit_compile=False):
+    """(model, step, batch): the model as ``hdml-tf train`` builds it (seeded by
+    ``train.seed``), its ``train_step`` in one ``tf.function`` and a generated batch of
+    the preset's layout (``_batch``)."""
+    keras.utils.set_random_seed(config.train.seed)
+    model = experiment.build_model(config, num_classes)
+    step = tf.function(model.train_step, jit_compile=jit_compile)
+    return model, step, _batch(config, num_classes)
+
+
 def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batch,
               device_type):
     """Median seconds per train step and per embedder forward of ``eval_batch``
@@ -189,13 +199,9 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
         tf.config.experimental.reset_memory_stats("GPU:0")
     try:
         _set_precision(config, variant)
-        keras.utils.set_random_seed(config.train.seed)
-        model = experiment.build_model(config, num_classes)
+        model, step, batch = step_function(config, num_classes, jit_compile=variant.xla)
     finally:
         keras.config.set_dtype_policy(previous)
-    d = config.data
-    batch = _batch(config, num_classes)
-    step = tf.function(model.train_step, jit_compile=variant.xla)
     embed = tf.function(lambda x: model.embedder(x, training=False), jit_compile=variant.xla)
     eval_images = tf.concat(batch[0], 0)[:eval_batch]
 
