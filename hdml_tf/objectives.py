@@ -108,8 +108,8 @@ def softmax_ce(labels, logits):
     The value and gradient (softmax - one-hot) of
     ``tf.nn.sparse_softmax_cross_entropy_with_logits``, faster on a CPU: that kernel
     computes the gradient in the forward pass too, and at the glyph preset's 4,160
-    synthetic rows x 1,351 classes it was the costliest op of the HDML step (forward
-    and gradient 24 ms against 14 ms on 2 cores; docs/benchmarks.md).
+    synthetic rows x 1,350 classes it was the costliest op of the HDML step (forward
+    and gradient 19 ms against 12 ms on 2 cores; docs/results.md, "Cost of the step").
 
     Args:
       labels: (n,) int class indices.

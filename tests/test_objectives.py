@@ -99,7 +99,6 @@ def test_npair_metric_loss_and_label_ce_against_loops(dtype):
                                np.mean(ce[P:]) + np.mean(ce[:P]), rtol=1e-5)
 
 
-
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_softmax_ce_value_and_gradient_are_tensorflows_kernel(scale):
     """softmax_ce replaces tf.nn.sparse_softmax_cross_entropy_with_logits for speed:
@@ -120,6 +119,7 @@ def test_softmax_ce_value_and_gradient_are_tensorflows_kernel(scale):
     np.testing.assert_allclose(tape.gradient(ours_sum, logits),
                                tape.gradient(theirs_sum, logits), atol=1e-6)
     assert objectives.softmax_ce(labels, tf.cast(logits, tf.bfloat16)).dtype == tf.float32
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_triplet_parts_against_loops(dtype):
