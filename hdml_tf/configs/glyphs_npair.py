@@ -2,7 +2,7 @@
 
 Run:  hdml-tf data glyphs                      (once: the folder, ~/hdml_data/glyphs)
       hdml-tf train --config glyphs_npair --workdir runs/glyphs_hdml
-      hdml-tf compare --config glyphs_npair --seeds 12 --workdir runs/glyphs
+      hdml-tf compare --config glyphs_npair --seeds 16 --workdir runs/glyphs
 Class = character, instance = typeface (hdml_tf.data.glyphs): with Debian 12's CJK
 packages (their apt line: docs/results.md) 41 faces draw the 3,000 characters
 `hdml-tf data glyphs` keeps by default, split 1,350 train / 150 val / 1,500 unseen test
