@@ -40,6 +40,9 @@ def settings_table(first, second, metrics=compare.METRIC_ORDER):
     names = (os.path.basename(os.path.normpath(first)),
              os.path.basename(os.path.normpath(second)))
     runs = finished_runs(first), finished_runs(second)
+    for workdir, found in zip((first, second), runs):
+        if not any(found.values()):
+            raise SystemExit(f"{workdir}: no finished run (seed<S>/<arm>/metrics.json)")
     lines = [f"| metric | arm | seeds | {names[0]} | {names[1]} | {names[1]} - {names[0]} "
              "[95% t] |", "|---|---|---|---:|---:|---|"]
     for metric in metrics:
