@@ -1,84 +1,157 @@
-"""The hyper-parameter search behind the glyphs_npair preset (issue 25, item 3).
+"""The hyper-parameter search behind the glyphs_npair preset: both arms, one budget.
 
-  python benchmarks/glyphs_search.py WORKDIR [--steps 500] [--seed 0]
+  python benchmarks/glyphs_search.py WORKDIR [--steps 500] [--configs 8] [--finalists 2]
+                                              [--seeds 3]
 
-Every candidate trains with `hdml-tf train --config glyphs_npair` plus its overrides and
-is scored on the *validation* characters only (leave-one-out and across typeface
-families, benchmarks/glyphs_protocol.py evaluate --split val); the test characters are
-never looked at (each run's own end-of-training test evaluation is cut to 1,000 images
-and ignored). Stage 1 chooses the learning rate on the baseline, stage 2 HDML's α and β
-at that rate (the candidate with the best val MAP@R wins each stage). Reruns skip
-candidates already scored. Prints a markdown table.
+Each arm gets the same number of training runs, scored on the *validation* characters
+only (leave-one-out over the 15 held-out faces, benchmarks/glyphs_protocol.py evaluate
+--split val); the test characters are never looked at (each run's own end-of-training
+test evaluation is cut to 1,000 images and ignored).
+
+* Stage 1, seed 0: ``--configs`` settings per arm. The baseline: its whole grid, the
+  metric learning rate x the N-pair embedding-norm penalty l2_reg (the knobs both arms
+  share). HDML: as many settings of the same two knobs x where λ starts
+  (``model.lambda_start``, or the authors' α = 90 as given) x where w starts
+  (``model.w_start``, or β = 1e4 as given) x the generator's learning rate, in a seeded
+  Latin-hypercube design (every level of every knob about equally often).
+* Stage 2: each arm's ``--finalists`` best settings trained again at seeds 1 ..
+  ``--seeds`` - 1; the arm's choice is the finalist with the best mean val MAP@R.
+
+So each arm trains ``configs + finalists * (seeds - 1)`` runs (12 by default). Reruns
+skip runs already scored. Prints every run and the choices as markdown tables (also
+written to WORKDIR/search.md).
 """
 
 import argparse
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import glyphs_protocol  # noqa: E402
 
-# Stage 1: the baseline's learning rate (for the metric network; the same for both arms).
-# Stage 2, at the rate stage 1 chose: HDML's schedule constants, the authors' 90 / 1e4
-# and the Fashion-MNIST preset's scaled-down 1 / 1e3.
-LEARNING_RATES = ("1e-3", "3e-3")
-SCHEDULES = (("90", "1e4"), ("1", "1e3"))
+LR_METRIC = ("5e-4", "1e-3", "2e-3", "4e-3")
+L2_REG = ("3e-3", "1e-2")
+# Where λ and w start (model.lambda_start, model.w_start); None: the authors' constant.
+LAMBDA_START = (None, "0.2", "0.5", "0.8")
+W_START = (None, "0.5", "0.8", "0.95")
+LR_GEN = ("1e-3", "1e-2")
 
 
-def candidates_of_stage(stage, lr=None):
-    """(name, overrides) of one stage of the search."""
-    if stage == 1:
-        return [(f"baseline lr {r}", ["model.hdml=false", f"optim.lr_metric={r}"])
-                for r in LEARNING_RATES]
-    return [(f"HDML lr {lr} a{a} b{b}", [f"optim.lr_metric={lr}", f"optim.lr_gen={lr}",
-                                           f"optim.lr_cls={lr}", f"model.alpha={a}",
-                                           f"model.beta={b}"]) for a, b in SCHEDULES]
+def baseline_settings(count):
+    grid = list(itertools.product(LR_METRIC, L2_REG))
+    return [{"optim.lr_metric": lr, "model.l2_reg": l2} for lr, l2 in grid[:count]]
 
 
-def run(workdir, name, overrides, steps, seed):
-    slug = name.replace(" ", "_")
-    out = os.path.join(workdir, slug)
-    scored = os.path.join(workdir, slug + ".json")
+def hdml_settings(count, seed=0):
+    """A seeded Latin-hypercube design: each knob's levels repeated to ``count`` rows and
+    shuffled on their own, so every level of every knob is tried about equally often."""
+    rng = random.Random(seed)
+    columns = []
+    for levels in (LR_METRIC, L2_REG, LAMBDA_START, W_START, LR_GEN):
+        column = [levels[i % len(levels)] for i in range(count)]
+        rng.shuffle(column)
+        columns.append(column)
+    out = []
+    for lr, l2, lam, w, lr_gen in zip(*columns):
+        setting = {"optim.lr_metric": lr, "model.l2_reg": l2, "optim.lr_gen": lr_gen}
+        setting["model.lambda_start" if lam else "model.alpha"] = lam or "90"
+        setting["model.w_start" if w else "model.beta"] = w or "1e4"
+        out.append(setting)
+    return out
+
+
+def name_of(arm, setting):
+    short = {"optim.lr_metric": "lr", "model.l2_reg": "l2", "optim.lr_gen": "lrgen",
+             "model.lambda_start": "lam0", "model.alpha": "alpha",
+             "model.w_start": "w0", "model.beta": "beta"}
+    return arm + "_" + "_".join(f"{short[k]}{v}" for k, v in setting.items())
+
+
+def run(workdir, arm, setting, steps, seed):
+    """Train one candidate and score it on val; cached in WORKDIR/<name>_s<seed>.json."""
+    slug = f"{name_of(arm, setting)}_s{seed}"
+    out, scored = os.path.join(workdir, slug), os.path.join(workdir, slug + ".json")
     if os.path.exists(scored):
         with open(scored) as f:
             return json.load(f)
-    sets = overrides + [f"train.steps={steps}", f"train.seed={seed}",
-                        "data.max_eval_images=1000", "train.export=false"]
+    sets = [f"{k}={v}" for k, v in setting.items()] + [
+        f"model.hdml={'true' if arm == 'hdml' else 'false'}", f"train.steps={steps}",
+        f"train.seed={seed}", "data.max_eval_images=1000", "train.export=false"]
     cmd = ["hdml-tf", "train", "--config", "glyphs_npair", "--workdir", out]
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    result = glyphs_protocol.evaluate_workdir(out, "val")
+    result = glyphs_protocol.evaluate_workdir(out, "val")["leave_one_out"]
+    with open(os.path.join(out, "metrics.json")) as f:
+        result["statistics"] = json.load(f).get("statistics", {})
     with open(scored, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def _cells(setting):
+    return " ".join(f"{k.split('.')[1]}={v}" for k, v in setting.items())
+
+
+def search(workdir, steps, configs, finalists, seeds):
+    rows, choices = [], []
+    for arm, settings in (("baseline", baseline_settings(configs)),
+                          ("hdml", hdml_settings(configs))):
+        scores = []
+        for setting in settings:
+            r = run(workdir, arm, setting, steps, 0)
+            scores.append((r["map@r"], setting))
+            rows.append((arm, setting, 0, r))
+        best = sorted(scores, key=lambda x: -x[0])[:finalists]
+        means = []
+        for _, setting in best:
+            results = [run(workdir, arm, setting, steps, s) for s in range(seeds)]
+            rows += [(arm, setting, s, r) for s, r in enumerate(results) if s]
+            means.append((sum(r["map@r"] for r in results) / seeds, setting))
+        choices.append((arm, max(means, key=lambda x: x[0]), means))
+    return rows, choices
+
+
+def report(rows, choices, steps, seeds):
+    lines = [f"Val characters (150 x 15 held-out faces), {steps} steps; leave-one-out, in %.",
+             "", "| arm | setting | seed | MAP@R | R-precision | R@1 | λ end | w end |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, setting, seed, r in rows:
+        st = r.get("statistics", {})
+        lam = f"{st['lambda']:.3f}" if "lambda" in st else "-"
+        w = f"{st['w']:.3f}" if "w" in st else "-"
+        lines.append(f"| {arm} | {_cells(setting)} | {seed} | {100 * r['map@r']:.2f} | "
+                     f"{100 * r['r_precision']:.2f} | {100 * r['recall@1']:.2f} | "
+                     f"{lam} | {w} |")
+    lines += ["", f"Finalists, mean val MAP@R over seeds 0-{seeds - 1}:", "",
+              "| arm | setting | mean MAP@R | chosen |", "|---|---|---:|---|"]
+    for arm, (_, chosen), means in choices:
+        for mean, setting in means:
+            lines.append(f"| {arm} | {_cells(setting)} | {100 * mean:.2f} | "
+                         f"{'yes' if setting is chosen else ''} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir")
     parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--configs", type=int, default=8, help="stage-1 settings per arm")
+    parser.add_argument("--finalists", type=int, default=2, help="per arm, to stage 2")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each finalist")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
-    rows, best = [], {}
-    for stage in (1, 2):
-        lr = max(best, key=best.get) if best else None
-        for i, (name, overrides) in enumerate(candidates_of_stage(stage, lr)):
-            r = run(args.workdir, name, overrides, args.steps, args.seed)
-            loo, across = r["leave_one_out"], r["across_families"]
-            if stage == 1:
-                best[LEARNING_RATES[i]] = loo["map@r"]
-            rows.append(f"| {name} | {' '.join(overrides)} | {100 * loo['map@r']:.2f} | "
-                        f"{100 * loo['r_precision']:.2f} | {100 * loo['recall@1']:.2f} | "
-                        f"{100 * across['map@r']:.2f} | {100 * across['recall@1']:.2f} |")
-    print(f"\nval characters, {args.steps} steps, seed {args.seed}")
-    print("| candidate | overrides | MAP@R | R-precision | R@1 | across MAP@R | across R@1 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    rows, choices = search(args.workdir, args.steps, args.configs, args.finalists,
+                           args.seeds)
+    table = report(rows, choices, args.steps, args.seeds)
+    print(table)
+    with open(os.path.join(args.workdir, "search.md"), "w") as f:
+        f.write(table + "\n")
     return 0
 
 

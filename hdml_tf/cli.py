@@ -303,17 +303,25 @@ def _export_parser(prog):
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="both signatures refuse a request of more images (default: "
                              f"{DEFAULT_MAX_BATCH})")
+    parser.add_argument("--head-statistics", choices=training.head_statistics.MODES,
+                        default="auto",
+                        help="the head's BatchNorm statistics: 'real' re-estimates them "
+                             "from the run's real training images, 'trained' keeps them; "
+                             "'auto' (default) re-estimates them when the synthetic "
+                             "features moved them in training (model.head_bn_updates "
+                             "other than 'real')")
     return parser
 
 
 def _export(args, parser):
     try:
-        export.export_run(
-            args.checkpoint, args.out, resize=args.resize, crop=args.crop,
+        training.export_checkpoint(
+            args.checkpoint, args.out, head_statistics_mode=args.head_statistics,
+            resize=args.resize, crop=args.crop,
             preprocessing=args.preprocessing, config_path=args.config,
             version=args.version, warmup=args.warmup, verify=args.verify,
             max_pixels=args.max_pixels, max_batch=args.max_batch)
-    except (export.ExportError, ValueError) as err:
+    except (export.ExportError, config_lib.ConfigError, ValueError) as err:
         return _fail(parser.prog, f"error: {err}", 1)
     return 0
 

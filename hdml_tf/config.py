@@ -373,15 +373,13 @@ def _validate_choices(config):
                                  CENTER_CROP_ROUNDINGS),
                                 ("train.precision", t.precision, PRECISIONS),
                                 ("model.lrn", m.lrn, ("caffe", "authors")),
-                                ("model.weight_decay_scope", m.weight_decay_scope,
-                                 params_lib.WEIGHT_DECAY_SCOPES),
-                                ("model.head_bn_updates", m.head_bn_updates,
-                                 params_lib.HEAD_BN_UPDATES),
-                                ("model.nonfinite_syn", m.nonfinite_syn,
-                                 params_lib.NONFINITE_SYN),
                                 ("optim.lr_decay_rule", o.lr_decay_rule, LR_DECAY_RULES)):
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    try:
+        m.check()  # the method's own fields (hdml_tf.params)
+    except ValueError as error:
+        raise ConfigError(f"model.{error}") from None
 
 
 def validate(config):
@@ -457,7 +455,8 @@ def fidelity(config):
     """"authors" when a config runs every behaviour of the authors' code that
     docs/method.md lists (LRN, decay scope, Adam epsilon, samplers, k-means restarts
     and seed, all training classes, the classifier's extra class, the centre crop, the
-    learning-rate rule, the head's BatchNorm updates, the non-finite J_syn rule and,
+    learning-rate rule, the head's BatchNorm updates, α and β as given (no fitted
+    schedule), the non-finite J_syn rule and,
     for the datasets they name, their evaluation intervals), else "custom"."""
     d, m, o, t = config.data, config.model, config.optim, config.train
     checks = [
@@ -465,6 +464,7 @@ def fidelity(config):
         d.sampler == "authors", t.kmeans_restarts == 10, t.kmeans_seed == 1,
         d.val_fraction == 0, m.classifier_extra_class, d.center_crop_rounding == "ceil",
         o.lr_decay_rule == "authors", m.head_bn_updates == "prestep",
+        m.lambda_start is None and m.w_start is None,
         m.nonfinite_syn == AUTHORS_NONFINITE_SYN.get(m.loss),
     ]
     if d.name in AUTHORS_EVAL_EVERY:

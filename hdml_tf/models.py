@@ -31,8 +31,7 @@ import tensorflow as tf
 
 from hdml_tf import nonfinite, objectives, synthesis
 from hdml_tf.networks import Generator
-from hdml_tf.params import (DEFAULT_LEARNING_RATES, HEAD_BN_UPDATES, NONFINITE_SYN,
-                            WEIGHT_DECAY_SCOPES, HDMLParams)
+from hdml_tf.params import DEFAULT_LEARNING_RATES, HDMLParams
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
@@ -42,15 +41,9 @@ _CHECKED = {"metric": ("j_m", "j_metric"), "generator": ("j_gen",), "classifier"
 
 
 def _check(params, num_classes):
-    if int(params.window) < 1:
-        raise ValueError(f"window={params.window!r}: must be a positive number of steps")
+    params.check()
     if int(num_classes) < 2:
         raise ValueError(f"num_classes={num_classes!r}: need at least 2 classes")
-    for name, allowed in (("weight_decay_scope", WEIGHT_DECAY_SCOPES),
-                          ("head_bn_updates", HEAD_BN_UPDATES),
-                          ("nonfinite_syn", NONFINITE_SYN)):
-        if getattr(params, name) not in allowed:
-            raise ValueError(f"{name}={getattr(params, name)!r}: expected one of {allowed}")
 
 
 class _Window:
@@ -65,12 +58,18 @@ class _Window:
 
         self.mean = weight("", initial)
         self.total, self.count = weight("_window_sum", 0.0), weight("_window_count", 0.0)
+        self.published = weight("_windows", 0.0)  # complete windows so far
 
     def record(self, value, applied, window):
+        """Record one step's value; returns whether it completed the first window."""
+        kept = tf.logical_and(applied, tf.math.is_finite(value))
+        full = self.count + tf.cast(kept, tf.float32) >= float(window)
         total, count, mean = synthesis.window_update(self.total, self.count, self.mean,
                                                      value, applied, window)
         for variable, new in ((self.total, total), (self.count, count), (self.mean, mean)):
             variable.assign(new)
+        self.published.assign_add(tf.cast(full, tf.float32))
+        return tf.logical_and(full, tf.equal(self.published, 1.0))
 
 
 @keras.saving.register_keras_serializable(package="hdml_tf")
@@ -122,6 +121,12 @@ class HDML(keras.Model):
         self.metric_optimizer = self.generator_optimizer = self.classifier_optimizer = None
         self.j_avg_window = _Window(self, "j_avg", params.j_avg_init)
         self.j_gen_window = _Window(self, "j_gen_avg", params.j_gen_avg_init)
+        # α and β as the schedule uses them: as given, or fitted at the end of the first
+        # window (``lambda_start``, ``w_start``); weights, so a resumed run keeps them.
+        self.alpha, self.beta = (
+            self.add_weight(name=name, shape=(), trainable=False, aggregation="mean",
+                            initializer=keras.initializers.Constant(value), dtype="float32")
+            for name, value in (("alpha", params.alpha), ("beta", params.beta)))
         counter = dict(shape=(), initializer="zeros", trainable=False, aggregation="mean",
                        dtype="float32")
         self.nonfinite_steps = self.add_weight(name="nonfinite_steps", **counter)
@@ -212,6 +217,12 @@ class HDML(keras.Model):
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
         if prestep is not None:
             _second_update_from_prestep(head_bn, prestep, head_after_real)
+        elif training and p.head_bn_updates == "real":
+            # The synthetic pass normalised with its own batch's statistics; the moving
+            # ones, which only inference reads, stay as the real pass left them.
+            for variable, value in zip(self.embedder.head.non_trainable_variables,
+                                       head_after_real):
+                variable.assign(value)
         out["j_syn"] = self.parts.synthetic_loss(z_tilde, synthetic, replicas)
         out["j_metric"] = w * out["j_m"] + (1.0 - w) * out["j_syn"]
         # [J_gen] reconstruction (a sum) plus label preservation of the synthetic rows.
@@ -324,8 +335,14 @@ class HDML(keras.Model):
         """
         p = self.params
         j_m = j_m * w if p.record_weighted_jm else j_m
-        self.j_avg_window.record(tf.cast(j_m, tf.float32), metric_applied, p.window)
-        self.j_gen_window.record(tf.cast(j_gen, tf.float32), generator_applied, p.window)
+        for window, value, applied, constant, start in (
+                (self.j_avg_window, j_m, metric_applied, self.alpha, p.lambda_start),
+                (self.j_gen_window, j_gen, generator_applied, self.beta, p.w_start)):
+            first = window.record(tf.cast(value, tf.float32), applied, p.window)
+            if start is not None:
+                # exp(-constant / J_1) = start at the first window's mean J_1.
+                fitted = -tf.maximum(window.mean, 1e-12) * tf.math.log(start)
+                constant.assign(tf.where(first, fitted, constant))
 
     def _update_trackers(self, totals, extras):
         """Epoch means of the finite values (one bad step does not make them NaN)."""
@@ -354,8 +371,8 @@ class HDML(keras.Model):
 
     def schedule(self):
         """(λ, w) the next step uses, from the running statistics."""
-        return (synthesis.hardness_lambda(self.j_avg, self.params.alpha),
-                synthesis.metric_weight(self.j_gen_avg, self.params.beta))
+        return (synthesis.hardness_lambda(self.j_avg, self.alpha),
+                synthesis.metric_weight(self.j_gen_avg, self.beta))
 
     def statistics(self):
         """Current running statistics and counters as Python numbers (logs and tests)."""
@@ -365,6 +382,10 @@ class HDML(keras.Model):
             "j_gen_avg": float(self.j_gen_avg.numpy()),
             "lambda": float(lam),
             "w": float(w),
+            "alpha": float(self.alpha.numpy()),
+            "beta": float(self.beta.numpy()),
+            "j_avg_windows": int(self.j_avg_window.published.numpy()),
+            "j_gen_avg_windows": int(self.j_gen_window.published.numpy()),
             "nonfinite_steps": int(self.nonfinite_steps.numpy()),
             "syn_fallback_steps": int(self.syn_fallback_steps.numpy()),
             "hardened_fraction": float(self.last_hardened_fraction.numpy()),

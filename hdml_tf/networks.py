@@ -9,6 +9,7 @@ Reference: Zheng et al., "Hardness-Aware Deep Metric Learning", CVPR 2019, Sec. 
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import hdml_tf.backbones  # noqa: F401  (registers the serialisable backbones for loading)
@@ -45,6 +46,13 @@ class EmbeddingHead(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.embedding_dim,)
+
+    def set_moving_statistics(self, mean, variance):
+        """Set the BatchNorm's moving mean and variance (what inference normalises
+        with), e.g. to the moments of the real training features
+        (`Embedder.feature_moments`)."""
+        self.bn.moving_mean.assign(tf.cast(mean, self.bn.moving_mean.dtype))
+        self.bn.moving_variance.assign(tf.cast(variance, self.bn.moving_variance.dtype))
 
     def get_config(self):
         config = super().get_config()
@@ -148,6 +156,32 @@ class Embedder(keras.Model):
     def features(self, images, training=False):
         """y = F(x) as float32 (mixed-precision backbones compute in float16)."""
         return tf.cast(self.backbone(images, training=training), tf.float32)
+
+    def feature_moments(self, images):
+        """Per-channel mean and (population) variance of y = F(x) over ``images``, the
+        backbone in inference mode: the statistics the head's BatchNorm should
+        normalise real images with.
+
+        Args:
+          images: an iterable of image batches, or of ``(images, labels)`` batches
+            (an evaluation ``tf.data.Dataset``).
+
+        Returns:
+          ``(mean, variance, count)``: float64 arrays (feature_dim,) and the number of
+          images.
+        """
+        total = squares = None
+        count = 0
+        for batch in images:
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            y = self.features(x, training=False).numpy().astype(np.float64)
+            total = y.sum(0) if total is None else total + y.sum(0)
+            squares = (y * y).sum(0) if squares is None else squares + (y * y).sum(0)
+            count += y.shape[0]
+        if not count:
+            raise ValueError("feature_moments: no images")
+        mean = total / count
+        return mean, np.maximum(squares / count - mean * mean, 0.0), count
 
     def embed_raw(self, images, training=False):
         """z = H(F(x)), not normalised: what the metric losses see."""

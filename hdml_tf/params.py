@@ -12,11 +12,12 @@ Imports no TensorFlow: ``hdml-tf presets`` reads the configs without starting it
 """
 
 import dataclasses
+import typing
 
 LOSSES = ("npair", "triplet")
 WEIGHT_DECAY_SCOPES = ("kernels", "authors")
-# How the head's BatchNorm moves its statistics when it runs twice in a step.
-HEAD_BN_UPDATES = ("sequential", "prestep")
+# Which of the head's two passes in a step move its BatchNorm's moving statistics.
+HEAD_BN_UPDATES = ("real", "sequential", "prestep")
 # What a non-finite J_syn does to J_metric.
 NONFINITE_SYN = ("fallback", "zero_metric")
 # Images per tuple: an N-pair batch is P (anchor, positive) pairs, a triplet batch T
@@ -34,8 +35,17 @@ class HDMLParams:
       loss: "npair" or "triplet".
       hdml: False gives the paper's baseline: only J_m and the metric optimizer.
       alpha: λ = exp(-alpha / J_avg) (authors' code: 90 for both variants; the paper
-        text reports 7 for triplet).
-      beta: w = exp(-beta / J_gen_avg) (1e4 Cars196, 5e3 CUB and SOP).
+        text reports 7 for triplet). Replaced by the fitted value when
+        ``lambda_start`` is set.
+      beta: w = exp(-beta / J_gen_avg) (1e4 Cars196, 5e3 CUB and SOP). Replaced by the
+        fitted value when ``w_start`` is set.
+      lambda_start: None (λ follows ``alpha``), or λ in (0, 1) at the end of the first
+        window: then alpha = -J_avg_1 ln(lambda_start), with J_avg_1 the first
+        window's J_avg, and λ = exp(-alpha / J_avg) from there on, i.e.
+        λ = lambda_start ** (J_avg_1 / J_avg). The same schedule on any network,
+        whatever the size of its losses (docs/method.md, "The hardness schedule").
+      w_start: the same for w: None (``beta``), or w in (0, 1) at the end of the first
+        window, beta = -J_gen_avg_1 ln(w_start).
       lambda_gen: trade-off between J_recon and J_soft (0.5).
       softmax_factor: s, the scale of J_soft (1e4 in the official code).
       l2_reg: N-pair embedding-norm penalty (3e-3 Cars196, 1.5e-2 CUB).
@@ -55,9 +65,12 @@ class HDMLParams:
         class count + 1: ``FLAGS.py``, ``lib/HDML.py`` ``cross_entropy``). The extra
         output is the last one; it still enters every softmax denominator.
       head_bn_updates: how the head's BatchNorm statistics move in a step, where H runs
-        on the real features and then on the synthetic ones: "sequential" (Keras: the
-        second update starts from the value the first left) or "prestep" (both updates
-        computed from the statistics before the step, and both applied: moving = pre +
+        on the real features and then on the synthetic ones. Both passes normalise with
+        their own batch's statistics; what differs is what the moving statistics, which
+        only inference reads, learn from: "real" (only the real pass moves them: the
+        exported embedder sees real images only), "sequential" (both, as Keras runs
+        them: the second update starts from the value the first left) or "prestep"
+        (both, each computed from the statistics before the step: moving = pre +
         (1 - m)(b_real - pre) + (1 - m)(b_syn - pre); the deterministic model of the
         authors' graph, whose two TF1 update ops race on one variable).
       nonfinite_syn: what a non-finite J_syn does: "fallback" (J_metric = w J_m, the
@@ -70,6 +83,8 @@ class HDMLParams:
     hdml: bool = True
     alpha: float = 90.0
     beta: float = 1e4
+    lambda_start: typing.Optional[float] = None
+    w_start: typing.Optional[float] = None
     lambda_gen: float = 0.5
     softmax_factor: float = 1e4
     l2_reg: float = 3e-3
@@ -82,14 +97,33 @@ class HDMLParams:
     record_weighted_jm: bool = True
     generator_hidden: int = 512
     classifier_extra_class: bool = False
-    head_bn_updates: str = "sequential"
+    head_bn_updates: str = "real"
     nonfinite_syn: str = "fallback"
 
     def __post_init__(self):
-        # HDML(alpha=90) and HDML(alpha=90.0) hold the same float (as before).
+        # HDML(alpha=90) and HDML(alpha=90.0) hold the same float.
         for field in dataclasses.fields(HDMLParams):
             if field.type in (int, float, bool):
                 setattr(self, field.name, field.type(getattr(self, field.name)))
+        for name in ("lambda_start", "w_start"):
+            if getattr(self, name) is not None:
+                setattr(self, name, float(getattr(self, name)))
+
+    def check(self):
+        """Raise ValueError naming the first field that holds an impossible value."""
+        for name, allowed in (("loss", LOSSES), ("weight_decay_scope", WEIGHT_DECAY_SCOPES),
+                              ("head_bn_updates", HEAD_BN_UPDATES),
+                              ("nonfinite_syn", NONFINITE_SYN)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of "
+                                 f"{', '.join(allowed)}")
+        if self.window < 1:
+            raise ValueError(f"window={self.window!r}: must be a positive number of steps")
+        for name in ("lambda_start", "w_start"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name}={value!r}: must be in (0, 1), or unset to use "
+                                 f"{'alpha' if name == 'lambda_start' else 'beta'} as given")
 
     @classmethod
     def names(cls):

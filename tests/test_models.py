@@ -248,6 +248,93 @@ def test_raw_jm_recording_option():
     np.testing.assert_allclose(model.statistics()["j_avg"], logs["j_m"], rtol=1e-5)
 
 
+def test_fitted_schedule_starts_where_asked_then_follows_the_formula():
+    """lambda_start / w_start: α and β are set at the first window's end so that λ and
+    w equal the starts there; from then on λ = exp(-α / J_avg) with that α."""
+    window = 3
+    model = make_model(window=window, lambda_start=0.8, w_start=0.6)
+    recorded_jm, recorded_gen = [], []
+    for step in range(2 * window):
+        x, y = make_batch("npair", seed=step)
+        logs = model.train_on_batch(x, y, return_dict=True)
+        if step < window:
+            recorded_jm.append(logs["w"] * logs["j_m"])
+            recorded_gen.append(logs["j_gen"])
+        if step == window - 1:
+            first = model.statistics()
+            np.testing.assert_allclose(first["lambda"], 0.8, rtol=1e-5)
+            np.testing.assert_allclose(first["w"], 0.6, rtol=1e-5)
+            np.testing.assert_allclose(first["alpha"], -np.mean(recorded_jm) * np.log(0.8),
+                                       rtol=1e-5)
+            np.testing.assert_allclose(first["beta"], -np.mean(recorded_gen) * np.log(0.6),
+                                       rtol=1e-5)
+    stats = model.statistics()
+    assert stats["j_avg_windows"] == 2 and stats["j_avg"] != first["j_avg"]
+    assert (stats["alpha"], stats["beta"]) == (first["alpha"], first["beta"])  # fitted once
+    np.testing.assert_allclose(stats["lambda"], np.exp(-first["alpha"] / stats["j_avg"]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(stats["lambda"],
+                               0.8 ** (first["j_avg"] / stats["j_avg"]), rtol=1e-4)
+
+
+def test_schedule_constants_as_given_without_starts():
+    model = make_model(window=1, alpha=7.0, beta=300.0)
+    model.train_on_batch(*make_batch("npair"))
+    stats = model.statistics()
+    assert (stats["alpha"], stats["beta"]) == (7.0, 300.0)
+    with pytest.raises(ValueError, match="lambda_start=1.0: must be in"):
+        make_model(lambda_start=1.0)
+
+
+@pytest.mark.parametrize("mode", ["real", "sequential", "prestep"])
+def test_head_statistics_modes_train_the_same_weights(mode):
+    """The moving statistics are never read in training, so every head_bn_updates mode
+    trains bit-identical weights. "real" moves the head's moving statistics exactly as
+    the baseline's single (real) pass does; the other two let the synthetic pass move
+    them as well."""
+    x, y = make_batch("npair")
+    reference = make_model(window=2, head_bn_updates="real")
+    model = make_model(window=2, head_bn_updates=mode)
+    baseline = make_model(window=2, hdml=False)
+    for m in (reference, model, baseline):
+        m.build_from_data((x, y))
+    model.set_weights(reference.get_weights())
+    baseline.embedder.set_weights(reference.embedder.get_weights())
+    for step in range(3):
+        batch = make_batch("npair", seed=step)
+        for m in (reference, model):
+            m.train_on_batch(*batch)
+        if step == 0:
+            baseline.train_on_batch(*batch)
+            head_after_one = {id(m): [v.numpy() for v in m.embedder.head.non_trainable_weights]
+                              for m in (model, baseline)}
+    for a, b in zip(reference.trainable_weights, model.trainable_weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    ours, theirs = head_after_one[id(model)], head_after_one[id(baseline)]
+    same = all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(ours, theirs))
+    assert same == (mode == "real")
+
+
+def test_head_statistics_are_reestimated_from_real_features():
+    """`Embedder.feature_moments` over a dataset, then `set_moving_statistics`: the
+    head then normalises with the mean and population variance of F(x)."""
+    model = make_model(window=2, head_bn_updates="sequential")
+    model.fit(dataset("npair"), steps_per_epoch=3, epochs=1, verbose=0)
+    images = np.concatenate([make_batch("npair", seed=s)[0][0] for s in range(5)])
+    batches = tf.data.Dataset.from_tensor_slices(
+        (images, np.zeros(len(images), np.int32))).batch(7)
+    mean, variance, count = model.embedder.feature_moments(batches)
+    y = model.embedder.features(images).numpy().astype(np.float64)
+    assert count == len(images)
+    np.testing.assert_allclose(mean, y.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(variance, y.var(0), rtol=1e-4, atol=1e-6)
+    model.embedder.head.set_moving_statistics(mean, variance)
+    bn = model.embedder.head.bn
+    np.testing.assert_allclose(bn.moving_variance.numpy(), variance, rtol=1e-6)
+    normalised = bn(tf.constant(y, tf.float32), training=False).numpy()
+    np.testing.assert_allclose(normalised.mean(0), bn.beta.numpy(), atol=1e-4)
+
+
 # ------------------------------------------------------------------ NaN steps
 
 

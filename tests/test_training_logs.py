@@ -9,10 +9,13 @@ from hdml_tf.training import callbacks
 class _FakeHDML:
     """What the callbacks read of a model: params.hdml, statistics(), the step."""
 
-    def __init__(self, **stats):
-        self.params = types.SimpleNamespace(hdml=True)
+    def __init__(self, params=None, **stats):
+        self.params = types.SimpleNamespace(**{
+            "hdml": True, "alpha": 1.0, "beta": 1.0, "lambda_start": None,
+            "w_start": None, **(params or {})})
         self.stats = {"lambda": 0.5, "w": 0.9, "j_avg": 1.0, "j_gen_avg": 2.0,
-                      "hardened_fraction": 0.25, **stats}
+                      "alpha": 1.0, "beta": 1.0, "j_avg_windows": 1,
+                      "j_gen_avg_windows": 1, "hardened_fraction": 0.25, **stats}
         self.metric_optimizer = types.SimpleNamespace(
             iterations=types.SimpleNamespace(numpy=lambda: self.step))
         self.step = 0
@@ -43,6 +46,48 @@ def test_schedule_log_rows_at_every_step_of_the_counter_and_skip_sums(tmp_path):
     assert [r["step"] for r in rows] == ["10", "20"]
     assert {r["skipped_steps"] for r in rows} == {"3"}
     assert {r["loss_scale_skips"] for r in rows} == {"4"}
+
+
+def _pinned_lines(model, steps, window=64, every=10):
+    lines = []
+    check = callbacks.PinnedScheduleWarning(window, every, print_fn=lines.append)
+    check.set_model(model)
+    for step in steps:
+        model.step = step
+        if callable(model.stats.get("at")):
+            model.stats.update(model.stats["at"](step))
+        check.on_train_batch_end(0)
+    return lines
+
+
+def test_pinned_lambda_is_one_line_naming_the_constant_and_the_loss():
+    """α = 90 against J_avg = 2.1: λ = 0 from the first window on; one line, once."""
+    model = _FakeHDML(params={"alpha": 90.0}, **{"lambda": 0.0, "alpha": 90.0,
+                                                  "j_avg": 2.1})
+    lines = _pinned_lines(model, range(70, 400, 10))
+    assert len(lines) == 1
+    assert "λ stayed at 0 from step 70 to 140" in lines[0]
+    assert "α = 90 against J_avg = 2.1" in lines[0] and "model.lambda_start" in lines[0]
+    assert "\n" not in lines[0]
+
+
+def test_pinned_w_near_one_is_said_too_and_a_moving_lambda_is_not():
+    model = _FakeHDML(**{"lambda": 0.5, "w": 0.9999, "beta": 1e3, "j_gen_avg": 1e7})
+    lines = _pinned_lines(model, range(70, 400, 10))
+    assert len(lines) == 1 and lines[0].startswith("warning: w stayed at 1")
+    assert "β = 1000 against J_gen_avg = 1e+07" in lines[0]
+
+
+def test_no_warning_in_the_first_window_for_a_short_pin_or_when_asked():
+    # The first window (J_avg still its initial value): λ ~ 1 by construction.
+    first = _FakeHDML(**{"lambda": 1.0, "j_avg_windows": 0, "j_gen_avg_windows": 0})
+    assert _pinned_lines(first, range(10, 400, 10)) == []
+    # Pinned for less than a window, then free: nothing.
+    short = _FakeHDML(at=lambda step: {"lambda": 0.0 if step < 120 else 0.3})
+    assert _pinned_lines(short, range(70, 400, 10)) == []
+    # The user asked for λ to start at 0.001: that is their schedule.
+    asked = _FakeHDML(params={"lambda_start": 0.001}, **{"lambda": 0.0})
+    assert _pinned_lines(asked, range(70, 400, 10)) == []
 
 
 def test_keep_rows_drops_what_a_resumed_run_rewrites(tmp_path):

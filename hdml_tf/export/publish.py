@@ -190,7 +190,7 @@ def _signature_metadata(graph):
 
 
 def _metadata(graph, model_name, *, source, config, class_split, metrics,
-              source_policies, warmup_written):
+              source_policies, warmup_written, head_statistics):
     """``assets.extra/hdml_tf_metadata.json``: what was exported, from what, how."""
     return {
         "format": METADATA_FORMAT,
@@ -216,6 +216,10 @@ def _metadata(graph, model_name, *, source, config, class_split, metrics,
         "config": config,
         "class_split": class_split if class_split is not None else class_split_of(config),
         "metrics": metrics,
+        # The head's BatchNorm statistics: as trained, or re-estimated from the real
+        # training images (hdml_tf.training.head_statistics).
+        "head_statistics": (dict(head_statistics, source="real training images")
+                            if head_statistics else {"source": "as trained"}),
         "versions": _versions(),
     }
 
@@ -263,7 +267,7 @@ def _base_dir(out_dir, version):
 def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=None,
                     class_split=None, metrics=None, source=None, version=None,
                     warmup="auto", verify=True, max_pixels=DEFAULT_MAX_PIXELS,
-                    max_batch=DEFAULT_MAX_BATCH):
+                    max_batch=DEFAULT_MAX_BATCH, head_statistics=None):
     """Export an embedder (or an HDML model's embedder) to ``out_dir/<version>``.
 
     Args:
@@ -286,6 +290,8 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
         declares more pixels (height x width); default ``DEFAULT_MAX_PIXELS``.
       max_batch: both signatures refuse a request of more images; default
         ``DEFAULT_MAX_BATCH``.
+      head_statistics: how the head's BatchNorm statistics were re-estimated (a dict,
+        e.g. ``images``), or None when they are as trained; stored in the metadata.
 
     Returns:
       The path of the new version directory.
@@ -307,7 +313,7 @@ def export_embedder(model, out_dir, *, resize, crop, preprocessing=None, config=
                                    crop_rounding=rounding, **limits)
     return _publish(graph, _base_dir(out_dir, version), version, warmup, verify, dict(
         source=source, config=config, class_split=class_split, metrics=metrics,
-        source_policies=source_policies))
+        source_policies=source_policies, head_statistics=head_statistics))
 
 
 def _publish(graph, base_dir, version, warmup, verify, info):

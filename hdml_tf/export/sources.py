@@ -177,7 +177,7 @@ def _sizes_of(loaded, resize, crop, checkpoint):
 def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocessing=None,
                       config_path=None, version=None, warmup="auto", verify=True,
                       max_pixels=DEFAULT_MAX_PIXELS, max_batch=DEFAULT_MAX_BATCH,
-                      model=None, config=None):
+                      model=None, config=None, head_statistics=None):
     """Export the embedder of a training workdir or ``.keras`` file.
 
     Sizes come from, in order: the arguments, the experiment config (``data.resize``,
@@ -200,7 +200,8 @@ def export_checkpoint(checkpoint, out_dir, *, resize=None, crop=None, preprocess
                            class_split=loaded["class_split"],
                            metrics=loaded["metrics"], source=loaded["source"],
                            version=version, warmup=warmup, verify=verify,
-                           max_pixels=max_pixels, max_batch=max_batch)
+                           max_pixels=max_pixels, max_batch=max_batch,
+                           head_statistics=head_statistics)
 
 
 def display_path(path):
@@ -223,8 +224,8 @@ def export_run(checkpoint, out_dir, *, log=print, model=None, config=None, **opt
       config: the experiment config of that model (a ``Config`` or a dict), used
         instead of the one in ``config.json`` (whose class split is still read).
       **options: ``resize``, ``crop``, ``preprocessing``, ``config_path``,
-        ``version``, ``warmup``, ``verify``, ``max_pixels``, ``max_batch`` as for
-        :func:`export_checkpoint`.
+        ``version``, ``warmup``, ``verify``, ``max_pixels``, ``max_batch``,
+        ``head_statistics`` as for :func:`export_checkpoint`.
 
     Returns:
       The path of the new version directory.

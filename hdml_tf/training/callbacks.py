@@ -7,6 +7,7 @@ steps per execution, under ``fit`` or ``hdml-tf train``, and after a resume.
 * `Checkpointer`: at each epoch end, the evaluations' state into the checkpoint, then
   the checkpoint (``checkpoints/ckpt-<step>``).
 * `ScheduleLog`: ``schedule_log.csv``, HDML's hardness schedule every ``log_every`` steps.
+* `PinnedScheduleWarning`: one line when λ or w sat at 0 or 1 for a whole window.
 * `EpochLog`: ``train_log.csv``, one row of epoch means per epoch.
 * `ProgressLine`: one short line per epoch on the console.
 """
@@ -108,8 +109,8 @@ class ScheduleLog(keras.callbacks.Callback):
     ``loss_scale_skips`` (float16: a loss-scaled gradient overflowed), so a log shows
     when steps were skipped, not only how many."""
 
-    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "hardened_fraction",
-              "skipped_steps", "loss_scale_skips")
+    FIELDS = ("step", "lambda", "w", "j_avg", "j_gen_avg", "alpha", "beta",
+              "hardened_fraction", "skipped_steps", "loss_scale_skips")
 
     def __init__(self, path, every):
         super().__init__()
@@ -126,6 +127,59 @@ class ScheduleLog(keras.callbacks.Callback):
                      loss_scale_skips=sum(v for k, v in stats.items()
                                           if k.endswith("_loss_scale_skips")))
         append_row(self.path, self.FIELDS, {k: stats[k] for k in self.FIELDS})
+
+
+class PinnedScheduleWarning(keras.callbacks.Callback):
+    """One line, once per quantity, when λ or w stayed pinned near 0 or 1 (within
+    ``PINNED``) for a whole window after the first: λ = exp(-α / J_avg) or
+    w = exp(-β / J_gen_avg) then no longer follows training, because the constant is
+    far from the size of the loss it divides. Nothing is said when the user asked for
+    such a value (``model.lambda_start`` / ``w_start`` itself within ``PINNED`` of 0 or
+    1, or a constant of 0).
+
+    Args:
+      window: W, the steps of a window.
+      every: the steps between checks (``train.log_every``).
+      print_fn: where the line goes.
+    """
+
+    PINNED = 0.01
+    # (key, symbol, constant, its symbol, loss average, its symbol, start parameter)
+    _QUANTITIES = (("lambda", "λ", "alpha", "α", "j_avg", "J_avg", "lambda_start"),
+                   ("w", "w", "beta", "β", "j_gen_avg", "J_gen_avg", "w_start"))
+
+    def __init__(self, window, every, print_fn=print):
+        super().__init__()
+        self.window, self.every, self.print_fn = int(window), int(every), print_fn
+        self._pinned_since, self.warned = {}, []
+
+    def _asked(self, constant, start):
+        params = self.model.params
+        if getattr(params, start) is not None:
+            return not self.PINNED <= getattr(params, start) <= 1.0 - self.PINNED
+        return getattr(params, constant) == 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = step_of(self.model)
+        if step % self.every or not self.model.params.hdml:
+            return
+        stats = self.model.statistics()
+        for key, symbol, constant, c_symbol, loss, l_symbol, start in self._QUANTITIES:
+            if (key in self.warned or self._asked(constant, start)
+                    or stats[f"{loss}_windows"] < 1):
+                continue
+            if not self.PINNED <= stats[key] <= 1.0 - self.PINNED:
+                since = self._pinned_since.setdefault(key, step)
+            else:
+                self._pinned_since.pop(key, None)
+                continue
+            if step - since >= self.window:
+                self.warned.append(key)
+                self.print_fn(
+                    f"warning: {symbol} stayed at {stats[key]:.2g} from step {since} to "
+                    f"{step}: {c_symbol} = {stats[constant]:.4g} against {l_symbol} = "
+                    f"{stats[loss]:.3g} ({symbol} = exp(-{c_symbol} / {l_symbol})); "
+                    f"model.{start} sets where {symbol} starts instead (docs/method.md)")
 
 
 class ProgressLine(keras.callbacks.Callback):

@@ -23,7 +23,9 @@ Workdir layout:
                               optimizer's iterations) and the evaluations' state
   train_log.csv, tensorboard/ epoch means; schedule_log.csv every ``train.log_every``
   eval_log.csv, ...           one row per evaluation
-  model.keras, metrics.json   the final model and its test metrics
+  model.keras, metrics.json   the final model and its test metrics (and, when the
+                              head's statistics carry synthetic features, the test
+                              metrics with them re-estimated from the real images)
 
 Killed at any moment (even ``kill -9``) and run again with the same workdir, training
 resumes from the last checkpoint; the rows its logs got after that checkpoint are
@@ -46,9 +48,9 @@ from hdml_tf import nonfinite
 from hdml_tf import workdir as workdir_lib
 from hdml_tf.evaluation.callbacks import EvaluationCallback
 from hdml_tf.experiment import authors_eval_schedule, build_model
-from hdml_tf.training import inputs, report, strategies
-from hdml_tf.training.callbacks import (Checkpointer, EpochLog, ProgressLine, ScheduleLog,
-                                        keep_rows, step_of)
+from hdml_tf.training import head_statistics, inputs, report, strategies
+from hdml_tf.training.callbacks import (Checkpointer, EpochLog, PinnedScheduleWarning,
+                                        ProgressLine, ScheduleLog, keep_rows, step_of)
 from hdml_tf.workdir import write_json
 
 
@@ -215,7 +217,8 @@ def _callbacks(config, workdir, chief, start_step, evaluations, log):
     callbacks = list(evaluations.values()) + callbacks + [
         EpochLog(os.path.join(workdir, "train_log.csv")),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"), write_graph=False),
-        ScheduleLog(os.path.join(workdir, "schedule_log.csv"), t.log_every)]
+        ScheduleLog(os.path.join(workdir, "schedule_log.csv"), t.log_every),
+        PinnedScheduleWarning(config.model.window, t.log_every, print_fn=log)]
     if t.verbose:
         callbacks.append(ProgressLine(t.steps, config.data.batch_size, print_fn=log))
     return callbacks
@@ -314,6 +317,14 @@ def finish(run):
     results["test"] = report.evaluate_model(model, config, run.splits["test"])
     results["paper"] = dict(config.paper)
     tables = {config.name: results["test"]}  # the headline: the final checkpoint
+    if head_statistics.carries_synthetic(model.params):
+        # model.keras keeps them as trained; what follows (the export) sees the head
+        # normalising with the real training images' statistics.
+        results["head_statistics"] = head_statistics.reestimate(model, config,
+                                                                run.splits["train"])
+        results["test_real_head_statistics"] = report.evaluate_model(
+            model, config, run.splits["test"])
+        tables["head statistics of real images"] = results["test_real_head_statistics"]
     if "authors_eval" in run.evaluations:
         results["authors_selected"] = report.authors_selected(
             run.evaluations["authors_eval"], config.train)
@@ -324,6 +335,7 @@ def finish(run):
     if "authors_selected" in results:
         run.log(report.authors_note(results["authors_selected"], config.train))
     if config.train.export:
-        results["export"] = report.export_workdir(run.workdir, config, log=run.log,
-                                                  model=model)
+        results["export"] = report.export_workdir(
+            run.workdir, config, log=run.log, model=model,
+            head_statistics=results.get("head_statistics"))
     return results

@@ -4,9 +4,10 @@ export."""
 import os
 import sys
 
+from hdml_tf import config as config_lib
 from hdml_tf import export as export_lib
 from hdml_tf.evaluation import evaluate
-from hdml_tf.training import inputs
+from hdml_tf.training import head_statistics, inputs
 from hdml_tf.workdir import WorkdirError
 
 EVAL_METRICS = ("recall", "nmi", "f1", "map@r", "r_precision")
@@ -40,20 +41,47 @@ def evaluate_model(model, config, split):
                     kmeans_nredo=config.train.kmeans_restarts, seed=config.train.kmeans_seed)
 
 
-def export_workdir(workdir, config, log=print, model=None):
+def export_workdir(workdir, config, log=print, model=None, head_statistics=None):
     """Export the embedder to ``<export_dir>/<export_name>/<version>/``.
 
-    ``model``: the run's HDML model, if in memory (else ``model.keras`` is read).
+    ``model``: the run's HDML model, if in memory (else ``model.keras`` is read);
+    ``head_statistics``: what `hdml_tf.training.head_statistics.reestimate` returned if
+    the head's statistics were re-estimated (recorded in the export's metadata).
     Returns the model base directory, or None when the export failed (the run's
     results stand; the error is printed as ``hdml-tf export`` prints it).
     """
     out = os.path.join(config.train.export_dir, config.train.export_name or config.name)
     try:
-        export_lib.export_run(workdir, out, log=log, model=model, config=config)
+        export_lib.export_run(workdir, out, log=log, model=model, config=config,
+                              head_statistics=head_statistics)
     except (export_lib.ExportError, WorkdirError, ValueError) as error:
         print(f"hdml-tf export: error: {error}", file=sys.stderr)
         return None
     return out
+
+
+def export_checkpoint(checkpoint, out_dir, head_statistics_mode="auto", log=print,
+                      **options):
+    """``hdml-tf export``: export a workdir's or ``.keras`` file's embedder, its head's
+    statistics first re-estimated from the run's real training images when
+    ``head_statistics_mode`` asks (`hdml_tf.training.head_statistics.wanted`: by
+    default, when they carry synthetic features). ``options`` as for
+    `hdml_tf.export.export_run`. Returns the new version directory.
+    """
+    loaded = export_lib.load_checkpoint(checkpoint, config_path=options.get("config_path"))
+    config = config_lib.from_dict(loaded["config"]) if loaded["config"] else None
+    info = None
+    if head_statistics.wanted(head_statistics_mode, config.model if config else None):
+        if config is None:
+            raise export_lib.ExportError(
+                f"{checkpoint!r} has no config.json beside it, so its head's statistics "
+                "cannot be re-estimated from its training images; --head-statistics "
+                "trained exports them as trained")
+        info = head_statistics.reestimate(loaded["embedder"], config)
+        log(f"head statistics: re-estimated from {info['images']} real training images "
+            f"(the trained moving variance was {info['variance_ratio']:.2f}x theirs)")
+    return export_lib.export_run(checkpoint, out_dir, log=log, model=loaded["embedder"],
+                                 head_statistics=info, **options)
 
 
 def summary_table(results, paper=None, keys=None):
