@@ -215,14 +215,7 @@ class HDML(keras.Model):
         y_prime, y_tilde = tf.split(y_gen, tf.stack([num_real, tf.shape(synthetic.rows)[0]]))
         # [J_syn] the synthetic tuple re-embedded by the SAME head.
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
-        if prestep is not None:
-            _second_update_from_prestep(head_bn, prestep, head_after_real)
-        elif training and p.head_bn_updates == "real":
-            # The synthetic pass normalised with its own batch's statistics; the moving
-            # ones, which only inference reads, stay as the real pass left them.
-            for variable, value in zip(self.embedder.head.non_trainable_variables,
-                                       head_after_real):
-                variable.assign(value)
+        self._after_synthetic_head_pass(prestep, head_after_real, training)
         out["j_syn"] = self.parts.synthetic_loss(z_tilde, synthetic, replicas)
         out["j_metric"] = w * out["j_m"] + (1.0 - w) * out["j_syn"]
         # [J_gen] reconstruction (a sum) plus label preservation of the synthetic rows.
@@ -237,10 +230,24 @@ class HDML(keras.Model):
         if training:
             # A non-finite synthetic tuple must not leave the head's statistics so.
             extras["syn_ok"] = tf.math.is_finite(replicas.sum(out["j_syn"]))
-            for variable, value in zip(self.embedder.head.non_trainable_variables,
-                                       head_after_real):
-                variable.assign(tf.where(extras["syn_ok"], variable, value))
+            self._put_back_head_statistics(head_after_real, unless=extras["syn_ok"])
         return out, extras
+
+    def _after_synthetic_head_pass(self, prestep, after_real, training):
+        """What the synthetic pass leaves of the head's moving statistics
+        (``head_bn_updates``): "real" puts back what the real pass left (the synthetic
+        pass normalised with its own batch's statistics; inference, the only reader of
+        the moving ones, sees real images), "prestep" re-bases its update on the
+        pre-step value, "sequential" keeps Keras' update."""
+        if prestep is not None:
+            _second_update_from_prestep(self.embedder.head.bn, prestep, after_real)
+        elif training and self.params.head_bn_updates == "real":
+            self._put_back_head_statistics(after_real)
+
+    def _put_back_head_statistics(self, values, unless=None):
+        """Set the head's moving statistics to ``values`` (where ``unless`` is false)."""
+        for variable, value in zip(self.embedder.head.non_trainable_variables, values):
+            variable.assign(value if unless is None else tf.where(unless, variable, value))
 
     def _objective_losses(self, contrib, extras):
         """Each objective's loss as its optimizer differentiates it (loss-scaled).
@@ -320,7 +327,9 @@ class HDML(keras.Model):
                                    applied["metric"], applied["generator"])
 
     def record_statistics(self, j_m, j_gen, w, metric_applied=True, generator_applied=True):
-        """Spec step 11: add one step's values to the windows of J_avg and J_gen_avg.
+        """Add one step's values to the windows of J_avg and J_gen_avg (docs/method.md,
+        "One training step", step 11), and fit α and β when the first window completes
+        (``lambda_start``, ``w_start``).
 
         ``train_step`` calls it after every step; ``tests/test_authors_parity.py``
         drives it with a sequence of losses beside the authors' ``data_collector``.
@@ -404,7 +413,8 @@ class HDML(keras.Model):
     # ------------------------------------------------------------ objectives
 
     def objectives(self):
-        """name -> (optimizer, variables, loss term): the one map of spec step 10."""
+        """name -> (optimizer, variables, loss term): which optimizer applies which
+        objective's gradient to which variables (docs/method.md, step 10)."""
         result = {"metric": (self.metric_optimizer, self.embedder.trainable_variables,
                              "j_metric")}
         if self.params.hdml:

@@ -1,8 +1,8 @@
 """Every HDML loss term against an independent numpy computation of one forward pass.
 
-The reference below is written from the equations (HDML_SPEC steps 3-9; paper eq. 3-9;
-the authors' ``main_npair.py`` / ``main_triplet.py``), with explicit loops and float64,
-not from hdml_tf's code. The network is tiny and fixed (a linear backbone, the head's
+The reference below is written from the equations (docs/method.md, "One training step",
+steps 1-9; paper eq. 3-9; the authors' ``main_npair.py`` / ``main_triplet.py``), with
+explicit loops and float64, not from hdml_tf's code. The network is tiny and fixed (a linear backbone, the head's
 BatchNorm + Dense, the generator, the classifier), λ and w are well below 1, so the
 synthesis and the J_m / J_syn weighting both matter. A mistake such as ``tf.repeat``
 for ``tf.tile`` in the synthetic labels, a mean for the sum in J_recon, a missing

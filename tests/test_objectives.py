@@ -1,6 +1,6 @@
 """The parts of HDML's objective (hdml_tf.objectives), each on its own.
 
-Three kinds of test per part (STYLE.md): the golden value derived in its docstring, a
+Three kinds of test per part: the golden value derived in its docstring, a
 brute-force loop reference in float32 and float64, and an edge or replica case.
 """
 

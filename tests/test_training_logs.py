@@ -67,7 +67,7 @@ def test_pinned_lambda_is_one_line_naming_the_constant_and_the_loss():
     lines = _pinned_lines(model, range(70, 400, 10))
     assert len(lines) == 1
     assert "λ stayed at 0 from step 70 to 140" in lines[0]
-    assert "α = 90 against J_avg = 2.1" in lines[0] and "model.lambda_start" in lines[0]
+    assert "α = 90, J_avg = 2.1" in lines[0] and "model.lambda_start" in lines[0]
     assert "\n" not in lines[0]
 
 
@@ -75,7 +75,7 @@ def test_pinned_w_near_one_is_said_too_and_a_moving_lambda_is_not():
     model = _FakeHDML(**{"lambda": 0.5, "w": 0.9999, "beta": 1e3, "j_gen_avg": 1e7})
     lines = _pinned_lines(model, range(70, 400, 10))
     assert len(lines) == 1 and lines[0].startswith("warning: w stayed at 1")
-    assert "β = 1000 against J_gen_avg = 1e+07" in lines[0]
+    assert "β = 1000, J_gen_avg = 1e+07" in lines[0]
 
 
 def test_no_warning_in_the_first_window_for_a_short_pin_or_when_asked():

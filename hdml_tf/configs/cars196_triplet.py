@@ -2,8 +2,8 @@
 
 Run:  hdml-tf train --config cars196_triplet --set data.root=/data/cars196 --workdir runs/cars196_triplet
       (baseline: add --set model.hdml=false)
-Paper: the triplet results are in the paper's Table 2; HDML_SPEC.md records only the
-N-pair numbers, so none are printed beside this preset's results.
+Paper: the triplet results are in the paper's Table 2; no reference numbers are printed
+beside this preset's results (the N-pair presets print theirs).
 alpha: the paper's text reports 7 for triplet; the authors' main_triplet.py runs with the
 FLAGS default 90, which produced their numbers, so the preset follows the code
 (--set model.alpha=7 gives the paper's value). docs/method.md lists both.

@@ -2,8 +2,8 @@
 
 Run:  hdml-tf train --config cub200_triplet --set data.root=/data/CUB_200_2011 --workdir runs/cub200_triplet
       (baseline: add --set model.hdml=false)
-Paper: the triplet results are in the paper's Table 1; HDML_SPEC.md records only the
-N-pair numbers, so none are printed beside this preset's results.
+Paper: the triplet results are in the paper's Table 1; no reference numbers are printed
+beside this preset's results (the N-pair presets print theirs).
 alpha: the paper's text reports 7 for triplet; the authors' main_triplet.py runs with the
 FLAGS default 90, which produced their numbers, so the preset follows the code
 (--set model.alpha=7 gives the paper's value). docs/method.md lists both.

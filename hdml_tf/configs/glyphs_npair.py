@@ -1,4 +1,4 @@
-"""CJK glyphs, HDML N-pair on a small CNN at the paper's batch regime (issue 25).
+"""CJK glyphs, HDML N-pair on a small CNN at the paper's batch regime.
 
 Run:  hdml-tf data glyphs                      (once: the folder, ~/hdml_data/glyphs)
       hdml-tf train --config glyphs_npair --workdir runs/glyphs_hdml

@@ -175,10 +175,11 @@ class PinnedScheduleWarning(keras.callbacks.Callback):
                 continue
             if step - since >= self.window:
                 self.warned.append(key)
+                edge = 0 if stats[key] < self.PINNED else 1
                 self.print_fn(
-                    f"warning: {symbol} stayed at {stats[key]:.2g} from step {since} to "
-                    f"{step}: {c_symbol} = {stats[constant]:.4g} against {l_symbol} = "
-                    f"{stats[loss]:.3g} ({symbol} = exp(-{c_symbol} / {l_symbol})); "
+                    f"warning: {symbol} stayed at {edge} from step {since} to {step} "
+                    f"({symbol} = exp(-{c_symbol} / {l_symbol}) = {stats[key]:.2g} with "
+                    f"{c_symbol} = {stats[constant]:.4g}, {l_symbol} = {stats[loss]:.3g}); "
                     f"model.{start} sets where {symbol} starts instead (docs/method.md)")
 
 

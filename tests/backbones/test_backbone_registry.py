@@ -39,7 +39,7 @@ def test_available_backbones():
 
 def test_built_in_backbones_are_registered_once_by_the_registry():
     """Every built-in name is registered in registry.py itself, so no caller has to import
-    a network's module to make its name known (issue 11, item 4); the builder imports
+    a network's module to make its name known; the builder imports
     the network when it is called."""
     import inspect
 

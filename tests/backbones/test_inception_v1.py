@@ -24,7 +24,8 @@ from hdml_tf.backbones.inception_v1 import (
     keras_to_caffe_name,
 )
 
-# The spec's table (HDML_SPEC.md, "Backbone: BVLC GoogLeNet"), typed in again so the
+# BVLC GoogLeNet's inception table (Szegedy et al., "Going deeper with convolutions",
+# Table 1: #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj), typed in again so the
 # parameter count does not depend on the module's own copy.
 SPEC_TABLE = [
     (64, 96, 128, 16, 32, 32),

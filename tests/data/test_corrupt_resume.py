@@ -1,4 +1,4 @@
-"""Kill-and-resume with a corrupt image in the data and no decoded cache (issue 11, item 2).
+"""Kill-and-resume with a corrupt image in the data and no decoded cache.
 
 The training batches are promised to be a pure function of (seed, batch number, the
 files): a run interrupted after batch k and resumed with ``start_batch=k`` must draw

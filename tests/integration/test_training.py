@@ -334,3 +334,59 @@ def test_paper_presets_run_the_authors_mode(capsys):
     cli.main(["presets"])
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("cub200_npair") and " authors " in line for line in lines)
+
+
+# ------------------------------------------------- the head's BatchNorm statistics
+
+
+def _metadata(version_dir):
+    with open(os.path.join(version_dir, "assets.extra", "hdml_tf_metadata.json")) as f:
+        return json.load(f)
+
+
+def test_synthetic_head_statistics_are_reported_both_ways_and_not_exported(tmp_path):
+    """A run whose synthetic pass moved the head's statistics ("sequential"): metrics.json
+    holds the test metrics as trained and with the statistics re-estimated from the
+    real training images; the export (auto) carries the re-estimated ones, and
+    `hdml-tf export --head-statistics trained` the trained ones."""
+    from hdml_tf import cli
+
+    export_dir = tmp_path / "saved"
+    config = config_lib.load_config(write_config(
+        tmp_path, model={"head_bn_updates": "sequential"},
+        train={"steps": 20, "export": True, "export_dir": str(export_dir)}))
+    workdir = tmp_path / "run"
+    results, model = training.train(config, str(workdir), log=lambda *_: None,
+                                    return_model=True)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    train_images = len(training.load_splits(config)["train"])
+    assert metrics["head_statistics"]["images"] == train_images
+    assert metrics["head_statistics"]["variance_ratio"] > 0
+    assert set(metrics["test_real_head_statistics"]) == set(metrics["test"])
+    exported = _metadata(os.path.join(results["export"], "1"))["head_statistics"]
+    assert exported == dict(metrics["head_statistics"], source="real training images")
+    # model.keras keeps the statistics as trained; the in-memory model was re-estimated.
+    saved = keras.models.load_model(str(workdir / "model.keras"))
+    assert not np.allclose(saved.embedder.head.bn.moving_variance.numpy(),
+                           model.embedder.head.bn.moving_variance.numpy())
+    base = str(tmp_path / "cli")
+    for mode, source in (("trained", "as trained"), ("auto", "real training images")):
+        assert cli.main(["export", "--checkpoint", str(workdir), "--out", base,
+                         "--head-statistics", mode, "--no-warmup", "--no-verify"]) == 0
+    versions = sorted(os.listdir(base), key=lambda n: (not n.isdigit(), n))
+    sources = [_metadata(os.path.join(base, v))["head_statistics"]["source"]
+               for v in versions if v.isdigit()]
+    assert sources == ["as trained", "real training images"]
+
+
+def test_real_head_statistics_need_no_reestimation(tmp_path):
+    """The default ("real"): nothing re-estimated, the export is the trained model."""
+    export_dir = tmp_path / "saved"
+    config = config_lib.load_config(write_config(
+        tmp_path, train={"steps": 10, "export": True, "export_dir": str(export_dir)}))
+    assert config.model.head_bn_updates == "real"
+    results = training.train(config, str(tmp_path / "run"), log=lambda *_: None)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test_real_head_statistics" not in metrics and "head_statistics" not in metrics
+    exported = _metadata(os.path.join(results["export"], "1"))
+    assert exported["head_statistics"] == {"source": "as trained"}
