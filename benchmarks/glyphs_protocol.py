@@ -1,4 +1,4 @@
-"""Score a glyph run two ways (issue 25, item 2).
+"""Score a glyph run two ways.
 
   python benchmarks/glyphs_protocol.py evaluate WORKDIR [--split test] [--json FILE]
 

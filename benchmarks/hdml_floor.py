@@ -88,15 +88,7 @@ def step_timer(config, hdml, num_classes, steps):
     model, step, batch = bench.step_function(config, num_classes)
     for _ in range(2):
         float(step(batch)["j_m"])
-
-    def run():
-        start = time.perf_counter()
-        for _ in range(steps):
-            logs = step(batch)
-        float(logs["j_m"])
-        return (time.perf_counter() - start) / steps
-
-    return run, model.embedder.feature_dim
+    return (lambda: bench.seconds_per_step(step, batch, steps)), model.embedder.feature_dim
 
 
 def main(argv=None):
@@ -108,8 +100,7 @@ def main(argv=None):
                         help="training classes (default: the bench's facts of the dataset)")
     args = parser.parse_args(argv)
     config = bench.bench_config(args.config)
-    facts = bench.DATASETS.get(config.data.name)
-    classes = args.classes or (facts["classes"] if facts else 100)
+    classes = args.classes or bench.dataset_facts(config.data.name)["classes"]
     base, _ = step_timer(args.config, False, classes, args.steps)
     hdml, feature_dim = step_timer(args.config, True, classes, args.steps)
     shapes = products(config, feature_dim, classes)

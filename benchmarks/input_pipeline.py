@@ -45,13 +45,6 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def make_jpeg_folder(root: str, num_classes: int, per_class: int, size, seed: int = 0) -> str:
-    """Write num_classes x per_class textured JPEGs of (w, h) = size under root."""
-    from hdml_tf.bench import write_jpeg_folder
-
-    return write_jpeg_folder(root, num_classes, per_class, size, seed=seed)
-
-
 def time_pipeline(dataset, batches: int, warmup: int) -> tuple:
     it = iter(dataset)
     for _ in range(warmup):
@@ -123,7 +116,7 @@ def compare_cache(args) -> int:
 
     import tensorflow as tf
 
-    from hdml_tf.bench import pipeline_rates, write_jpeg_folder
+    from hdml_tf.bench import load_average, pipeline_rates, write_jpeg_folder
 
     w, h = (int(v) for v in args.source_size.lower().split("x"))
     with tempfile.TemporaryDirectory(prefix="hdml_bench_") as tmp:
@@ -134,7 +127,7 @@ def compare_cache(args) -> int:
         print(f"generated {n} JPEGs of {w}x{h} (quality 90) in "
               f"{time.perf_counter() - t0:.1f}s")
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
-              f"load average {os.getloadavg()[0]:.1f} at start, TF {tf.__version__}")
+              f"load average {load_average():.1f} at start, TF {tf.__version__}")
         print(f"pipeline: N-pair batch {2 * args.pairs}, resize {args.resize} -> crop "
               f"{args.crop}, {args.preprocessing} normalisation; {args.repeats} alternating "
               f"repeats of "
@@ -146,7 +139,7 @@ def compare_cache(args) -> int:
                                        crop=args.crop, batches=args.pipeline_batches,
                                        repeats=args.repeats,
                                        preprocessing=args.preprocessing))
-            loads.append(os.getloadavg()[0])
+            loads.append(load_average())
     jpeg = statistics.median(r["jpeg"] for r in runs)
     cached = statistics.median(r["cached"] for r in runs)
     build = statistics.median(r["cache_build_s"] for r in runs)
@@ -211,6 +204,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from hdml_tf import data
+    from hdml_tf.bench import load_average, write_jpeg_folder
 
     tmp = None
     root = args.image_dir
@@ -218,16 +212,15 @@ def main(argv=None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="hdml_bench_")
         w, h = (int(v) for v in args.source_size.lower().split("x"))
         t0 = time.perf_counter()
-        root = make_jpeg_folder(tmp.name, args.num_classes, args.images_per_class, (w, h))
+        root = write_jpeg_folder(tmp.name, args.num_classes, args.images_per_class, (w, h))
         print(f"generated {args.num_classes * args.images_per_class} JPEGs of {w}x{h} in "
               f"{time.perf_counter() - t0:.1f}s under {root}")
     train = data.load_dataset("folder", "all", root=root)
     pipeline = data.npair_dataset(train, args.pairs, seed=0, resize=args.resize, crop=args.crop,
                                   preprocessing="caffe", cache=args.cache)
 
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible{load}, "
-          f"TF {tf.__version__}, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores visible, "
+          f"load average {load_average():.1f}, TF {tf.__version__}, "
           f"devices {[d.device_type for d in tf.config.list_logical_devices()]}")
     print(f"images: resize {args.resize} -> random crop {args.crop} (spec: 256 -> 227), "
           f"N-pair batch {2 * args.pairs} ({args.pairs} pairs), cache={args.cache}")

@@ -1,6 +1,6 @@
 """Mixed precision on the Fashion-MNIST preset: skipped steps and final metrics vs float32.
 
-Issue 13's targets: HDML steps skipped under ``mixed_float16`` (0 once the loss scale
+Targets: HDML steps skipped under ``mixed_float16`` (0 once the loss scale
 has settled, i.e. at most the first ~10 steps) and under ``mixed_bfloat16`` (0), and the
 same runs' final metrics within noise of float32.
 
@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/hdml_precision")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
+    from hdml_tf.bench import load_average
+
     results = {p: {} for p in args.precisions}
     late = {p: {} for p in args.precisions}
     for seed in args.seeds:  # seeds outer: a load change hits every precision alike
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
                   f"{results[precision][seed]['train_seconds']:.0f} s training "
                   f"({time.time() - start:.0f} s with set-up and evaluation)", flush=True)
     print(f"\n{args.config}, seeds {args.seeds}, overrides {args.set or 'none'}; "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+          f"load average {load_average():.1f} at the end")
     print("\n| precision | steps | " + " | ".join(SKIPS)
           + " | any skip after step 10 | train s (median) |")
     print("|---|---:|" + "---:|" * len(SKIPS) + "---:|---:|")

@@ -95,8 +95,7 @@ def main(argv=None):
                         help="training classes (default: the bench's facts of the dataset)")
     args = parser.parse_args(argv)
     config = bench.bench_config(args.config, args.set)
-    facts = bench.DATASETS.get(config.data.name)
-    classes = args.classes or (facts["classes"] if facts else 100)
+    classes = args.classes or bench.dataset_facts(config.data.name)["classes"]
     results = {arm: profile_arm(args.config, arm == "HDML", args.set, args.steps, classes)
                for arm in ("baseline", "HDML")}
     keys = sorted({k for parts, _, _ in results.values() for k in parts})

@@ -1,7 +1,7 @@
 """What does the loop around the HDML step cost? ``hdml-tf train`` at N = 1 vs N steps
 per execution, against the bare step.
 
-Issue 13's target: the loop's overhead (the ms/step ``hdml-tf train`` runs at, minus the
+Target: the loop's overhead (the ms/step ``hdml-tf train`` runs at, minus the
 bare step) falls by at least half from ``train.steps_per_execution`` N = 1 to N = 50.
 
 Measured in one process, for each N (the repeats interleaved N = 1, N = 50, N = 1, ...
@@ -41,10 +41,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def load_average():
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def configured(spec, overrides, steps, per_execution):
@@ -132,6 +128,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.long <= args.short:
         ap.error("--long must exceed --short")
+    from hdml_tf.bench import load_average
+
     overrides = list(args.set) or []
     if not any(s.startswith("train.steps_per_epoch") for s in overrides):
         overrides.append("train.steps_per_epoch=100")  # checkpoints in both runs

@@ -9,21 +9,23 @@ synthetic in-memory batches:
 2. the baseline step (``hdml=False``: backbone + head, J_m, the metric optimizer);
 
 and prints a table with ms/step, images/s and the ratio HDML / baseline (time per
-step) with the overhead in %. Target (issue 5): HDML costs at most 15% more than the
+step) with the overhead in %. Target: HDML costs at most 15% more than the
 baseline at batch 128, 227 px with ``inception_v1``. No input pipeline is involved
 (``benchmarks/input_pipeline.py`` measures that): the batch is already in memory, so
 this is the step alone.
 
 How it is timed: ``model.train_step`` inside one ``tf.function`` per model (what
-``hdml-tf train`` runs; ``--xla`` adds ``jit_compile=True``), ``--warmup`` untimed steps
-first (tracing, optimizer slots), then ``--repeats`` repeats of ``--steps`` timed steps;
-the repeats of the two models are interleaved (H, B, H, B, ...) so that a change in the
-load of a shared machine hits both alike, and the table shows the median repeat.
+``hdml-tf train`` runs; ``--xla`` adds ``jit_compile=True``) on a batch generated as
+``hdml-tf bench`` generates its own (``hdml_tf.bench.synthetic_batch``), ``--warmup``
+untimed steps first (tracing, optimizer slots), then ``--repeats`` repeats of
+``--steps`` timed steps (``hdml_tf.bench.seconds_per_step``); the repeats of the two
+models are interleaved (H, B, H, B, ...) so that a change in the load of a shared machine
+hits both alike, and the table shows the median repeat.
 
     python benchmarks/train_step.py                                  # CPU: batch 32, 128 px
     python benchmarks/train_step.py --backbone small_cnn --size 64 --batch 64
     python benchmarks/train_step.py --batch 128 --size 227 --steps 20 --repeats 5   # GPU,
-                                                                     # the issue's target
+                                                                     # the target's size
     python benchmarks/train_step.py --breakdown   # also time the HDML-only parts alone
 
 ``--breakdown`` times, on the backbone features of one batch (so without the
@@ -47,21 +49,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def load_average():
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-
-
-def make_batch(pairs, size, num_classes, seed=0):
-    """``((anchors, positives), (anchor_labels, positive_labels))``, P distinct classes.
-
-    Images are Caffe-scaled noise (BGR minus mean, so roughly [-128, 128]).
-    """
-    rng = np.random.default_rng(seed)
-    labels = rng.choice(num_classes, pairs, replace=False).astype(np.int32)
-    images = [rng.uniform(-120, 120, (pairs, size, size, 3)).astype(np.float32)
-              for _ in range(2)]
-    return (tuple(images), (labels, labels.copy()))
-
 
 def build(backbone_name, hdml, size, embedding_dim, num_classes, seed=0):
     """One compiled HDML (or baseline) model; the same seed gives the same weights."""
@@ -80,25 +67,6 @@ def build(backbone_name, hdml, size, embedding_dim, num_classes, seed=0):
     model.compile()  # Adam 7e-5 (metric), 1e-2 (generator), 1e-3 (classifier)
     model.build((None, size, size, 3))  # and the optimizers (compiled first)
     return model
-
-
-def step_function(model, xla):
-    import tensorflow as tf
-
-    @tf.autograph.experimental.do_not_convert
-    def step(batch):
-        return model.train_step(batch)
-
-    return tf.function(step, jit_compile=bool(xla))
-
-
-def run_steps(step, batch, count):
-    """Seconds for ``count`` steps; the loss is fetched each step, so work is done."""
-    start = time.perf_counter()
-    for _ in range(count):
-        logs = step(batch)
-        float(logs["j_m"])
-    return time.perf_counter() - start
 
 
 def breakdown(model, batch, repeats, steps):
@@ -203,6 +171,8 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
+    from hdml_tf.bench import load_average, seconds_per_step, synthetic_batch
+
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     devices = [d.device_type for d in tf.config.list_logical_devices()]
@@ -216,25 +186,25 @@ def main(argv=None) -> int:
           f"{'XLA' if args.xla else 'tf.function'}; {args.warmup} warmup + "
           f"{args.repeats} x {args.steps} timed steps per model, interleaved")
     if (args.batch, args.size, args.backbone) != (128, 227, "inception_v1"):
-        print("NOTE: the issue's target is batch 128, 227 px, inception_v1"
+        print("NOTE: the 15% target is at batch 128, 227 px, inception_v1"
               + ("" if on_gpu else "; this CPU run uses a smaller size") + ".")
 
-    batch = make_batch(pairs, args.size, args.num_classes)
-    batch = tf.nest.map_structure(tf.constant, batch)
+    batch = synthetic_batch(pairs, args.size, args.num_classes)
     models, steps = {}, {}
     for name, hdml in (("HDML", True), ("baseline", False)):
         t0 = time.perf_counter()
         models[name] = build(args.backbone, hdml, args.size, args.embedding_dim,
                              args.num_classes)
-        steps[name] = step_function(models[name], args.xla)
-        run_steps(steps[name], batch, args.warmup)
+        steps[name] = tf.function(models[name].train_step, jit_compile=args.xla)
+        if args.warmup:
+            seconds_per_step(steps[name], batch, args.warmup)
         print(f"  {name}: built, traced and warmed up in {time.perf_counter() - t0:.1f}s")
 
     times = {name: [] for name in models}
     loads = []
     for _ in range(args.repeats):
         for name in models:
-            times[name].append(run_steps(steps[name], batch, args.steps) / args.steps)
+            times[name].append(seconds_per_step(steps[name], batch, args.steps))
         loads.append(load_average())
     nonfinite = {n: int(m.nonfinite_steps.numpy()) for n, m in models.items()}
 

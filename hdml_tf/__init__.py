@@ -7,6 +7,9 @@ names (``"hdml_tf>HDML"``, ...), as keras_hub does. The rest (``data``, ``evalua
 ``training``, ``export``, ...) is imported where it is used::
 
     from hdml_tf import HDML, Embedder, data
+
+It imports TensorFlow first, through `hdml_tf.tf_startup`, which keeps TensorFlow's
+start-up lines off stderr (``HDML_TF_VERBOSE=1`` leaves them).
 """
 
 import os
@@ -15,6 +18,12 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
+
+from hdml_tf import tf_startup  # noqa: E402
+
+# TensorFlow's start-up lines kept off stderr (unless HDML_TF_VERBOSE=1), before the
+# modules below import it.
+tf_startup.import_tensorflow_quietly()
 
 from hdml_tf import backbones, losses, schedules, tfa_losses  # noqa: E402
 from hdml_tf.models import HDML  # noqa: E402

@@ -23,6 +23,10 @@ compiled with the three optimizers); the step is ``model.train_step`` inside one
 ``tf.function`` (``jit_compile=True`` for the XLA rows), fed a batch already in
 device memory, so the step is measured alone; the pipeline rows say whether the
 input pipeline can keep up with it.
+
+The developer scripts in ``benchmarks/`` measure with the same pieces instead of their
+own: `bench_config`, `dataset_facts`, `step_function`, `synthetic_batch`,
+`seconds_per_step`, `write_jpeg_folder`, `pipeline_rates` and `load_average`.
 """
 
 from __future__ import annotations
@@ -69,6 +73,12 @@ SMOKE_OVERRIDES = ["model.backbone=small_cnn", "model.lrn=caffe",
 SMOKE_TIMING = dict(warmup=1, repeats=2, steps=1)
 
 
+def dataset_facts(name):
+    """A copy of the `DATASETS` facts of dataset ``name``; for a dataset not listed,
+    10,000 training and test images of 100 classes, 500x375."""
+    return dict(DATASETS.get(name, _DEFAULT_FACTS))
+
+
 @dataclasses.dataclass
 class Variant:
     name: str  # e.g. "mixed_bfloat16 + XLA"
@@ -85,6 +95,7 @@ def variants_for(device_type: str, xla: bool = True):
 
 
 def load_average():
+    """The machine's 1-minute load average (NaN where the system reports none)."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
@@ -164,28 +175,41 @@ def _peak_memory(device_type):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
 
 
-def _batch(config, num_classes, seed=0):
-    """A training batch of the preset's layout: N-pair (anchors, positives) or triplet
-    (anchors, positives, negatives), each tuple's anchor of its own class."""
-
-    tuples = config_lib.classes_per_batch(config)
-    crop = config.data.crop
+def synthetic_batch(tuples, crop, num_classes, groups=2, seed=0):
+    """A generated training batch in tensors, ``((images, ...), (labels, ...))``:
+    ``groups`` groups of ``tuples`` images, N-pair (2: anchors, positives) or triplet
+    (3: anchors, positives, negatives), each tuple's anchor of its own class (``tuples``
+    distinct classes of ``num_classes``), its negative of the previous tuple's class. The
+    images are ``crop`` x ``crop`` Caffe-scaled noise (BGR minus the mean, so roughly
+    [-128, 128])."""
     rng = np.random.default_rng(seed)
     labels = rng.choice(num_classes, tuples, replace=False).astype(np.int32)
-    groups = [labels, labels, np.roll(labels, 1)][:params.tuple_size(config.model.loss)]
+    group_labels = [labels, labels, np.roll(labels, 1)][:groups]
     images = tuple(rng.uniform(-120, 120, (tuples, crop, crop, 3)).astype(np.float32)
-                   for _ in groups)
-    return tf.nest.map_structure(tf.constant, (images, tuple(groups)))
+                   for _ in group_labels)
+    return tf.nest.map_structure(tf.constant, (images, tuple(group_labels)))
 
 
 def step_function(config, num_classes, jit_compile=False):
     """(model, step, batch): the model as ``hdml-tf train`` builds it (seeded by
-    ``train.seed``), its ``train_step`` in one ``tf.function`` and a generated batch of
-    the preset's layout (``_batch``)."""
+    ``train.seed``), its ``train_step`` in one ``tf.function`` and a
+    :func:`synthetic_batch` of the preset's layout and crop."""
     keras.utils.set_random_seed(config.train.seed)
     model = experiment.build_model(config, num_classes)
     step = tf.function(model.train_step, jit_compile=jit_compile)
-    return model, step, _batch(config, num_classes)
+    batch = synthetic_batch(config_lib.classes_per_batch(config), config.data.crop,
+                            num_classes, params.tuple_size(config.model.loss))
+    return model, step, batch
+
+
+def seconds_per_step(step, batch, count):
+    """Mean seconds of ``count`` (at least 1) calls ``step(batch)`` of a training step
+    returning its logs; the last call's ``j_m`` is fetched, so the device has finished."""
+    start = time.perf_counter()
+    for _ in range(count):
+        logs = step(batch)
+    float(logs["j_m"])  # wait for the device
+    return (time.perf_counter() - start) / count
 
 
 def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batch,
@@ -204,16 +228,8 @@ def time_step(config, variant, num_classes, *, warmup, repeats, steps, eval_batc
         keras.config.set_dtype_policy(previous)
     embed = tf.function(lambda x: model.embedder(x, training=False), jit_compile=variant.xla)
     eval_images = tf.concat(batch[0], 0)[:eval_batch]
-
-    def run(count):
-        start = time.perf_counter()
-        for _ in range(count):
-            logs = step(batch)
-        float(logs["j_m"])  # wait for the device
-        return (time.perf_counter() - start) / count
-
-    run(warmup)
-    times = [run(steps) for _ in range(repeats)]
+    seconds_per_step(step, batch, warmup)
+    times = [seconds_per_step(step, batch, steps) for _ in range(repeats)]
     embed(eval_images).numpy()
     fwd = []
     for _ in range(repeats):
@@ -276,7 +292,7 @@ def run_bench(config, *, smoke=False, warmup=2, repeats=3, steps=2, xla=None, ou
     """Measure, print the table, and return the rows (dicts) for callers and tests."""
 
     d = config.data
-    facts = dict(DATASETS.get(d.name, _DEFAULT_FACTS))
+    facts = dataset_facts(d.name)
     gpus = tf.config.list_logical_devices("GPU")
     device_type = "GPU" if gpus else "CPU"
     tuples = config_lib.classes_per_batch(config)

@@ -19,8 +19,10 @@ and one running it, which calls library functions with plain arguments
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
   hdml-tf data glyphs --out DIR [--size 16] [--seed 0]   CJK ideographs in the installed fonts
 
-The command's entry point (``hdml_tf_entry.main``, beside the package) keeps
-TensorFlow's start-up lines off the output; this module only parses and dispatches.
+``import hdml_tf`` keeps TensorFlow's start-up lines off the output
+(``hdml_tf.tf_startup``); the command's entry point (``hdml_tf_entry.main``, beside the
+package) handles ``--verbose`` before that import; this module only parses and
+dispatches.
 Warnings print as one wrapped line each (``hdml-tf: warning: ...``).
 """
 
@@ -146,12 +148,9 @@ def _compare_parser(prog):
         prog=prog,
         description="HDML vs its baseline (model.hdml=false) over seeds: mean ± std per "
                     "arm, the paired difference with a 95% Student t interval, a verdict.")
-    parser.add_argument("--config", required=True,
-                        help="preset name (hdml-tf presets) or a JSON config file")
+    _add_config_options(parser, "override for both arms, e.g. --set data.batch_size=20")
     parser.add_argument("--seeds", required=True, type=int,
                         help="number of seeds: train.seed = 0 .. N-1")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override for both arms, e.g. --set data.batch_size=20")
     parser.add_argument("--workdir", required=True,
                         help="runs and compare.md/.json/.png (rerun to resume)")
     parser.add_argument("--confidence", type=float, default=0.95,

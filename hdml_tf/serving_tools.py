@@ -3,8 +3,10 @@
 They call the ``serve_bytes`` signature written by ``hdml-tf export`` (see
 ``hdml_tf.export``), so images are decoded, resized, cropped and normalised inside the
 model exactly as in evaluation; they need nothing of the training side (the training
-loop, the evaluation, the configs). An image's declared size is read with the op the
-exported model runs (``hdml_tf.data.preprocess.encoded_image_size``, called eagerly).
+loop, the configs), and `search` ranks with the evaluation's neighbour search
+(``hdml_tf.evaluation.retrieval.knn``), imported when it runs. An image's declared size
+is read with the op the exported model runs
+(``hdml_tf.data.preprocess.encoded_image_size``, called eagerly).
 
   hdml-tf embed  --model saved_models/cub --images gallery/ --out gallery.npz
   hdml-tf search --model saved_models/cub --gallery gallery.npz --query q.jpg -k 10
@@ -367,26 +369,33 @@ def load_embeddings(path):
 
 
 def search(queries, gallery, k=10):
-    """Exact cosine nearest neighbours.
+    """Exact cosine nearest neighbours, by `hdml_tf.evaluation.retrieval.knn`.
 
     Args:
-      queries: float (q, d); gallery: float (n, d). Rows are L2-normalised here (the
-        exported embeddings already are; this guards against other inputs).
-      k: neighbours per query (capped at n).
+      queries: float (q, d); gallery: float (n, d). Rows are L2-normalised by ``knn``
+        (the exported embeddings already are; this guards against other inputs).
+      k: neighbours per query (capped at n; 0 neighbours when k < 1 or the gallery is
+        empty).
 
     Returns:
-      ``(scores, indices)``: (q, min(k, n)) cosine similarities, best first, and the
-      gallery rows they belong to (ties broken by the lower index).
-    """
-    def unit(x):
-        x = np.asarray(x, np.float32)
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+      ``(scores, indices)``: (q, min(k, n)) float32 cosine similarities, best first, and
+      the int32 gallery rows they belong to (ties broken by the lower index).
 
-    sims = unit(queries) @ unit(gallery).T
-    k = min(int(k), sims.shape[1])
-    # Stable sort on -sim: equal scores keep gallery order, so results are reproducible.
-    indices = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(sims, indices, axis=1), indices
+    Raises:
+      ValueError: the embeddings are not 2-D, their dimensions differ, or they hold NaN
+        or Inf.
+    """
+    # Imported here: a process that only embeds imports none of the evaluation package.
+    from hdml_tf.evaluation.retrieval import knn
+
+    k = min(int(k), len(gallery))
+    if k < 1:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int32)
+    # The numpy backend: the scores of one float32 matrix product, in which equal gallery
+    # rows score the same (faiss's may differ in the last bit and reorder such ties).
+    table = knn(np.asarray(queries, np.float32), np.asarray(gallery, np.float32), k,
+                backend="numpy")
+    return table.similarities, table.indices
 
 
 def save_grid(path, queries, results, gallery_paths, thumb=128):

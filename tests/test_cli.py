@@ -10,7 +10,7 @@ import pytest
 
 import hdml_tf_entry
 from hdml_tf import cli
-from hdml_tf_entry import STARTUP_NOISE
+from hdml_tf.tf_startup import STARTUP_NOISE
 from tests.test_export import REPO
 
 # One fragment of each TensorFlow start-up line (TF 2.21, CPU-only machine).
@@ -20,14 +20,18 @@ STARTUP_LINES = ("All log messages before absl::InitializeLog()",
                  "failed call to cuInit")
 
 
-def run_cli(*args, **env):
-    # The user's environment: none of the test run's TensorFlow settings.
+def user_env(**env):
+    """The user's environment: none of the test run's TensorFlow settings."""
     base = {k: v for k, v in os.environ.items()
             if k not in ("TF_CPP_MIN_LOG_LEVEL", "HDML_TF_VERBOSE")}
-    # The installed `hdml-tf` command runs hdml_tf_entry.main.
-    result = subprocess.run([sys.executable, "-m", "hdml_tf_entry", *args],
+    return dict(base, **env)
+
+
+def run_cli(*args, module="hdml_tf_entry", **env):
+    # The installed `hdml-tf` command runs hdml_tf_entry.main; `python -m hdml_tf` too.
+    result = subprocess.run([sys.executable, "-m", module, *args],
                             capture_output=True, text=True, cwd=REPO,
-                            env=dict(base, **env), timeout=240)
+                            env=user_env(**env), timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -38,6 +42,15 @@ def test_commands_print_no_tensorflow_startup_logs(args):
     prints); the entry point keeps them off the output."""
     result = run_cli(*args)
     assert result.stdout.strip()
+    found = [line for line in STARTUP_LINES if line in result.stderr]
+    assert not found, result.stderr
+
+
+def test_python_m_hdml_tf_prints_no_tensorflow_startup_logs():
+    """``python -m hdml_tf`` imports the package before the entry point runs: the
+    package's own import keeps the lines off."""
+    result = run_cli("--help", module="hdml_tf")
+    assert "usage: hdml-tf" in result.stdout
     found = [line for line in STARTUP_LINES if line in result.stderr]
     assert not found, result.stderr
 
@@ -73,7 +86,7 @@ def test_only_startup_noise_is_filtered():
 
 
 def test_argparse_only_in_cli():
-    """Every sub-command's parser is built in hdml_tf/cli.py (issue 11, item 3)."""
+    """Every sub-command's parser is built in hdml_tf/cli.py."""
     package = pathlib.Path(cli.__file__).parent
     uses = re.compile(r"^\s*(import argparse|from argparse import)", re.M)
     users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
@@ -106,9 +119,9 @@ def test_an_unknown_preset_is_one_line_naming_it(args, capsys):
 
 
 def test_entry_point_is_the_console_script_and_python_m_hdml_tf():
-    """pyproject's `hdml-tf` and `python -m hdml_tf` both run hdml_tf_entry.main, the
-    one place that handles TensorFlow's start-up lines; no library module imports the
-    command line."""
+    """pyproject's `hdml-tf` and `python -m hdml_tf` both run hdml_tf_entry.main (which
+    turns ``--verbose`` into HDML_TF_VERBOSE before the package is imported); no library
+    module imports the command line."""
     pyproject = (pathlib.Path(REPO) / "pyproject.toml").read_text()
     assert 'hdml-tf = "hdml_tf_entry:main"' in pyproject
     main = (pathlib.Path(REPO) / "hdml_tf" / "__main__.py").read_text()

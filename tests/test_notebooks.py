@@ -12,19 +12,24 @@ read their parameters from environment variables (``HDML_SMOKE``, ``HDML_OUT_DIR
   in the real wire format, layer names and shapes, fetched from a file:// stand-in for
   the published URL with its SHA-1, converted, and run through the ImageNet top-5 check.
 
-And the notebooks are committed clean: no outputs, no execution counts.
+And the notebooks are committed clean: no outputs, no execution counts; and their first
+import of ``hdml_tf`` or TensorFlow prints none of TensorFlow's start-up lines.
 """
 
+import ast
 import glob
 import hashlib
 import os
 import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tests.data.helpers_data import make_cub, write_idx_gz
+from tests.test_cli import STARTUP_LINES, user_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
@@ -136,6 +141,38 @@ def test_notebook_has_colab_badge_parameters_and_guarded_install(path):
     assert "parameters" in code[0].metadata.get("tags", [])
     assert 'os.environ.get("HDML_SMOKE"' in code[0].source
     assert "%pip install" in code[1].source and "google.colab" in code[1].source
+
+
+def _import_cell(notebook):
+    """The top-level import statements of the first code cell importing ``hdml_tf`` or
+    TensorFlow, as Python source (IPython's ``!`` and ``%`` lines translated first)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        body = ast.parse(TransformerManager().transform_cell(cell.source)).body
+        imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        modules = {a.name for n in imports if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in imports if isinstance(n, ast.ImportFrom)}
+        if {m.split(".")[0] for m in modules if m} & {"hdml_tf", "tensorflow"}:
+            return "\n".join(ast.unparse(n) for n in imports)
+    raise AssertionError("no cell imports hdml_tf or tensorflow")
+
+
+@pytest.mark.parametrize("path", _notebook_paths(), ids=os.path.basename)
+def test_notebook_import_cell_prints_no_tensorflow_startup_logs(path):
+    """The imports of the notebook's first cell that imports TensorFlow or hdml_tf, then
+    a TensorFlow op (the devices start: the cuInit line), in a fresh process with the
+    user's environment: nothing of TensorFlow's start-up reaches stderr, which a kernel
+    shows in the cells."""
+    code = _import_cell(nbformat.read(path, as_version=4))
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport tensorflow as tf\nprint(tf.constant(1) + 1)"],
+        capture_output=True, text=True, cwd=REPO, env=user_env(), timeout=240)
+    assert result.returncode == 0 and "tf.Tensor(2" in result.stdout, result.stderr[-3000:]
+    found = [line for line in STARTUP_LINES if line in result.stderr]
+    assert not found, f"{os.path.basename(path)}: {code!r} printed\n{result.stderr}"
 
 
 def test_notebook_links_in_readme_name_existing_notebooks():

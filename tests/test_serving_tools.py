@@ -15,8 +15,9 @@ from hdml_tf import cli, export, serving_tools
 from tests.test_export import (CROP, DIM, REPO, RESIZE, SUBPROCESS_ENV, encoded_images,
                                tiny_embedder)
 
-# Modules a serving process must not need: training, its evaluation and its configs
-# (``import hdml_tf`` itself brings the model classes, for loading saved models).
+# Modules a serving process that embeds must not import: training, its evaluation and
+# its configs (``import hdml_tf`` itself brings the model classes, for loading saved
+# models; `serving_tools.search` imports the evaluation's neighbour search when it runs).
 TRAINING_MODULES = ("hdml_tf.training", "hdml_tf.evaluation", "hdml_tf.config",
                     "hdml_tf.compare", "hdml_tf.bench", "hdml_tf.demo")
 

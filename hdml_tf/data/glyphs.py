@@ -1,68 +1,28 @@
 """CJK ideographs drawn in the installed typefaces: a many-class, zero-shot image folder.
 
-Class = character, instance = typeface: every kept face draws every kept character once,
-so a class has one image per face and the test characters are never seen in training
-(an Omniglot-like, fine-grained problem: look-alike characters differ by one stroke).
-Nothing is downloaded: the faces are the system's (Debian's font packages).
+Class = character, instance = typeface: a character's images are its drawings by the
+kept faces, one per face (look-alike characters differ by one stroke), and the test
+characters are never seen in training. Nothing is downloaded: the faces are the
+system's (Debian's font packages).
 
-`build` (and ``hdml-tf data glyphs``) goes through five steps:
+`build` (``hdml-tf data glyphs``) writes the folder in five steps:
 
-1. **Faces.** fontconfig lists the installed faces (``fc-list``; ``fc-query`` for
-   explicit font files), one per (file, face index) so each face of a .ttc collection
-   counts; symbolic links are resolved (Debian's alternatives point at other packages'
-   files) and named instances of variable fonts skipped. Faces whose charset holds
-   fewer than ``min_ideographs`` ideographs of U+4E00-U+9FFF are skipped: the shared set
-   is an intersection, and a GB 2312 (6,763 hanzi) or JIS X 0208 (6,355 kanji) face
-   beside the others cuts it to about 3,450 characters.
-2. **Near-duplicates.** Each face draws the `DEDUP_CHARS` (256 fixed characters, those
-   of them every candidate's charset holds), each fitted to its own ink box at 32 x 32, so
-   that identical outlines give identical bitmaps whatever the face's metrics. Two faces
-   draw a character "the same" when the mean absolute difference of the two bitmaps is
-   below `SAME_DRAWING` (0.02 of full scale); a face is a duplicate of an already kept
-   face when they draw at least `DUPLICATE_SHARE` (a quarter) of the probe characters
-   the same. Measured on the 303 faces of Debian 12's CJK packages with >= 7,000
-   ideographs (all 44,000 pairs): proportional/monospace twins (IPAGothic/IPAPGothic,
-   WenQuanYi Micro Hei/Mono) and renamed copies (Takao = IPA, Droid Sans Fallback =
-   WenQuanYi Micro Hei) share 1.00; derived designs 0.48-0.75 (AR PL UKai from AR PL
-   KaitiM Big5, AR PL UMing from Mingti2L Big5, IPAmj from IPAex Mincho, IPAex from IPA
-   Gothic); regional variants 0.29-0.59 (Noto Sans/Serif CJK SC/TC/JP/KR/HK); Klee One
-   SemiBold and its derivative LXGW WenKai 0.254; then a gap: no pair between 0.14 and
-   0.25, every other pair <= 0.133 (MigMix/VL Gothic; Noto Serif CJK ExtraLight/Light
-   0.11; adjacent weights mostly ~0.01), so the weights of a design stay separate faces.
-   Faces are visited by decreasing ideograph coverage, then family, style, file, index:
-   the kept one of a duplicate pair is the first, and the manifest names it.
-3. **Shared characters.** The ideographs in every kept face's charset, each then drawn
-   by every kept face and rejected when a face draws nothing (no ink), the face's
-   ``.notdef`` (its drawing of the unassigned code point `UNASSIGNED`), a FreeType
-   error, or exactly the drawing of another character of the set (a placeholder). A
-   face rejecting more than `MAX_REJECTED` of the characters its charset claims is
-   dropped (its charset is not what it draws) and the set recomputed.
-4. **Rendering.** Grayscale PNG, white background and black ink (as printed and as a
-   reader checks them), rendered at ``OVERSAMPLE`` times the size with FreeType (Pillow,
-   basic layout: no shaping library involved) and reduced by averaging each output
-   pixel's area (a box filter: ink never bleeds into the margin, unlike Lanczos). Each
-   face is scaled once, so that the 90th percentile of the ink-box side over
-   `EXTENT_CHARS` fills ``size - 2 * margin`` pixels (a face's small and large
-   characters keep their relative size, e.g. 口 and 囗); a glyph larger than that box
-   is shrunk to fit; every glyph's ink box is centred.
-5. **Files.** ``<out>/<character>/<face id>.png`` (the layout `hdml_tf.data.folder`
-   reads), ``<out>/splits.txt`` (``<train|val|test> <character>``, the characters in
-   `seeded_order`, so a character added or lost upstream moves no other) and ``<out>/manifest.json`` (faces with their
-   Debian package, version and source package, dropped faces and why, characters,
-   sizes, software versions, the command). No timestamps anywhere and every list
-   sorted: the same command on the same packages writes byte-identical files.
+1. the installed faces with enough ideographs (`select_faces`);
+2. near-duplicate faces dropped, compared on fixed probe characters (`deduplicate`);
+3. the characters every kept face really draws (`draw_shared`);
+4. each drawn as a grayscale PNG, black ink on white, at one scale per face
+   (`FaceRenderer`);
+5. ``<out>/<character>/<face id>.png`` (the layout `hdml_tf.data.folder` reads),
+   ``<out>/splits.txt`` and ``<out>/manifest.json`` (the settings, the software
+   versions, the faces with their Debian packages, the dropped ones and why, the
+   command). Nothing holds a time and every list is sorted: the same command on the
+   same packages writes byte-identical files.
 
-**The protocol** (``held_out``, default a third): the faces of whole typeface families
-(`held_out_groups`) draw only the val and test characters, the other faces only the
-train characters, so a test query is an unseen character in an unseen typeface. ``group``
-in the manifest is that family: the face's Debian source package, merged with any other
-whose faces draw at least `RELATED_SHARE` of the probe characters the same (Noto CJK's
-Sans and Serif, IPA's Gothic and Mincho). Why: with every face drawing every character
-(``held_out=0``) the baseline's test MAP@R is 81.5 and R@1 98.6 after 1,000 steps
-(docs/results.md, "Glyphs"): a test face has a near-twin among the training faces.
-
-Loading: ``data.load_dataset("glyphs", split, root)`` (`load`); the split file is found
-in the root.
+By default (``held_out``) whole typeface families (`held_out_groups`) draw only the val
+and test characters and the other faces only the train ones: a test query is an unseen
+character in an unseen typeface. Loading: ``data.load_dataset("glyphs", split, root)``
+(`load`; the split file is found in the root). The packages to install, the folder they
+give and what was measured on it: docs/results.md, "Glyphs".
 """
 
 from __future__ import annotations
@@ -93,7 +53,15 @@ OVERSAMPLE = 4  # glyphs are rasterised at 4x the output size, then reduced
 MIN_INK_PIXELS = 16  # at the oversampled size; 丶 has ~200
 DEDUP_SIZE = 32
 SAME_DRAWING = 0.02
+# Shares of the probe drawn the same, over all pairs of Debian 12's CJK faces with
+# >= 7,000 ideographs: renamed copies and proportional/monospace twins 1.00, derived
+# designs 0.48-0.75, regional variants (Noto CJK SC/TC/JP/KR/HK) 0.29-0.59, Klee One
+# SemiBold and LXGW WenKai 0.254; no pair between 0.14 and 0.25, the weights of one
+# design mostly ~0.01. A quarter drops copies, derived designs and regional variants and
+# keeps the weights of a design as separate faces.
 DUPLICATE_SHARE = 0.25
+# Two source packages whose faces draw this share of the probe the same are one family
+# (`family_groups`: Noto CJK's Sans and Serif, IPA's Gothic and Mincho), held out whole.
 RELATED_SHARE = 0.10
 MAX_REJECTED = 0.01
 # 64 characters every CJK face of Debian 12 with >= 3,600 ideographs draws (sampled from
@@ -187,6 +155,8 @@ def list_faces(paths: Sequence[str] | None = None) -> list:
             file, index, family, style, charset = (line.split("\t") + [""] * 5)[:5]
             if not index.isdigit() or int(index) >> 16:  # named instance of a variable font
                 continue
+            # The file itself: Debian's alternatives are links to other packages' files
+            # (dpkg names the owner of the real path; two links are one face).
             face = Face(os.path.realpath(file), int(index), family, style,
                         parse_charset(charset))
             faces.setdefault(face.key, face)
@@ -223,7 +193,13 @@ def debian_packages(files: Iterable[str]) -> dict:
 
 class FaceRenderer:
     """Draws characters of one face: ``ink`` at the oversampled size, ``glyph`` at the
-    output size (the face's scale measured once on `EXTENT_CHARS`).
+    output size.
+
+    Glyphs are rasterised by FreeType (Pillow's basic layout: no shaping library) at
+    `OVERSAMPLE` times the output size. The face is scaled once: the `EXTENT_PERCENTILE`
+    percentile of the ink-box side over `EXTENT_CHARS` fills ``size - 2 * margin``, so
+    its small and large characters keep their relative size (口 and 囗); a glyph larger
+    than that box is shrunk to fit, and every glyph's ink box is centred.
 
     Args:
         face: the face.
@@ -285,9 +261,11 @@ class FaceRenderer:
         x0, y0 = (frame - w) // 2, (frame - h) // 2
         canvas.paste(image, (x0, y0))
         cx, cy, half = x0 + w / 2, y0 + h / 2, side / 2
+        # A box filter (each output pixel the mean of its area): ink never bleeds into
+        # the margin, as Lanczos' ringing would.
         out = canvas.resize((self.size, self.size), Image.Resampling.BOX,
                             box=(cx - half, cy - half, cx + half, cy + half))
-        return 255 - np.asarray(out)  # black ink on white
+        return 255 - np.asarray(out)  # black ink on white, as printed and read
 
 
 def same_image(a, b) -> bool:
@@ -314,8 +292,9 @@ def probe_characters(faces: Sequence[Face]) -> list:
 
 
 def probe_drawings(face: Face, probe: Sequence[int]):
-    """uint8 (len(probe), 32*32) bitmaps of the probe characters fitted to their ink
-    box, and a bool mask of those the face really draws."""
+    """uint8 (len(probe), 32*32) bitmaps of the probe characters, each fitted to its ink
+    box (identical outlines give identical bitmaps whatever the face's metrics), and a
+    bool mask of those the face really draws."""
     renderer = FaceRenderer(face, DEDUP_SIZE, 1)
     bitmaps = np.full((len(probe), DEDUP_SIZE * DEDUP_SIZE), 255, np.uint8)
     drawn = np.zeros(len(probe), bool)
@@ -344,7 +323,10 @@ def preference_order(faces: Sequence[Face]) -> list:
 
 
 def deduplicate(faces: Sequence[Face], probe: Sequence[int]):
-    """Greedy near-duplicate removal (module docstring, step 2).
+    """Greedy near-duplicate removal: faces in `preference_order`, each dropped when it
+    draws fewer than half of the ``probe`` characters, or when it draws at least
+    `DUPLICATE_SHARE` of them the same as a face already kept (`same_share`), which the
+    manifest names as the one it duplicates.
 
     Returns:
         (kept faces in `preference_order`, their probe drawings by face key, dropped:
@@ -462,9 +444,14 @@ class _FaceResults:
 
 def draw_shared(faces: Sequence[Face], size: int, margin: int, seed: int = 0,
                 max_chars: int | None = None, log=print):
-    """Step 3 of the module docstring, rendering as it goes.
+    """The characters every face draws, rendered as it goes.
 
-    Characters are verified in the `seeded_order` of the charset intersection until ``max_chars`` pass in every face (all of it when None).
+    The candidates are the ideographs in every face's charset, verified in their
+    `seeded_order` until ``max_chars`` pass in every face (all of them when None). A
+    face rejects a character it draws blank (no ink, or a FreeType error), as its
+    ``.notdef`` (its drawing of `UNASSIGNED`) or exactly as another character (a
+    placeholder). A face rejecting more than `MAX_REJECTED` of them is dropped (its
+    charset is not what it draws) and the shared set recomputed.
 
     Returns:
         (faces kept, sorted list of the shared code points, {face key: _FaceResults},
@@ -638,7 +625,11 @@ def write_folder(out, faces, codes, results, ids, split, held_out=frozenset()) -
 
 
 def select_faces(fonts: Sequence[str] | None, min_ideographs: int):
-    """Step 1: (candidate faces, dropped entries for the faces with too few ideographs)."""
+    """(candidate faces, dropped entries for the faces with too few ideographs): the
+    faces of ``fonts`` (default: installed) with at least ``min_ideographs`` of
+    `IDEOGRAPHS` in their charset."""
+    # The shared characters are an intersection: one GB 2312 (6,763 hanzi) or JIS X 0208
+    # (6,355 kanji) face among the others would cut them to about 3,450.
     faces = list_faces(fonts)
     few = [f for f in faces if 0 < len(f.ideographs) < min_ideographs]
     candidates = [f for f in faces if len(f.ideographs) >= min_ideographs]
