@@ -1,7 +1,7 @@
 """HDML: the trainer that combines the embedder, the generator and the classifier.
 
 ``HDML.train_step`` is the Keras guide's GAN ``train_step`` with three objectives: one
-forward pass computes every term (``_forward``, a straight line through the parts in
+forward pass computes every term (``_forward``, a straight line through the pieces in
 :mod:`hdml_tf.objectives`), one gradient per objective, then each optimizer applies
 its own. Skipping a non-finite update is the optimizers' business
 (:class:`hdml_tf.nonfinite.SkipNonFinite`, which ``compile`` wraps them in).
@@ -29,9 +29,10 @@ the authors' TF1 code (``main_npair.py``, ``lib/HDML.py``).
 import keras
 import tensorflow as tf
 
+from hdml_tf import losses as losses_lib
 from hdml_tf import nonfinite, objectives, synthesis
 from hdml_tf.networks import Generator
-from hdml_tf.params import DEFAULT_LEARNING_RATES, HDMLParams
+from hdml_tf.params import DEFAULT_LEARNING_RATES, HDMLParams, tuple_size
 
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
@@ -105,7 +106,7 @@ class HDML(keras.Model):
         super().__init__(**kwargs)
         _check(params, num_classes)
         self.params = params
-        self.parts = objectives.variant(params.loss, l2_reg=params.l2_reg,
+        self.variant = objectives.variant(params.loss, l2_reg=params.l2_reg,
                                         margin=params.margin)
         self.embedder = embedder
         self.num_classes = int(num_classes)
@@ -154,33 +155,33 @@ class HDML(keras.Model):
         before = {name: [(v, tf.identity(v)) for v in variables]
                   for name, variables in self._moving_statistics().items()}
         with tf.GradientTape(persistent=True) as tape:
-            contrib, extras = self._forward(data, training=True)
-            losses = self._objective_losses(contrib, extras)
-        totals, syn_ok = self._totals(contrib, extras)
-        grads = self._gradients(tape, losses, extras, syn_ok)
+            shares, context = self._forward(data, training=True)
+            losses = self._objective_losses(shares, context)
+        terms, syn_ok = self._global_terms(shares, context)
+        grads = self._gradients(tape, losses, context, syn_ok)
         del tape
         applied = {}
-        for name, (optimizer, variables, _) in self.objectives().items():
-            checked = tf.stack([totals[k] for k in _CHECKED[name] if k in totals])
+        for name, (optimizer, variables, _) in self.update_plan().items():
+            checked = tf.stack([terms[k] for k in _CHECKED[name] if k in terms])
             applied[name] = optimizer.apply(grads[name], variables, loss=checked,
                                             restore=before[name])
-        self._count(applied, syn_ok, totals)
-        self._update_statistics(totals, extras, applied)
-        return self._update_trackers(totals, extras)
+        self._count(applied, syn_ok, terms)
+        self._update_statistics(terms, context, applied)
+        return self._update_trackers(terms, context)
 
     def test_step(self, data):
         self.build_from_data(data)
-        contrib, extras = self._forward(data, training=False)
-        totals, _ = self._totals(contrib, extras)
-        return self._update_trackers(totals, extras)
+        shares, context = self._forward(data, training=False)
+        terms, _ = self._global_terms(shares, context)
+        return self._update_trackers(terms, context)
 
     # ------------------------------------------------------------------ forward
 
     def _forward(self, data, training):
         """One forward pass: every loss term, as this replica's contribution.
 
-        Returns (contributions, extras): ``contributions[k]`` summed over replicas is
-        the global value of term k; ``extras`` holds λ, w and the features y.
+        Returns (contributions, context): ``contributions[k]`` summed over replicas is
+        the global value of term k; ``context`` holds λ, w and the features y.
         """
         images, labels = self._unpack(data)
         replicas = objectives.Replicas.current()
@@ -192,19 +193,19 @@ class HDML(keras.Model):
         if p.hdml and training and p.head_bn_updates == "prestep":
             prestep = [tf.identity(v) for v in (head_bn.moving_mean, head_bn.moving_variance)]
         z = tf.cast(self.embedder.head(y, training=training), tf.float32)
-        real = self.parts.real_tuple(tf.split(z, [tf.shape(x)[0] for x in images]),
+        real = self.variant.real_tuple(tf.split(z, [tf.shape(x)[0] for x in images]),
                                      labels, replicas)
         # [J_m] the metric loss on the real tuple, with weight decay.
         out = {"weight_decay": replicas.share(self._weight_decay())}
-        out["j_m"] = self.parts.metric_loss(real, replicas) + out["weight_decay"]
+        out["j_m"] = self.variant.metric_loss(real, replicas) + out["weight_decay"]
         if not p.hdml:
             out["j_metric"] = out["j_m"]
             return out, {}
         head_after_real = [tf.identity(v) for v in self.embedder.head.non_trainable_variables]
         lam, w = self.schedule()
-        extras = {"features": y, "lam": lam, "w": w}
+        context = {"features": y, "lam": lam, "w": w}
         # [synthesis] hardness-aware negatives in embedding space.
-        synthetic = self.parts.synthesize(real, lam)
+        synthetic = self.variant.synthesize(real, lam)
         out["hardened_fraction"] = replicas.share(synthetic.hardened)
         # [generator] one pass over real and synthetic rows (shared BN statistics).
         num_real = tf.shape(z)[0]
@@ -216,22 +217,22 @@ class HDML(keras.Model):
         # [J_syn] the synthetic tuple re-embedded by the SAME head.
         z_tilde = tf.cast(self.embedder.head(y_tilde, training=training), tf.float32)
         self._after_synthetic_head_pass(prestep, head_after_real, training)
-        out["j_syn"] = self.parts.synthetic_loss(z_tilde, synthetic, replicas)
+        out["j_syn"] = self.variant.synthetic_loss(z_tilde, synthetic, replicas)
         out["j_metric"] = w * out["j_m"] + (1.0 - w) * out["j_syn"]
         # [J_gen] reconstruction (a sum) plus label preservation of the synthetic rows.
         out["j_recon"] = (1.0 - p.lambda_gen) * tf.reduce_sum(tf.square(y_prime - y))
-        ce_soft = self.parts.label_ce(self.classifier(y_tilde), synthetic, replicas)
+        ce_soft = self.variant.label_ce(self.classifier(y_tilde), synthetic, replicas)
         out["j_soft"] = p.softmax_factor * p.lambda_gen * ce_soft
         out["j_gen"] = out["j_recon"] + out["j_soft"]
         # [J_cls] the classifier on real features.
         logits_real = self.classifier(y)
         out["j_cls"] = replicas.share(tf.reduce_mean(
-            objectives.softmax_ce(tf.concat(labels, axis=0), logits_real)))
+            losses_lib.softmax_ce(tf.concat(labels, axis=0), logits_real)))
         if training:
             # A non-finite synthetic tuple must not leave the head's statistics so.
-            extras["syn_ok"] = tf.math.is_finite(replicas.sum(out["j_syn"]))
-            self._put_back_head_statistics(head_after_real, unless=extras["syn_ok"])
-        return out, extras
+            context["syn_ok"] = tf.math.is_finite(replicas.sum(out["j_syn"]))
+            self._put_back_head_statistics(head_after_real, unless=context["syn_ok"])
+        return out, context
 
     def _after_synthetic_head_pass(self, prestep, after_real, training):
         """What the synthetic pass leaves of the head's moving statistics
@@ -249,53 +250,53 @@ class HDML(keras.Model):
         for variable, value in zip(self.embedder.head.non_trainable_variables, values):
             variable.assign(value if unless is None else tf.where(unless, variable, value))
 
-    def _objective_losses(self, contrib, extras):
+    def _objective_losses(self, shares, context):
         """Each objective's loss as its optimizer differentiates it (loss-scaled).
 
-        With HDML on, the metric loss comes in parts (``j_m``: w (J_m - decay),
+        With HDML on, the metric loss comes in three terms (``j_m``: w (J_m - decay),
         ``j_syn``: (1 - w) J_syn, ``decay``: w decay) so that `_gradients` can leave a
         non-finite J_syn out by value.
         """
-        losses = {name: optimizer.scale_loss(contrib[term])
-                  for name, (optimizer, _, term) in self.objectives().items()}
+        losses = {name: optimizer.scale_loss(shares[term])
+                  for name, (optimizer, _, term) in self.update_plan().items()}
         if self.params.hdml:
-            w, scale = extras["w"], self.metric_optimizer.scale_loss
-            losses["metric"] = {"j_m": scale(w * (contrib["j_m"] - contrib["weight_decay"])),
-                                "j_syn": scale((1.0 - w) * contrib["j_syn"]),
-                                "decay": scale(w * contrib["weight_decay"])}
+            w, scale = context["w"], self.metric_optimizer.scale_loss
+            losses["metric"] = {"j_m": scale(w * (shares["j_m"] - shares["weight_decay"])),
+                                "j_syn": scale((1.0 - w) * shares["j_syn"]),
+                                "decay": scale(w * shares["weight_decay"])}
         return losses
 
-    def _totals(self, contrib, extras):
+    def _global_terms(self, shares, context):
         """The global value of every term, and whether J_syn was finite; a non-finite
         J_syn leaves J_metric = w J_m."""
         replicas = objectives.Replicas.current()
-        totals = {k: replicas.sum(v) for k, v in contrib.items()}
+        terms = {k: replicas.sum(v) for k, v in shares.items()}
         syn_ok = tf.constant(True)
         if self.params.hdml:
-            syn_ok = tf.math.is_finite(totals["j_syn"])
-            fallback = extras["w"] * totals["j_m"]
+            syn_ok = tf.math.is_finite(terms["j_syn"])
+            fallback = context["w"] * terms["j_m"]
             if self.params.nonfinite_syn == "zero_metric":
                 fallback = tf.zeros_like(fallback)  # and a zero gradient (_gradients)
-            totals["j_metric"] = tf.where(syn_ok, totals["j_metric"], fallback)
-        return totals, syn_ok
+            terms["j_metric"] = tf.where(syn_ok, terms["j_metric"], fallback)
+        return terms, syn_ok
 
-    def _gradients(self, tape, losses, extras, syn_ok):
+    def _gradients(self, tape, losses, context, syn_ok):
         """One gradient per objective, before any update.
 
-        The HDML metric gradient is assembled from parts so that a non-finite J_syn
+        The HDML metric gradient is assembled from those terms so that a non-finite J_syn
         never enters the backward pass of the backbone (and no synchronisation point
         sits inside a ``tf.cond``): the gradients of w J_m and of (1 - w) J_syn with
         respect to the features y and the head, the J_syn part zeroed when J_syn is
         non-finite, one backward pass through the backbone, plus the decay's own.
         """
         grads = {name: _dense(tape.gradient(losses[name], variables), variables)
-                 for name, (_, variables, _) in self.objectives().items()
+                 for name, (_, variables, _) in self.update_plan().items()
                  if not isinstance(losses[name], dict)}
         if not self.params.hdml:
             return grads
-        parts = losses["metric"]
-        y, head = extras["features"], self.embedder.head.trainable_variables
-        via_y = {k: _dense(tape.gradient(parts[k], [y] + head), [y] + head)
+        metric_terms = losses["metric"]
+        y, head = context["features"], self.embedder.head.trainable_variables
+        via_y = {k: _dense(tape.gradient(metric_terms[k], [y] + head), [y] + head)
                  for k in ("j_m", "j_syn")}
         via_y["j_syn"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in via_y["j_syn"]]
         backbone = self.embedder.backbone.trainable_variables
@@ -304,7 +305,7 @@ class HDML(keras.Model):
         for v, g_m, g_s in zip(head, via_y["j_m"][1:], via_y["j_syn"][1:]):
             total[id(v)] = g_m + g_s
         variables = self.embedder.trainable_variables
-        decay = _dense(tape.gradient(parts["decay"], variables), variables)
+        decay = _dense(tape.gradient(metric_terms["decay"], variables), variables)
         grads["metric"] = [total[id(v)] + g for v, g in zip(variables, decay)]
         if self.params.nonfinite_syn == "zero_metric":
             # The authors' triplet: the NaN reaches J_metric, which their
@@ -314,16 +315,16 @@ class HDML(keras.Model):
 
     # --------------------------------------------------- statistics and logs
 
-    def _count(self, applied, syn_ok, totals):
+    def _count(self, applied, syn_ok, terms):
         clean = tf.logical_and(tf.reduce_all(list(applied.values())), syn_ok)
         self.nonfinite_steps.assign_add(1.0 - tf.cast(clean, tf.float32))
         if self.params.hdml:
             self.syn_fallback_steps.assign_add(1.0 - tf.cast(syn_ok, tf.float32))
-            self.last_hardened_fraction.assign(totals["hardened_fraction"])
+            self.last_hardened_fraction.assign(terms["hardened_fraction"])
 
-    def _update_statistics(self, totals, extras, applied):
+    def _update_statistics(self, terms, context, applied):
         if self.params.hdml:
-            self.record_statistics(totals["j_m"], totals["j_gen"], extras["w"],
+            self.record_statistics(terms["j_m"], terms["j_gen"], context["w"],
                                    applied["metric"], applied["generator"])
 
     def record_statistics(self, j_m, j_gen, w, metric_applied=True, generator_applied=True):
@@ -353,11 +354,11 @@ class HDML(keras.Model):
                 fitted = -tf.maximum(window.mean, 1e-12) * tf.math.log(start)
                 constant.assign(tf.where(first, fitted, constant))
 
-    def _update_trackers(self, totals, extras):
+    def _update_trackers(self, terms, context):
         """Epoch means of the finite values (one bad step does not make them NaN)."""
-        values = dict(totals)
+        values = dict(terms)
         if self.params.hdml:
-            values.update({"lambda": extras["lam"], "w": extras["w"]})
+            values.update({"lambda": context["lam"], "w": context["w"]})
         for name, tracker in self._trackers.items():
             if name in values:
                 value = tf.cast(values[name], tf.float32)
@@ -410,9 +411,9 @@ class HDML(keras.Model):
                     - inner.iterations.numpy())
         return stats
 
-    # ------------------------------------------------------------ objectives
+    # ------------------------------------------------------------ updates
 
-    def objectives(self):
+    def update_plan(self):
         """name -> (optimizer, variables, loss term): which optimizer applies which
         objective's gradient to which variables (docs/method.md, step 10)."""
         result = {"metric": (self.metric_optimizer, self.embedder.trainable_variables,
@@ -426,7 +427,7 @@ class HDML(keras.Model):
 
     def skipping_optimizers(self):
         """name -> the `SkipNonFinite` optimizer of each objective."""
-        return {name: optimizer for name, (optimizer, _, _) in self.objectives().items()}
+        return {name: optimizer for name, (optimizer, _, _) in self.update_plan().items()}
 
     def _moving_statistics(self):
         """name -> the BatchNorm statistics each objective's part moves in a step."""
@@ -479,7 +480,7 @@ class HDML(keras.Model):
         return getattr(self, "_image_shape", None)
 
     def build_optimizers(self):
-        """Build each optimizer over its own variables (`objectives`).
+        """Build each optimizer over its own variables (`update_plan`).
 
         A no-op until the model is both built and compiled: `build` and `compile` both
         call it, so whichever comes second builds the optimizers, before any state is
@@ -487,7 +488,7 @@ class HDML(keras.Model):
         """
         if not self.built or not self.compiled:
             return
-        for optimizer, variables, _ in self.objectives().values():
+        for optimizer, variables, _ in self.update_plan().values():
             if not optimizer.built:
                 optimizer.build(variables)
 
@@ -503,7 +504,7 @@ class HDML(keras.Model):
 
     def compile(self, metric_optimizer=None, generator_optimizer=None,
                 classifier_optimizer=None, **kwargs):
-        """Three optimizers, each over its own variables only (`objectives`).
+        """Three optimizers, each over its own variables only (`update_plan`).
 
         As in the Keras guide's GAN: Keras is compiled without an optimizer and the
         three optimizers are attributes, each wrapped in
@@ -566,7 +567,7 @@ class HDML(keras.Model):
         if (isinstance(data, (list, tuple)) and len(data) >= 2 and data[1] is None
                 and isinstance(data[0], (list, tuple)) and len(data[0]) == 2):
             data = data[0]
-        expected = self.parts.groups
+        expected = tuple_size(self.params.loss)
         images, labels = (data[0], data[1]) if (
             isinstance(data, (list, tuple)) and len(data) >= 2) else (None, None)
         if (not isinstance(images, (list, tuple)) or len(images) != expected
@@ -604,10 +605,10 @@ class HDML(keras.Model):
         self.build_from_data(batch)
 
         def run():
-            contrib, extras = self._forward(batch, training=training)
-            values = {k: float(v) for k, v in contrib.items()}
+            shares, context = self._forward(batch, training=training)
+            values = {k: float(v) for k, v in shares.items()}
             if self.params.hdml:
-                values.update({"lambda": float(extras["lam"]), "w": float(extras["w"])})
+                values.update({"lambda": float(context["lam"]), "w": float(context["w"])})
             return values
 
         return self._keep_statistics(run)
@@ -623,12 +624,12 @@ class HDML(keras.Model):
 
         def run():
             with tf.GradientTape(persistent=True) as tape:
-                contrib, extras = self._forward(batch, training=True)
-                losses = self._objective_losses(contrib, extras)
-            _, syn_ok = self._totals(contrib, extras)
-            grads = self._gradients(tape, losses, extras, syn_ok)
+                shares, context = self._forward(batch, training=True)
+                losses = self._objective_losses(shares, context)
+            _, syn_ok = self._global_terms(shares, context)
+            grads = self._gradients(tape, losses, context, syn_ok)
             return {name: list(zip(grads[name], variables))
-                    for name, (_, variables, _) in self.objectives().items()}
+                    for name, (_, variables, _) in self.update_plan().items()}
 
         return self._keep_statistics(run)
 

@@ -1,7 +1,7 @@
-"""HDML's objective in parts: for each tuple type, the four pieces the model combines.
+"""HDML's objective by tuple type: the four pieces the model combines.
 
 Each variant (N-pair, triplet) supplies
-  [J_m]       ``metric_loss``: the metric loss on the real tuple,
+  [J_m]       ``metric_loss``: the metric loss on the real tuple (`hdml_tf.losses`),
   [synthesis] ``synthesize``: the hardness-aware synthetic tuple in embedding space and
               the labels the generator must preserve,
   [J_syn]     ``synthetic_loss``: the metric loss on the synthetic tuple once the
@@ -31,20 +31,6 @@ from hdml_tf import synthesis
 
 
 # ------------------------------------------------------------------ pure functions
-
-
-def npair_metric_loss(labels, anchors, positives, l2_reg):
-    """J_m of an N-pair batch: softmax over ``a_i . p_j``, target j = i, plus l2_reg.
-
-    Args:
-      labels: (P,) integer class of anchor i and positive i (distinct per row).
-      anchors, positives: (P, d) raw (not normalised) embeddings.
-      l2_reg: weight of 0.25 * (mean ||a||^2 + mean ||p||^2).
-
-    Golden value: P = 2, a = p = [[1, 0], [0, 1]], l2_reg = 0: each row's logits are
-    (1, 0) with the target first, so J_m = ln(1 + e^-1) = 0.31326169.
-    """
-    return losses_lib.npair_embedding_loss(labels, anchors, positives, l2_reg)
 
 
 def npair_synthesis(anchors, positives, lam, all_positives=None):
@@ -81,46 +67,6 @@ def npair_synthetic_labels(anchor_labels, all_labels):
     return tf.concat([anchor_labels, tf.tile(all_labels, [num_anchors])], axis=0)
 
 
-def npair_synthetic_loss(anchors, candidates, l2_reg, offset=0):
-    """J_syn of an N-pair batch: anchor i against its own P' candidates.
-
-    logits_ij = a_i . c_(i, j) and the target is j = offset + i (the index of anchor
-    i's own positive in the global batch); mean over anchors, plus
-    0.25 * l2_reg * (mean ||a||^2 + mean ||c||^2) over anchors and all candidates
-    (the authors' ``new_npair_loss`` with ``equal_shape=False``).
-
-    Args:
-      anchors: (P, d) re-embedded synthetic anchors.
-      candidates: (P * P', d) re-embedded candidates, row i * P' + j.
-      l2_reg: the N-pair embedding-norm weight.
-      offset: global index of this replica's first anchor (0 on one device).
-
-    Golden value: P = P' = 2, a = [[1, 0], [0, 1]], c = [[1, 0], [0, 0], [0, 0],
-    [0, 1]], l2_reg = 0: row logits (1, 0) and (0, 1), targets 0 and 1, so
-    J_syn = ln(1 + e^-1) = 0.31326169.
-    """
-    return losses_lib.npair_embedding_loss_grouped(anchors, candidates, l2_reg, offset)
-
-
-def softmax_ce(labels, logits):
-    """Softmax cross-entropy per row, in float32: logsumexp(logits) - logits[label].
-
-    The value and gradient (softmax - one-hot) of
-    ``tf.nn.sparse_softmax_cross_entropy_with_logits``, faster on a CPU: that kernel
-    computes the gradient in the forward pass too, and at the glyph preset's 4,160
-    synthetic rows x 1,350 classes it was the costliest op of the HDML step (forward
-    and gradient 19 ms against 12 ms on 2 cores; docs/results.md, "Cost of the step").
-
-    Args:
-      labels: (n,) int class indices.
-      logits: (n, C) logits, any float dtype.
-
-    Golden value: all logits 0 over C classes gives ln C per row.
-    """
-    logits = tf.cast(logits, tf.float32)
-    return tf.reduce_logsumexp(logits, axis=-1) - tf.gather(logits, labels, batch_dims=1)
-
-
 def npair_label_ce(logits, labels, num_anchors):
     """Label preservation of an N-pair synthetic tuple (the bracket of J_soft).
 
@@ -134,18 +80,8 @@ def npair_label_ce(logits, labels, num_anchors):
 
     Golden value: all logits 0 over C classes gives ln C + ln C = 2 ln C.
     """
-    ce = softmax_ce(labels, logits)
+    ce = losses_lib.softmax_ce(labels, logits)
     return tf.reduce_mean(ce[num_anchors:]) + tf.reduce_mean(ce[:num_anchors])
-
-
-def triplet_metric_loss(anchors, positives, negatives, margin):
-    """J_m of a triplet batch, the authors' form: sum_t max(d+ - d- + margin, 0).
-
-    Squared Euclidean distances, summed (not averaged) over triplets.
-
-    Golden value: a = (0, 0), p = (1, 0), n = (0, 1), margin 1: 1 - 1 + 1 = 1.
-    """
-    return losses_lib.triplet_loss(anchors, positives, negatives, margin)
 
 
 def triplet_synthesis(anchors, positives, negatives, lam):
@@ -158,18 +94,12 @@ def triplet_synthesis(anchors, positives, negatives, lam):
                       tf.cast(positives, z_hat_neg.dtype), z_hat_neg], axis=0)
 
 
-def triplet_synthetic_loss(z_tilde, margin):
-    """J_syn of a triplet batch: the triplet loss of the re-embedded thirds."""
-    anchors, positives, negatives = tf.split(z_tilde, 3, axis=0)
-    return losses_lib.triplet_loss(anchors, positives, negatives, margin)
-
-
 def triplet_label_ce(logits, labels):
     """Label preservation of a triplet synthetic tuple: mean CE over all its rows.
 
     Golden value: all logits 0 over C classes gives ln C.
     """
-    return tf.reduce_mean(softmax_ce(labels, logits))
+    return tf.reduce_mean(losses_lib.softmax_ce(labels, logits))
 
 
 def hardened_fraction(anchors, positives, negatives):
@@ -221,12 +151,12 @@ class Replicas:
 class RealTuple:
     """The embedded real tuple: this replica's groups, and what the global batch adds.
 
-    ``parts``/``labels`` are this replica's (anchors, positives[, negatives]);
+    ``embeddings``/``labels`` are this replica's (anchors, positives[, negatives]);
     ``candidates``/``candidate_labels`` are the rows every anchor is compared with
     (N-pair: the positives of the global batch; triplet: unused).
     """
 
-    parts: list
+    embeddings: list
     labels: list
     candidates: tf.Tensor = None
     candidate_labels: tf.Tensor = None
@@ -234,7 +164,7 @@ class RealTuple:
 
 @dataclasses.dataclass
 class SyntheticTuple:
-    """The synthetic tuple in embedding space, and what the later parts need of it."""
+    """The synthetic tuple in embedding space, and what the later pieces need of it."""
 
     rows: tf.Tensor
     labels: tf.Tensor
@@ -248,22 +178,21 @@ class SyntheticTuple:
 class NPair:
     """N-pair tuples ``(anchors, positives)``; candidates are gathered across replicas."""
 
-    groups = 2
-
     def __init__(self, l2_reg):
         self.l2_reg = float(l2_reg)
 
-    def real_tuple(self, z_parts, labels, replicas):
-        return RealTuple(list(z_parts), list(labels), replicas.gather(z_parts[1]),
+    def real_tuple(self, z_groups, labels, replicas):
+        return RealTuple(list(z_groups), list(labels), replicas.gather(z_groups[1]),
                          replicas.gather(labels[0]))
 
     def metric_loss(self, real, replicas):
-        z_a = replicas.gather(real.parts[0])
-        j_m = npair_metric_loss(real.candidate_labels, z_a, real.candidates, self.l2_reg)
+        z_a = replicas.gather(real.embeddings[0])
+        j_m = losses_lib.npair_embedding_loss(real.candidate_labels, z_a, real.candidates,
+                                              self.l2_reg)
         return replicas.share(j_m)  # the same global value on every replica
 
     def synthesize(self, real, lam):
-        z_a, z_p = real.parts
+        z_a, z_p = real.embeddings
         rows = npair_synthesis(z_a, z_p, lam, all_positives=real.candidates)
         # Only candidates of another class than the anchor's are negatives.
         negative = tf.cast(tf.not_equal(real.labels[0][:, None],
@@ -277,7 +206,8 @@ class NPair:
     def synthetic_loss(self, z_tilde, synthetic, replicas):
         p = synthetic.num_anchors
         offset = tf.cast(replicas.index, tf.int32) * p
-        j_syn = npair_synthetic_loss(z_tilde[:p], z_tilde[p:], self.l2_reg, offset)
+        j_syn = losses_lib.npair_embedding_loss_grouped(z_tilde[:p], z_tilde[p:],
+                                                        self.l2_reg, offset)
         return replicas.share(j_syn)
 
     def label_ce(self, logits, synthetic, replicas):
@@ -288,33 +218,31 @@ class NPair:
 class Triplet:
     """Triplet tuples ``(anchors, positives, negatives)``; losses are sums over triplets."""
 
-    groups = 3
-
     def __init__(self, margin):
         self.margin = float(margin)
 
-    def real_tuple(self, z_parts, labels, replicas):
-        return RealTuple(list(z_parts), list(labels))
+    def real_tuple(self, z_groups, labels, replicas):
+        return RealTuple(list(z_groups), list(labels))
 
     def metric_loss(self, real, replicas):
-        return triplet_metric_loss(*real.parts, self.margin)  # local sums add up
+        return losses_lib.triplet_loss(*real.embeddings, self.margin)  # local sums add up
 
     def synthesize(self, real, lam):
-        z_a, z_p, z_n = real.parts
+        z_a, z_p, z_n = real.embeddings
         rows = triplet_synthesis(z_a, z_p, z_n, lam)
         fraction = tf.reduce_mean(hardened_fraction(z_a, z_p, z_n))
         return SyntheticTuple(rows, tf.concat(real.labels, axis=0), tf.shape(z_a)[0],
                               fraction)
 
     def synthetic_loss(self, z_tilde, synthetic, replicas):
-        return triplet_synthetic_loss(z_tilde, self.margin)
+        return losses_lib.triplet_loss(*tf.split(z_tilde, 3, axis=0), self.margin)
 
     def label_ce(self, logits, synthetic, replicas):
         return replicas.share(triplet_label_ce(logits, synthetic.labels))
 
 
 def variant(loss, l2_reg=0.0, margin=1.0):
-    """The objective parts for ``loss`` ("npair" or "triplet")."""
+    """The objective's pieces for ``loss`` ("npair" or "triplet")."""
     if loss == "npair":
         return NPair(l2_reg)
     if loss == "triplet":

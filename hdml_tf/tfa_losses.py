@@ -27,35 +27,11 @@ import keras
 import tensorflow as tf
 
 from hdml_tf import ops
+from hdml_tf.losses import ConfigLoss, npair_loss, to_float32
 
-__all__ = ["ConfigLoss", "to_float32", "npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
+__all__ = ["npairs_loss", "triplet_semihard_loss", "triplet_hard_loss",
            "lifted_struct_loss", "contrastive_loss", "NpairsLoss", "TripletSemiHardLoss",
            "TripletHardLoss", "LiftedStructLoss", "ContrastiveLoss"]
-
-
-def to_float32(x):
-    """``x`` as a tensor, in float32 when it is half precision or not floating."""
-    x = tf.convert_to_tensor(x)
-    if x.dtype in (tf.float16, tf.bfloat16) or not x.dtype.is_floating:
-        x = tf.cast(x, tf.float32)
-    return x
-
-
-class ConfigLoss(keras.losses.Loss):
-    """A Loss whose keyword hyper-parameters (``_params``) round-trip through get_config
-    (the base of the Keras wrappers here and in :mod:`hdml_tf.losses`)."""
-
-    _params = ()
-
-    def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **params):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        for key in self._params:
-            setattr(self, key, params[key])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({key: getattr(self, key) for key in self._params})
-        return config
 
 
 def _masked_max(data, mask):
@@ -80,7 +56,7 @@ def _masked_min(data, mask):
 
 
 def npairs_loss(y_true, y_pred):
-    """TFA-compatible N-pair loss on a similarity matrix.
+    """TFA-compatible N-pair loss on a similarity matrix: `hdml_tf.losses.npair_loss`.
 
     Args:
       y_true: 1-D integer tensor (P,) of labels; row i and column j are targets of
@@ -90,14 +66,7 @@ def npairs_loss(y_true, y_pred):
     Returns:
       Scalar float32: mean over rows of the softmax cross-entropy.
     """
-    logits = to_float32(y_pred)
-    # [masks] generalised targets: all columns sharing the row's label, normalised.
-    targets = tf.cast(ops.same_label_mask(y_true), logits.dtype)
-    targets /= tf.reduce_sum(targets, axis=1, keepdims=True)
-    # [loss]
-    return tf.reduce_mean(
-        tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits)
-    )
+    return npair_loss(y_true, y_pred)
 
 
 def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):

@@ -184,8 +184,8 @@ def test_j_syn_backpropagates_through_generator_into_backbone():
     x, y = make_batch("npair")
     model.build_from_data(x)
     with tf.GradientTape() as tape:
-        contrib, _ = model._forward((x, y), training=True)
-    grads = tape.gradient(contrib["j_syn"], model.embedder.backbone.trainable_variables)
+        shares, _ = model._forward((x, y), training=True)
+    grads = tape.gradient(shares["j_syn"], model.embedder.backbone.trainable_variables)
     assert all(g is not None for g in grads)
     assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
 
