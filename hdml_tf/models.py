@@ -3,8 +3,9 @@
 ``HDML.train_step`` is the Keras guide's GAN ``train_step`` with three objectives: one
 forward pass computes every term (``_forward``, a straight line through the pieces in
 :mod:`hdml_tf.objectives`), one gradient per objective, then each optimizer applies
-its own. Skipping a non-finite update is the optimizers' business
-(:class:`hdml_tf.nonfinite.SkipNonFinite`, which ``compile`` wraps them in).
+its own. What a non-finite value does is decided in one place,
+:class:`hdml_tf.nonfinite.StepGuard`, which the step calls at four points (before the
+forward pass, on the loss terms, on the metric gradient, to apply the updates).
 
 Names follow the paper and ``docs/method.md``: y (backbone features), z (embeddings),
 ``y_prime`` (reconstructions y' of the real rows), ``y_tilde`` / ``z_tilde`` (the
@@ -37,8 +38,6 @@ from hdml_tf.params import DEFAULT_LEARNING_RATES, HDMLParams, tuple_size
 _KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _NORM_NAMES = ("gamma", "beta")
 OBJECTIVES = ("metric", "generator", "classifier")
-# The loss terms whose finiteness decides whether each objective's update is applied.
-_CHECKED = {"metric": ("j_m", "j_metric"), "generator": ("j_gen",), "classifier": ("j_cls",)}
 
 
 def _check(params, num_classes):
@@ -85,9 +84,10 @@ class HDML(keras.Model):
       J_cls (``classifier``) classifier      classifier C
       ====================  ==============  ==============================
 
-    Non-finite values (``docs/method.md``): a non-finite J_syn falls back to
-    J_metric = w J_m for that step (``syn_fallback_steps``); a non-finite loss or
-    gradient skips that objective's update (its optimizer counts it). Add
+    Non-finite values (`hdml_tf.nonfinite.StepGuard`, ``docs/method.md``): a non-finite
+    J_syn falls back to J_metric = w J_m for that step (``syn_fallback_steps``); a
+    non-finite loss or gradient skips that objective's update (its optimizer counts
+    it). Add
     `hdml_tf.nonfinite.StopOnNonFinite` to ``fit``'s callbacks to stop a run whose
     metric update keeps being skipped.
 
@@ -151,28 +151,21 @@ class HDML(keras.Model):
 
     def train_step(self, data):
         self.build_from_data(data)  # fit on an unbuilt model: before any tf.cond
-        # A skipped update puts back the BatchNorm statistics its part's forward moved.
-        before = {name: [(v, tf.identity(v)) for v in variables]
-                  for name, variables in self._moving_statistics().items()}
+        guard = nonfinite.StepGuard(self)  # the non-finite policy, in one place
         with tf.GradientTape(persistent=True) as tape:
             shares, context = self._forward(data, training=True)
             losses = self._objective_losses(shares, context)
-        terms, syn_ok = self._global_terms(shares, context)
-        grads = self._gradients(tape, losses, context, syn_ok)
+        terms = guard.global_terms(shares, context)
+        grads = self._gradients(tape, losses, context, guard)
         del tape
-        applied = {}
-        for name, (optimizer, variables, _) in self.update_plan().items():
-            checked = tf.stack([terms[k] for k in _CHECKED[name] if k in terms])
-            applied[name] = optimizer.apply(grads[name], variables, loss=checked,
-                                            restore=before[name])
-        self._count(applied, syn_ok, terms)
+        applied = guard.apply(grads, terms)
         self._update_statistics(terms, context, applied)
         return self._update_trackers(terms, context)
 
     def test_step(self, data):
         self.build_from_data(data)
         shares, context = self._forward(data, training=False)
-        terms, _ = self._global_terms(shares, context)
+        terms = nonfinite.StepGuard(self).global_terms(shares, context, training=False)
         return self._update_trackers(terms, context)
 
     # ------------------------------------------------------------------ forward
@@ -228,10 +221,7 @@ class HDML(keras.Model):
         logits_real = self.classifier(y)
         out["j_cls"] = replicas.share(tf.reduce_mean(
             losses_lib.softmax_ce(tf.concat(labels, axis=0), logits_real)))
-        if training:
-            # A non-finite synthetic tuple must not leave the head's statistics so.
-            context["syn_ok"] = tf.math.is_finite(replicas.sum(out["j_syn"]))
-            self._put_back_head_statistics(head_after_real, unless=context["syn_ok"])
+        context["head_after_real"] = head_after_real
         return out, context
 
     def _after_synthetic_head_pass(self, prestep, after_real, training):
@@ -254,8 +244,8 @@ class HDML(keras.Model):
         """Each objective's loss as its optimizer differentiates it (loss-scaled).
 
         With HDML on, the metric loss comes in three terms (``j_m``: w (J_m - decay),
-        ``j_syn``: (1 - w) J_syn, ``decay``: w decay) so that `_gradients` can leave a
-        non-finite J_syn out by value.
+        ``j_syn``: (1 - w) J_syn, ``decay``: w decay) so that the step's guard can leave
+        a non-finite J_syn out by value (`hdml_tf.nonfinite.StepGuard.metric_gradient`).
         """
         losses = {name: optimizer.scale_loss(shares[term])
                   for name, (optimizer, _, term) in self.update_plan().items()}
@@ -266,64 +256,23 @@ class HDML(keras.Model):
                                 "decay": scale(w * shares["weight_decay"])}
         return losses
 
-    def _global_terms(self, shares, context):
-        """The global value of every term, and whether J_syn was finite; a non-finite
-        J_syn leaves J_metric = w J_m."""
-        replicas = objectives.Replicas.current()
-        terms = {k: replicas.sum(v) for k, v in shares.items()}
-        syn_ok = tf.constant(True)
-        if self.params.hdml:
-            syn_ok = tf.math.is_finite(terms["j_syn"])
-            fallback = context["w"] * terms["j_m"]
-            if self.params.nonfinite_syn == "zero_metric":
-                fallback = tf.zeros_like(fallback)  # and a zero gradient (_gradients)
-            terms["j_metric"] = tf.where(syn_ok, terms["j_metric"], fallback)
-        return terms, syn_ok
-
-    def _gradients(self, tape, losses, context, syn_ok):
-        """One gradient per objective, before any update.
-
-        The HDML metric gradient is assembled from those terms so that a non-finite J_syn
-        never enters the backward pass of the backbone (and no synchronisation point
-        sits inside a ``tf.cond``): the gradients of w J_m and of (1 - w) J_syn with
-        respect to the features y and the head, the J_syn part zeroed when J_syn is
-        non-finite, one backward pass through the backbone, plus the decay's own.
-        """
-        grads = {name: _dense(tape.gradient(losses[name], variables), variables)
+    def _gradients(self, tape, losses, context, guard):
+        """One gradient per objective, before any update; the metric one from its
+        three terms, by the step's non-finite ``guard``."""
+        grads = {name: nonfinite.dense_gradients(tape.gradient(losses[name], variables),
+                                                 variables)
                  for name, (_, variables, _) in self.update_plan().items()
                  if not isinstance(losses[name], dict)}
-        if not self.params.hdml:
-            return grads
-        metric_terms = losses["metric"]
-        y, head = context["features"], self.embedder.head.trainable_variables
-        via_y = {k: _dense(tape.gradient(metric_terms[k], [y] + head), [y] + head)
-                 for k in ("j_m", "j_syn")}
-        via_y["j_syn"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in via_y["j_syn"]]
-        backbone = self.embedder.backbone.trainable_variables
-        total = {id(v): g for v, g in zip(backbone, _dense(tape.gradient(
-            y, backbone, output_gradients=via_y["j_m"][0] + via_y["j_syn"][0]), backbone))}
-        for v, g_m, g_s in zip(head, via_y["j_m"][1:], via_y["j_syn"][1:]):
-            total[id(v)] = g_m + g_s
-        variables = self.embedder.trainable_variables
-        decay = _dense(tape.gradient(metric_terms["decay"], variables), variables)
-        grads["metric"] = [total[id(v)] + g for v, g in zip(variables, decay)]
-        if self.params.nonfinite_syn == "zero_metric":
-            # The authors' triplet: the NaN reaches J_metric, which their
-            # nn_Ops.training replaces by 0, so Adam steps on a zero gradient.
-            grads["metric"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in grads["metric"]]
+        if self.params.hdml:
+            grads["metric"] = guard.metric_gradient(tape, losses["metric"],
+                                                    context["features"])
         return grads
 
     # --------------------------------------------------- statistics and logs
 
-    def _count(self, applied, syn_ok, terms):
-        clean = tf.logical_and(tf.reduce_all(list(applied.values())), syn_ok)
-        self.nonfinite_steps.assign_add(1.0 - tf.cast(clean, tf.float32))
-        if self.params.hdml:
-            self.syn_fallback_steps.assign_add(1.0 - tf.cast(syn_ok, tf.float32))
-            self.last_hardened_fraction.assign(terms["hardened_fraction"])
-
     def _update_statistics(self, terms, context, applied):
         if self.params.hdml:
+            self.last_hardened_fraction.assign(terms["hardened_fraction"])
             self.record_statistics(terms["j_m"], terms["j_gen"], context["w"],
                                    applied["metric"], applied["generator"])
 
@@ -428,14 +377,6 @@ class HDML(keras.Model):
     def skipping_optimizers(self):
         """name -> the `SkipNonFinite` optimizer of each objective."""
         return {name: optimizer for name, (optimizer, _, _) in self.update_plan().items()}
-
-    def _moving_statistics(self):
-        """name -> the BatchNorm statistics each objective's part moves in a step."""
-        moving = {"metric": list(self.embedder.non_trainable_variables)}
-        if self.params.hdml:
-            moving["generator"] = list(self.generator.non_trainable_variables)
-            moving["classifier"] = []
-        return moving
 
     def decayed_variables(self):
         """The embedder variables weight decay applies to (``weight_decay_scope``)."""
@@ -623,11 +564,12 @@ class HDML(keras.Model):
         self.build_from_data(batch)
 
         def run():
+            guard = nonfinite.StepGuard(self)
             with tf.GradientTape(persistent=True) as tape:
                 shares, context = self._forward(batch, training=True)
                 losses = self._objective_losses(shares, context)
-            _, syn_ok = self._global_terms(shares, context)
-            grads = self._gradients(tape, losses, context, syn_ok)
+            guard.global_terms(shares, context)
+            grads = self._gradients(tape, losses, context, guard)
             return {name: list(zip(grads[name], variables))
                     for name, (_, variables, _) in self.update_plan().items()}
 
@@ -681,9 +623,3 @@ def _second_update_from_prestep(bn, prestep, after_real):
     for variable, before, real in zip((bn.moving_mean, bn.moving_variance), prestep,
                                       after_real):
         variable.assign(variable + rate * (real - before))
-
-
-def _dense(grads, variables):
-    """Zeros for variables a loss does not reach (tf.where needs tensors)."""
-    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, variables)]

@@ -1,4 +1,9 @@
-"""Non-finite updates: skipped by the optimizer, and a run that keeps skipping stopped.
+"""Non-finite values in an HDML step: the policy in one place, the skipping optimizer,
+and a run that keeps skipping stopped.
+
+`StepGuard` is the whole policy of one training step (the authors', docs/method.md,
+row 4 of "Where the paper, the authors' code and hdml_tf differ"); ``HDML.train_step``
+calls it at four points and is otherwise the paper's step.
 
 `SkipNonFinite` wraps an optimizer the way Keras' ``LossScaleOptimizer`` does: its
 ``apply`` holds the condition (every gradient and the loss finite), the ``merge_call``
@@ -14,6 +19,103 @@ in a row, the last good checkpoint being the one to keep.
 
 import keras
 import tensorflow as tf
+
+from hdml_tf.objectives import Replicas
+
+# The loss terms whose finiteness decides whether each objective's update is applied.
+CHECKED = {"metric": ("j_m", "j_metric"), "generator": ("j_gen",), "classifier": ("j_cls",)}
+
+
+class StepGuard:
+    """The non-finite policy of one HDML training step.
+
+    1. Created before the forward pass, it keeps the BatchNorm statistics each
+       objective's networks will move, so that a skipped update can put them back.
+    2. `global_terms`: the global value of every loss term; where J_syn is non-finite,
+       J_metric = w J_m ("fallback", the authors' N-pair) or 0 ("zero_metric", their
+       triplet), and the head's statistics as the real pass left them.
+    3. `metric_gradient`: the gradient of J_metric = w J_m + (1 - w) J_syn with the
+       J_syn part left out by value where J_syn is non-finite (a NaN never enters the
+       backbone's backward pass, and no synchronisation point sits inside a
+       ``tf.cond``); all of it zeroed under "zero_metric", where Adam steps on zeros.
+    4. `apply`: each optimizer (a `SkipNonFinite`) applies its objective's update only
+       when its terms (``CHECKED``) and gradients are finite, else skips it and puts
+       back its statistics; the model's counters.
+
+    Args:
+      model: the ``hdml_tf.models.HDML`` taking the step.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.before = {name: [(v, tf.identity(v)) for v in variables]
+                       for name, variables in _moving_statistics(model).items()}
+        self.syn_ok = tf.constant(True)
+
+    def global_terms(self, shares, context, training=True):
+        """Every term summed over replicas, J_metric as the policy has it."""
+        model = self.model
+        terms = {k: Replicas.current().sum(v) for k, v in shares.items()}
+        if model.params.hdml:
+            self.syn_ok = tf.math.is_finite(terms["j_syn"])
+            if training:  # a non-finite synthetic tuple must not leave the head's statistics so
+                model._put_back_head_statistics(context["head_after_real"],
+                                                unless=self.syn_ok)
+            fallback = context["w"] * terms["j_m"]
+            if model.params.nonfinite_syn == "zero_metric":
+                fallback = tf.zeros_like(fallback)  # and a zero gradient (metric_gradient)
+            terms["j_metric"] = tf.where(self.syn_ok, terms["j_metric"], fallback)
+        return terms
+
+    def metric_gradient(self, tape, metric_terms, features):
+        """The embedder's gradient of J_metric from its three loss-scaled terms
+        (``j_m``: w (J_m - decay), ``j_syn``: (1 - w) J_syn, ``decay``: w decay), taken
+        through the features y: one backward pass through the backbone."""
+        embedder, syn_ok = self.model.embedder, self.syn_ok
+        head = embedder.head.trainable_variables
+        via_y = {k: dense_gradients(tape.gradient(metric_terms[k], [features] + head),
+                                    [features] + head) for k in ("j_m", "j_syn")}
+        via_y["j_syn"] = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in via_y["j_syn"]]
+        backbone = embedder.backbone.trainable_variables
+        total = {id(v): g for v, g in zip(backbone, dense_gradients(tape.gradient(
+            features, backbone, output_gradients=via_y["j_m"][0] + via_y["j_syn"][0]),
+            backbone))}
+        for v, g_m, g_s in zip(head, via_y["j_m"][1:], via_y["j_syn"][1:]):
+            total[id(v)] = g_m + g_s
+        variables = embedder.trainable_variables
+        decay = dense_gradients(tape.gradient(metric_terms["decay"], variables), variables)
+        grads = [total[id(v)] + g for v, g in zip(variables, decay)]
+        if self.model.params.nonfinite_syn == "zero_metric":
+            grads = [tf.where(syn_ok, g, tf.zeros_like(g)) for g in grads]
+        return grads
+
+    def apply(self, grads, terms):
+        """Each objective's update where it is finite; returns {objective: applied}."""
+        model, applied = self.model, {}
+        for name, (optimizer, variables, _) in model.update_plan().items():
+            checked = tf.stack([terms[k] for k in CHECKED[name] if k in terms])
+            applied[name] = optimizer.apply(grads[name], variables, loss=checked,
+                                            restore=self.before[name])
+        clean = tf.logical_and(tf.reduce_all(list(applied.values())), self.syn_ok)
+        model.nonfinite_steps.assign_add(1.0 - tf.cast(clean, tf.float32))
+        if model.params.hdml:
+            model.syn_fallback_steps.assign_add(1.0 - tf.cast(self.syn_ok, tf.float32))
+        return applied
+
+
+def _moving_statistics(model):
+    """objective -> the BatchNorm statistics its networks move in a step."""
+    moving = {"metric": list(model.embedder.non_trainable_variables)}
+    if model.params.hdml:
+        moving["generator"] = list(model.generator.non_trainable_variables)
+        moving["classifier"] = []
+    return moving
+
+
+def dense_gradients(grads, variables):
+    """Zeros for variables a loss does not reach (tf.where needs tensors)."""
+    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)]
 
 
 class NonFiniteTrainingError(RuntimeError):
