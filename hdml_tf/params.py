@@ -7,8 +7,6 @@ experiment config's ``model`` section (``hdml_tf.config.ModelConfig``) is an
 ``HDML(alpha=...)`` are the same field with the same default.
 `DEFAULT_LEARNING_RATES` are the three optimizers' defaults for ``HDML.compile`` and
 ``OptimConfig``. Defaults follow the authors' ``FLAGS.py`` (Cars196 settings).
-
-Imports no TensorFlow: ``hdml-tf presets`` reads the configs without starting it.
 """
 
 import dataclasses

@@ -117,9 +117,7 @@ def test_only_the_entry_points_import_the_command_line():
                and any(a.name == "cli" for a in n.names) for n in ast.walk(entry))
 
 
-def test_no_compatibility_modules_and_no_main_blocks_in_the_library():
-    names = {p.stem for p in PACKAGE.rglob("*.py")}
-    assert not names & {"deprecation", "import_hooks", "sampling"}
+def test_no_main_blocks_in_the_library():
     mains = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
              if p.name != "__main__.py" and '__name__ == "__main__"' in p.read_text()]
     assert mains == []
