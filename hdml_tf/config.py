@@ -147,6 +147,10 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     # What the paper reports for this setting (informational, printed beside results).
     paper: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
+    # The baseline's own settings ("section.key" -> value), used when model.hdml is
+    # false: a preset whose search tuned each arm on its own holds the baseline's
+    # winners here (load_config applies them; the user's overrides still win).
+    baseline: typing.Dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -275,6 +279,8 @@ def from_dict(data):
             config.name = _check_type(key, value, str)
         elif key == "paper":
             config.paper = _check_type(key, value, typing.Dict[str, float])
+        elif key == "baseline":
+            config.baseline = _check_type(key, value, typing.Dict[str, str])
         elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a mapping of settings")
@@ -317,7 +323,8 @@ def get_provenance(name):
 
 
 def load_config(spec, overrides=(), smoke=False):
-    """A preset name or a JSON file path, then overrides, then validation."""
+    """A preset name or a JSON file path, then overrides (and, for a baseline run,
+    the config's ``baseline`` settings under them), then validation."""
     if os.path.isfile(spec):
         try:
             with open(spec) as f:
@@ -333,6 +340,11 @@ def load_config(spec, overrides=(), smoke=False):
         shrink_for_smoke(config)
     for assignment in overrides:
         apply_override(config, assignment)
+    if not config.model.hdml and config.baseline:
+        for key, value in config.baseline.items():
+            apply_override(config, f"{key}={value}")
+        for assignment in overrides:  # the user's word wins over the preset's
+            apply_override(config, assignment)
     validate(config)
     return config
 

@@ -53,6 +53,25 @@ def test_config_errors_name_the_key(override, key):
         config_lib.load_config("cub200_npair", [override])
 
 
+def test_a_configs_baseline_settings_apply_to_the_baseline_only(tmp_path):
+    """A preset tuned per arm keeps the baseline's winners in ``baseline``: applied
+    when model.hdml is false, under the user's own overrides."""
+    path = tmp_path / "tuned.json"
+    payload = json.loads(json.dumps(DIGITS))
+    payload["baseline"] = {"optim.lr_metric": "0.002", "model.l2_reg": "0.01"}
+    path.write_text(json.dumps(payload))
+    hdml = config_lib.load_config(str(path))
+    baseline = config_lib.load_config(str(path), ["model.hdml=false"])
+    mine = config_lib.load_config(str(path), ["model.hdml=false", "optim.lr_metric=0.005"])
+    assert (hdml.optim.lr_metric, hdml.model.l2_reg) == (0.001, 0.003)
+    assert (baseline.optim.lr_metric, baseline.model.l2_reg) == (0.002, 0.01)
+    assert (mine.optim.lr_metric, mine.model.l2_reg) == (0.005, 0.01)
+    payload["baseline"] = {"optim.lr_metrik": "0.002"}
+    path.write_text(json.dumps(payload))
+    with pytest.raises(config_lib.ConfigError, match="optim.lr_metrik"):
+        config_lib.load_config(str(path), ["model.hdml=false"])
+
+
 def test_triplet_batch_must_divide_by_three():
     with pytest.raises(config_lib.ConfigError, match="divisible by 3"):
         config_lib.load_config("cub200_triplet", ["data.batch_size=128"])
