@@ -85,8 +85,9 @@ def test_no_warning_in_the_first_window_for_a_short_pin_or_when_asked():
     # Pinned for less than a window, then free: nothing.
     short = _FakeHDML(at=lambda step: {"lambda": 0.0 if step < 120 else 0.3})
     assert _pinned_lines(short, range(70, 400, 10)) == []
-    # The user asked for λ to start at 0.001: that is their schedule.
-    asked = _FakeHDML(params={"lambda_start": 0.001}, **{"lambda": 0.0})
+    # A fitted schedule (λ from 0.5 at the first window, then toward 0 as the loss
+    # falls): the user's.
+    asked = _FakeHDML(params={"lambda_start": 0.5}, **{"lambda": 0.0})
     assert _pinned_lines(asked, range(70, 400, 10)) == []
 
 

@@ -133,9 +133,9 @@ class PinnedScheduleWarning(keras.callbacks.Callback):
     """One line, once per quantity, when λ or w stayed pinned near 0 or 1 (within
     ``PINNED``) for a whole window after the first: λ = exp(-α / J_avg) or
     w = exp(-β / J_gen_avg) then no longer follows training, because the constant is
-    far from the size of the loss it divides. Nothing is said when the user asked for
-    such a value (``model.lambda_start`` / ``w_start`` itself within ``PINNED`` of 0 or
-    1, or a constant of 0).
+    far from the size of the loss it divides. Nothing is said for a fitted schedule
+    (``model.lambda_start`` / ``w_start`` set: the user chose where it starts) or a
+    constant of 0.
 
     Args:
       window: W, the steps of a window.
@@ -155,9 +155,9 @@ class PinnedScheduleWarning(keras.callbacks.Callback):
 
     def _asked(self, constant, start):
         params = self.model.params
-        if getattr(params, start) is not None:
-            return not self.PINNED <= getattr(params, start) <= 1.0 - self.PINNED
-        return getattr(params, constant) == 0.0
+        # A fitted schedule is the user's: its start, then the paper's formula, which
+        # takes λ toward 0 as the loss falls.
+        return getattr(params, start) is not None or getattr(params, constant) == 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         step = step_of(self.model)
