@@ -165,7 +165,7 @@ class HDML(keras.Model):
     def test_step(self, data):
         self.build_from_data(data)
         shares, context = self._forward(data, training=False)
-        terms = nonfinite.StepGuard(self).global_terms(shares, context, training=False)
+        terms, _ = nonfinite.global_terms(self, shares, context)
         return self._update_trackers(terms, context)
 
     # ------------------------------------------------------------------ forward
@@ -173,8 +173,9 @@ class HDML(keras.Model):
     def _forward(self, data, training):
         """One forward pass: every loss term, as this replica's contribution.
 
-        Returns (contributions, context): ``contributions[k]`` summed over replicas is
-        the global value of term k; ``context`` holds λ, w and the features y.
+        Returns (shares, context): ``shares[k]`` summed over replicas is the global
+        value of term k; ``context`` holds λ, w, the features y and the head's moving
+        statistics as the real pass left them.
         """
         images, labels = self._unpack(data)
         replicas = objectives.Replicas.current()
@@ -187,7 +188,7 @@ class HDML(keras.Model):
             prestep = [tf.identity(v) for v in (head_bn.moving_mean, head_bn.moving_variance)]
         z = tf.cast(self.embedder.head(y, training=training), tf.float32)
         real = self.variant.real_tuple(tf.split(z, [tf.shape(x)[0] for x in images]),
-                                     labels, replicas)
+                                       labels, replicas)
         # [J_m] the metric loss on the real tuple, with weight decay.
         out = {"weight_decay": replicas.share(self._weight_decay())}
         out["j_m"] = self.variant.metric_loss(real, replicas) + out["weight_decay"]

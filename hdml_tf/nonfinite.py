@@ -52,19 +52,14 @@ class StepGuard:
                        for name, variables in _moving_statistics(model).items()}
         self.syn_ok = tf.constant(True)
 
-    def global_terms(self, shares, context, training=True):
-        """Every term summed over replicas, J_metric as the policy has it."""
-        model = self.model
-        terms = {k: Replicas.current().sum(v) for k, v in shares.items()}
-        if model.params.hdml:
-            self.syn_ok = tf.math.is_finite(terms["j_syn"])
-            if training:  # a non-finite synthetic tuple must not leave the head's statistics so
-                model._put_back_head_statistics(context["head_after_real"],
-                                                unless=self.syn_ok)
-            fallback = context["w"] * terms["j_m"]
-            if model.params.nonfinite_syn == "zero_metric":
-                fallback = tf.zeros_like(fallback)  # and a zero gradient (metric_gradient)
-            terms["j_metric"] = tf.where(self.syn_ok, terms["j_metric"], fallback)
+    def global_terms(self, shares, context):
+        """Every term summed over replicas, J_metric as the policy has it (see
+        `global_terms`); a non-finite J_syn leaves the head's moving statistics as the
+        real pass left them."""
+        terms, self.syn_ok = global_terms(self.model, shares, context)
+        if self.model.params.hdml:
+            self.model._put_back_head_statistics(context["head_after_real"],
+                                                 unless=self.syn_ok)
         return terms
 
     def metric_gradient(self, tape, metric_terms, features):
@@ -101,6 +96,20 @@ class StepGuard:
         if model.params.hdml:
             model.syn_fallback_steps.assign_add(1.0 - tf.cast(self.syn_ok, tf.float32))
         return applied
+
+
+def global_terms(model, shares, context):
+    """(every loss term summed over replicas, whether J_syn is finite); where it is
+    not, J_metric = w J_m ("fallback") or 0 ("zero_metric")."""
+    terms = {k: Replicas.current().sum(v) for k, v in shares.items()}
+    syn_ok = tf.constant(True)
+    if model.params.hdml:
+        syn_ok = tf.math.is_finite(terms["j_syn"])
+        fallback = context["w"] * terms["j_m"]
+        if model.params.nonfinite_syn == "zero_metric":
+            fallback = tf.zeros_like(fallback)  # and a zero gradient (metric_gradient)
+        terms["j_metric"] = tf.where(syn_ok, terms["j_metric"], fallback)
+    return terms, syn_ok
 
 
 def _moving_statistics(model):
