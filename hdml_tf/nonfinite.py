@@ -57,7 +57,9 @@ class StepGuard:
         `global_terms`); a non-finite J_syn leaves the head's moving statistics as the
         real pass left them."""
         terms, self.syn_ok = global_terms(self.model, shares, context)
-        if self.model.params.hdml:
+        # With head_bn_updates="real" the synthetic pass's update was put back already.
+        params = self.model.params
+        if params.hdml and params.head_bn_updates != "real":
             self.model._put_back_head_statistics(context["head_after_real"],
                                                  unless=self.syn_ok)
         return terms
