@@ -7,6 +7,7 @@ and one running it, which calls library functions with plain arguments
 
   hdml-tf train   --config PRESET_OR_FILE [--set key=value ...] --workdir DIR
   hdml-tf demo    [--smoke]                  Fashion-MNIST HDML vs baseline, the README job
+  hdml-tf pretrain --config PRESET [--steps N]   a backbone from the 'pretrain' classes
   hdml-tf compare --config PRESET --seeds N [--set ...] --workdir DIR   HDML vs baseline
   hdml-tf export  --checkpoint WORKDIR_OR_KERAS --out saved_models/NAME
   hdml-tf embed   --model SAVEDMODEL --images DIR_OR_LIST --out emb.npz
@@ -17,7 +18,7 @@ and one running it, which calls library functions with plain arguments
   hdml-tf weights fetch URL --sha256 HEX [-o DEST]   download with a checksum
   hdml-tf presets                            list the training presets
   hdml-tf bench   --config PRESET [--smoke] [--set ...]   step, pipeline, expected run time
-  hdml-tf data glyphs --out DIR [--size 16] [--seed 0]   CJK ideographs in the installed fonts
+  hdml-tf data glyphs --out DIR [--size 16] [--seed 0] [--counts T,V,T]   CJK ideographs
 
 ``import hdml_tf`` keeps TensorFlow's start-up lines off the output
 (``hdml_tf.tf_startup``); the command's entry point (``hdml_tf_entry.main``, beside the
@@ -51,6 +52,7 @@ from hdml_tf.config import ConfigError
 from hdml_tf.data import glyphs
 from hdml_tf.export import DEFAULT_MAX_BATCH, DEFAULT_MAX_PIXELS
 from hdml_tf.nonfinite import NonFiniteTrainingError
+from hdml_tf.training import pretrain as pretrain_lib
 from hdml_tf.workdir import WorkdirError, WriteError
 
 # ---------------------------------------------------------------- shared pieces
@@ -124,6 +126,45 @@ def _train(args, parser):
     except NonFiniteTrainingError as error:
         return _fail(parser.prog, f"stopped: {error}; the last good checkpoint is kept in "
                      f"{args.workdir}/checkpoints", 1)
+
+
+def _pretrain_parser(prog):
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Pretrain a preset's backbone by softmax classification on its "
+                    "dataset's 'pretrain' classes, and write the weights file the preset "
+                    "loads (model.weights) with a JSON record of its SHA-256 and accuracy "
+                    "beside it (hdml_tf.training.pretrain).")
+    _add_config_options(parser, "override, e.g. --set data.root=DIR (repeatable)")
+    defaults = pretrain_lib.PretrainSettings()
+    parser.add_argument("--out", default=None, metavar="FILE.weights.h5",
+                        help="the weights file (default: the preset's model.weights)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help=f"optimizer steps (default {defaults.steps})")
+    parser.add_argument("--lr", type=float, default=defaults.lr,
+                        help=f"Adam's learning rate, cosine-decayed (default {defaults.lr})")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="batches, held-out images and initial weights (default 0)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing weights file")
+    return parser
+
+
+def _pretrain(args, parser):
+    def run():
+        config = config_lib.load_config(args.config, args.set)
+        out = args.out or config.model.weights
+        if not out:
+            raise ConfigError("model.weights: the preset names no weights file; pass --out")
+        if not out.endswith(".weights.h5"):
+            raise ConfigError(f"--out: a backbone's weights file ends in .weights.h5, got "
+                              f"{out!r}")
+        settings = pretrain_lib.PretrainSettings(steps=args.steps, lr=args.lr,
+                                                 seed=args.seed)
+        pretrain_lib.pretrain(config, out, settings, overwrite=args.overwrite,
+                              command="hdml-tf pretrain " + shlex.join(args.argv))
+
+    return _config_errors(parser.prog, run)
 
 
 def _demo_parser(prog):
@@ -562,6 +603,14 @@ def _data_glyphs_parser(prog):
                         help="share of the faces (whole families) that draw only the val "
                              "and test characters, the others only the train characters "
                              "(default 1/3; 0: every face draws every character)")
+    parser.add_argument("--counts", default=None, metavar="TRAIN,VAL,TEST",
+                        help="that many characters per split instead of --fractions; "
+                             "the others become a 'pretrain' split for `hdml-tf pretrain` "
+                             "(the fine-tuning protocol, docs/results.md: 100,100,1000 "
+                             "with --max-chars 0)")
+    parser.add_argument("--pretrain-faces", type=float, default=0.5, metavar="SHARE",
+                        help="with --counts: share of the training faces (whole families) "
+                             "that draw the pretrain characters (default 0.5)")
     parser.add_argument("--fonts", action="append", default=None, metavar="PATH",
                         help="use these font files or directories instead of every "
                              "installed face (repeatable)")
@@ -574,9 +623,17 @@ def _data_glyphs(args, parser):
     except ValueError:
         parser.error(f"--fractions: expected three numbers TRAIN,VAL,TEST, got "
                      f"{args.fractions!r}")
+    counts = None
+    if args.counts is not None:
+        try:
+            counts = tuple(int(x) for x in args.counts.split(","))
+        except ValueError:
+            parser.error(f"--counts: expected three whole numbers TRAIN,VAL,TEST, got "
+                         f"{args.counts!r}")
     glyphs.build(args.out, size=args.size, margin=args.margin, seed=args.seed,
                  max_chars=args.max_chars or None, min_ideographs=args.min_ideographs,
-                 fractions=fractions, held_out=args.held_out, fonts=args.fonts,
+                 fractions=fractions, held_out=args.held_out, counts=counts,
+                 pretrain_faces=args.pretrain_faces, fonts=args.fonts,
                  command="hdml-tf data glyphs " + shlex.join(args.argv))
     return 0
 
@@ -601,6 +658,9 @@ class Command:
 COMMANDS = {
     "train": Command("train HDML or a baseline from a preset", _train_parser, _train),
     "demo": Command("Fashion-MNIST demo: HDML vs baseline", _demo_parser, _demo),
+    # An existing output file (kept as it was).
+    "pretrain": Command("pretrain a preset's backbone on its 'pretrain' classes",
+                        _pretrain_parser, _pretrain, errors=(FileExistsError,)),
     "compare": Command("HDML vs baseline over seeds, with intervals", _compare_parser,
                        _compare),
     "presets": Command("list the training presets", _presets_parser, _presets),

@@ -27,17 +27,19 @@ class SmallCNN(keras.Model):
         self.feature_dim = int(feature_dim)
         self.preprocessing = "tf"
         policy = self.dtype_policy  # sub-layers follow it, also after reloading
+        # Every layer is named, so that a saved .weights.h5 (which records the names)
+        # is the same bytes whatever else the process built before.
         self.blocks = []
         for i, width in enumerate(self.widths):
             self.blocks += [
                 keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     name=f"block{i + 1}_conv1", dtype=policy),
                 keras.layers.BatchNormalization(name=f"block{i + 1}_bn1", dtype=policy),
-                keras.layers.ReLU(dtype=policy),
+                keras.layers.ReLU(name=f"block{i + 1}_relu1", dtype=policy),
                 keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     name=f"block{i + 1}_conv2", dtype=policy),
                 keras.layers.BatchNormalization(name=f"block{i + 1}_bn2", dtype=policy),
-                keras.layers.ReLU(dtype=policy),
+                keras.layers.ReLU(name=f"block{i + 1}_relu2", dtype=policy),
             ]
             if i < len(self.widths) - 1:
                 self.blocks.append(keras.layers.MaxPooling2D(2, name=f"block{i + 1}_pool",

@@ -7,7 +7,8 @@ Layout::
 Files with other extensions are skipped with one warning naming them (and listed in
 ``ImageDataset.skipped``); hidden files are ignored. Which classes are for
 training and which for testing comes from an optional class-split file, one class per
-line, ``<split> <class name>`` with split ``train``, ``val`` or ``test`` (the class
+line, ``<split> <class name>`` with split ``train``, ``val``, ``test`` or ``pretrain``
+(classes kept out of all three, for pretraining a backbone; the class
 name is the rest of the line, so it may contain spaces; ``#`` starts a comment).
 Without a split file the sorted class names are cut in two: the first half (rounded
 up) trains, the rest tests, as CUB and Cars196 are split.
@@ -23,6 +24,9 @@ import numpy as np
 from hdml_tf.data import base
 
 NAME = "folder"
+# The splits a class-split file can name: "pretrain" holds classes kept apart for
+# pretraining a backbone (the glyph fine-tuning protocol, hdml_tf.data.glyphs).
+FILE_SPLITS = ("pretrain", "train", "val", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
@@ -35,8 +39,9 @@ def read_split_file(path: str) -> dict:
             if not line:
                 continue
             parts = line.split(None, 1)
-            if len(parts) != 2 or parts[0] not in ("train", "val", "test"):
-                raise ValueError(f"{path}:{lineno}: expected '<train|val|test> <class name>', "
+            if len(parts) != 2 or parts[0] not in FILE_SPLITS:
+                raise ValueError(f"{path}:{lineno}: expected '<{'|'.join(FILE_SPLITS)}> "
+                                 "<class name>', "
                                  f"got {line!r}")
             out[parts[1]] = parts[0]
     return out
@@ -54,7 +59,7 @@ def load(
     """Load a class split of an image folder.
 
     Args:
-        split: "train", "val", "test" or "all".
+        split: "train", "val", "test", "all" or (with a split file) "pretrain".
         root: the folder whose sub-directories are the classes (required, or
             ``$HDML_FOLDER_DIR``).
         split_file: optional class-split file (see module docstring). When it lists
@@ -133,12 +138,14 @@ def _class_split(root, classes, split, split_file, val_fraction, val_seed):
                          f"classes not on disk {unknown[:5]}, "
                          f"classes not in the file {unlisted[:5]}")
     by = {s: np.array([i for i, c in enumerate(classes) if assignment[c] == s], np.int64)
-          for s in ("train", "val", "test")}
+          for s in FILE_SPLITS}
+    if split == "pretrain":
+        return by["pretrain"]
     if not len(by["val"]):
         return base.split_classes(by["train"], by["test"], split, val_fraction, val_seed)
     if val_fraction:
         raise ValueError("folder: the split file lists 'val' classes; leave val_fraction=0")
     keep = {"train": by["train"], "val": by["val"], "test": by["test"], "all": ids}.get(split)
     if keep is None:
-        raise ValueError(f"split must be one of {base.SPLITS}, got {split!r}")
+        raise ValueError(f"split must be one of {base.SPLITS + ('pretrain',)}, got {split!r}")
     return keep

@@ -44,6 +44,7 @@ from hdml_tf.data import base, folder
 
 NAME = "glyphs"
 SPLIT_FILE = "splits.txt"
+SPLITS = ("pretrain", "train", "val", "test")
 MANIFEST = "manifest.json"
 FORMAT = 1  # bump when the files written change meaning
 
@@ -492,13 +493,25 @@ def seeded_order(codes: Iterable, seed: int) -> list:
     return sorted(codes, key=lambda c: hashlib.sha256(f"{seed} {c}".encode()).digest())
 
 
-def split_characters(codes: Sequence[int], fractions: Sequence[float], seed: int) -> dict:
-    """Code point -> "train" | "val" | "test": the `seeded_order` of the codes cut at
-    the (train, val, test) ``fractions`` (rounded; train takes the rest)."""
+def split_characters(codes: Sequence[int], fractions: Sequence[float], seed: int,
+                     counts: Sequence[int] | None = None) -> dict:
+    """Code point -> "train" | "val" | "test" (| "pretrain"): the `seeded_order` of the
+    codes cut at the (train, val, test) ``fractions`` (rounded; train takes the rest),
+    or, with ``counts``, into that many (train, val, test) characters with every other
+    character "pretrain" (`build`'s fine-tuning protocol)."""
+    order = seeded_order(codes, seed)
+    if counts is not None:
+        if len(counts) != 3 or min(counts) < 1 or sum(counts) >= len(order):
+            raise ValueError(f"glyphs: counts must be three positive numbers (train, val, "
+                             f"test) leaving characters to pretrain on, got "
+                             f"{tuple(counts)} for {len(order)} characters")
+        n_train, n_val, n_test = (int(c) for c in counts)
+        names = (["test"] * n_test + ["val"] * n_val + ["train"] * n_train
+                 + ["pretrain"] * (len(order) - n_test - n_val - n_train))
+        return dict(zip(order, names))
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"glyphs: fractions must be three shares (train, val, test) "
                          f"summing to 1, got {tuple(fractions)}")
-    order = seeded_order(codes, seed)
     n_test = int(round(fractions[2] * len(order)))
     n_val = int(round(fractions[1] * len(order)))
     n_train = len(order) - n_test - n_val
@@ -519,15 +532,15 @@ def _software() -> dict:
             "freetype": features.version("freetype2"), "pillow": PIL.__version__}
 
 
-def _face_entry(face, ids, packages, groups=None, held=frozenset()):
+def _face_entry(face, ids, packages, groups=None, held=frozenset(), pretrain=frozenset()):
     entry = {"family": face.family, "style": face.style, "file": face.file,
              "index": face.index, "ideographs_in_charset": len(face.ideographs),
              **{k: packages.get(face.file, {}).get(k) for k in ("package", "version",
                                                                 "source")}}
     if groups is not None:
+        splits = [s for s in SPLITS if draws(s, face.key, held, pretrain)]
         entry.update(id=ids[face.key], group=groups[face.key],
-                     draws="val+test" if face.key in held else
-                     "train" if held else "all")
+                     draws="all" if splits == ["train", "val", "test"] else "+".join(splits))
     return entry
 
 
@@ -564,8 +577,11 @@ def _prepare_out(out):
     os.makedirs(out, exist_ok=True)
 
 
-def held_out_groups(groups: dict, share: float, seed: int) -> list:
-    """The typeface families whose faces draw only the val and test characters.
+def held_out_groups(groups: dict, share: float, seed: int, what: str = "held_out",
+                    min_rest: int = 2) -> list:
+    """The typeface families whose faces draw only the val and test characters (or,
+    called by `build` with ``what="pretrain_faces"`` on the training faces, those that
+    draw the pretraining characters).
 
     Families are taken in the `seeded_order` of their names until they hold ``share`` of
     the faces; a family with more than half that many faces is passed over, so that one
@@ -576,18 +592,21 @@ def held_out_groups(groups: dict, share: float, seed: int) -> list:
         share: the share of faces to hold out; 0 holds none (every face draws every
             character).
         seed: the seed of the order.
+        what: the setting's name in error messages.
+        min_rest: the fewest faces the families not chosen may hold.
 
     Returns:
         The sorted held-out family names.
 
     Raises:
-        ValueError: when the held-out faces or those left for training would be fewer
-            than two (N-pair training and leave-one-out retrieval need two per class).
+        ValueError: when the chosen faces would be fewer than two or those left fewer
+            than ``min_rest`` (N-pair training and leave-one-out retrieval need two
+            images per class).
     """
     if not share:
         return []
     if not 0 < share < 1:
-        raise ValueError(f"glyphs: held_out must be in [0, 1), got {share}")
+        raise ValueError(f"glyphs: {what} must be in [0, 1), got {share}")
     sizes = collections.Counter(groups.values())
     target, limit = share * len(groups), max(1.0, share * len(groups) / 2)
     chosen = []
@@ -597,23 +616,32 @@ def held_out_groups(groups: dict, share: float, seed: int) -> list:
         if sizes[name] <= limit:
             chosen.append(name)
     held = sum(sizes[g] for g in chosen)
-    if held < 2 or len(groups) - held < 2:
-        raise ValueError(f"glyphs: held_out={share} leaves {held} held-out and "
-                         f"{len(groups) - held} training faces ({len(groups)} faces in "
-                         f"{len(sizes)} families); each side needs two (use held_out=0)")
+    if held < 2 or len(groups) - held < min_rest:
+        raise ValueError(f"glyphs: {what}={share} leaves {held} and {len(groups) - held} "
+                         f"faces on the two sides ({len(groups)} faces in {len(sizes)} "
+                         "families); each side needs two")
     return sorted(chosen)
 
 
-def write_folder(out, faces, codes, results, ids, split, held_out=frozenset()) -> int:
+def draws(split: str, face_key, held_out=frozenset(), pretrain=frozenset()) -> bool:
+    """Whether a face draws the characters of ``split``: with ``held_out`` (face keys)
+    the held-out faces draw the val and test characters and the others the train ones;
+    the pretrain characters are drawn by the ``pretrain`` faces only."""
+    if split == "pretrain":
+        return face_key in pretrain
+    return not held_out or (face_key in held_out) != (split == "train")
+
+
+def write_folder(out, faces, codes, results, ids, split, held_out=frozenset(),
+                 pretrain=frozenset()) -> int:
     """``<out>/<character>/<face id>.png`` and ``<out>/splits.txt``; returns the image
-    count. With ``held_out`` (face keys), the train characters are drawn by the other
-    faces only and the val and test characters by the held-out faces only."""
+    count. Each character is drawn by the faces `draws` names for its split."""
     images = 0
     for code in codes:
         directory = os.path.join(out, chr(code))
         os.makedirs(directory)
         for face in faces:
-            if held_out and (face.key in held_out) == (split[code] == "train"):
+            if not draws(split[code], face.key, held_out, pretrain):
                 continue
             images += 1
             with open(os.path.join(directory, ids[face.key] + ".png"), "wb") as f:
@@ -669,6 +697,7 @@ def _faces_and_characters(fonts, min_ideographs, size, margin, seed, max_chars, 
 def build(out: str | None = None, *, size: int = 16, margin: int | None = None, seed: int = 0,
           max_chars: int | None = None, min_ideographs: int = 7000,
           fractions: Sequence[float] = (0.45, 0.05, 0.5), held_out: float = 1 / 3,
+          counts: Sequence[int] | None = None, pretrain_faces: float = 0.5,
           fonts: Sequence[str] | None = None, command: str = "", log=print) -> dict:
     """Write the glyph folder (module docstring) to ``out``; returns the manifest.
 
@@ -684,6 +713,13 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
             the val and test characters while the others draw only the train
             characters: retrieval of unseen characters in unseen typefaces. 0: every
             face draws every character.
+        counts: (train, val, test) character counts instead of ``fractions``; every
+            other character becomes the "pretrain" split, drawn only by a
+            ``pretrain_faces`` share of the training faces (whole families, chosen as
+            `held_out_groups` chooses): the fine-tuning protocol of docs/results.md,
+            in which a backbone is pretrained on characters and faces the fine-tuning
+            never sees.
+        pretrain_faces: see ``counts``; 1: every training face.
         fonts: font files or directories to use instead of every installed face.
         command: the command line, recorded in the manifest.
     """
@@ -692,16 +728,25 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
     settings = {"size": size, "margin": margin, "seed": seed, "max_chars": max_chars,
                 "min_ideographs": min_ideographs, "fractions": list(fractions),
                 "held_out": held_out, "fonts": list(fonts or [])}
+    if counts is not None:
+        settings.update(counts=[int(c) for c in counts], pretrain_faces=pretrain_faces)
     candidates, probe, kept, drawings, codes, results, dropped = _faces_and_characters(
         fonts, min_ideographs, size, margin, seed, max_chars, log)
     every = list(candidates) + [d["face"] for d in dropped]
     packages, ids = debian_packages({f.file for f in every}), face_ids(every)
     groups = family_groups(kept, drawings, packages, dropped)
-    split = split_characters(codes, fractions, seed)
+    split = split_characters(codes, fractions, seed, counts)
     test_groups = held_out_groups(groups, held_out, seed)
     held = frozenset(f.key for f in kept if groups[f.key] in test_groups)
+    pretrain, pretrain_groups = frozenset(), []
+    if counts is not None:
+        training = {key: group for key, group in groups.items() if key not in held}
+        pretrain_groups = (sorted(set(training.values())) if pretrain_faces == 1 else
+                           held_out_groups(training, pretrain_faces, seed, "pretrain_faces",
+                                           min_rest=0))
+        pretrain = frozenset(key for key in training if groups[key] in pretrain_groups)
     _prepare_out(out)
-    images = write_folder(out, kept, codes, results, ids, split, held)
+    images = write_folder(out, kept, codes, results, ids, split, held, pretrain)
     manifest = {
         "format": FORMAT, "command": command,
         "settings": {**settings, "range": "U+%04X-U+%04X" % IDEOGRAPHS,
@@ -710,13 +755,15 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
                                "duplicate_share": DUPLICATE_SHARE,
                                "related_share": RELATED_SHARE}},
         "software": _software(),
-        "faces": [_face_entry(f, ids, packages, groups, held) for f in kept],
+        "faces": [_face_entry(f, ids, packages, groups, held, pretrain) for f in kept],
         "held_out_groups": test_groups,
+        **({"pretrain_groups": pretrain_groups} if counts is not None else {}),
         "dropped": _dropped_entries(dropped, ids, packages),
         "characters": "".join(chr(c) for c in codes),
         "shared_in_charsets": len(frozenset.intersection(*[f.ideographs for f in kept])),
         "rejected_characters": _rejections(kept, results, ids),
-        "splits": {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")},
+        "splits": {s: sum(v == s for v in split.values()) for s in SPLITS
+                   if s != "pretrain" or counts is not None},
         "images": images,
     }
     with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
@@ -724,6 +771,9 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
         f.write("\n")
     sides = (f"; {len(kept) - len(held)} draw the train ones, {len(held)} "
              f"({', '.join(test_groups)}) the val and test ones" if held else "")
+    if pretrain:
+        sides += (f"; {len(pretrain)} of the training faces ({', '.join(pretrain_groups)}) "
+                  f"draw the {manifest['splits']['pretrain']} pretraining characters")
     log(f"glyphs: {len(kept)} faces, {len(codes)} characters{sides}: {images} images in {out}")
     return manifest
 
@@ -745,7 +795,8 @@ def load(split: str, root: str | None = None, *, val_fraction: float = 0.0,
     """One split of a glyph folder written by `build`.
 
     Args:
-        split: "train", "val", "test" or "all": the characters ``splits.txt`` assigns.
+        split: "train", "val", "test", "all" or (a folder written with ``counts``)
+            "pretrain": the characters ``splits.txt`` assigns.
         root: the folder (default ``$HDML_GLYPHS_DIR``, else ``$HDML_DATA_DIR/glyphs``).
         val_fraction, val_seed: only for a folder written without val characters
             (``fractions`` with val 0); see `hdml_tf.data.folder.load`.

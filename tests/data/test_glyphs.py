@@ -248,3 +248,43 @@ def test_every_face_draws_every_character_without_the_held_out_protocol(tmp_path
     manifest = glyphs.read_manifest(str(out))
     assert manifest["held_out_groups"] == [] and manifest["images"] == 4 * CHARS
     assert {f["draws"] for f in manifest["faces"]} == {"all"}
+
+
+def test_counts_keep_the_other_characters_for_pretraining(tmp_path, capsys):
+    """``--counts TRAIN,VAL,TEST``: that many characters per split, the rest a
+    "pretrain" split drawn by the chosen training faces only (here every one)."""
+    out = tmp_path / "ft"
+    assert _glyphs(out, "--counts", "4,2,6", "--pretrain-faces", "1") == 0
+    manifest = glyphs.read_manifest(str(out))
+    assert manifest["splits"] == {"pretrain": 12, "train": 4, "val": 2, "test": 6}
+    assert manifest["settings"]["counts"] == [4, 2, 6]
+    assert manifest["pretrain_groups"] == sorted(
+        f["group"] for f in manifest["faces"] if f["id"] in TRAIN_FACES)
+    assert {f["id"]: f["draws"] for f in manifest["faces"]} == {
+        **{i: "pretrain+train" for i in TRAIN_FACES}, **{i: "val+test" for i in TEST_FACES}}
+    splits = {s: data.load_dataset("glyphs", s, root=str(out))
+              for s in ("pretrain", "train", "val", "test")}
+    names = [set(d.class_names) for d in splits.values()]
+    assert sum(map(len, names)) == CHARS and len(set().union(*names)) == CHARS
+    assert sorted(set(glyphs.image_faces(splits["pretrain"]))) == TRAIN_FACES
+    assert sorted(set(glyphs.image_faces(splits["test"]))) == TEST_FACES
+    assert len(data.load_dataset("glyphs", "all", root=str(out)).class_names) == CHARS
+    # The same seed cuts the same test characters whatever the counts of the others.
+    assert set(glyphs.split_characters(range(100), (), 0, (10, 5, 20)).items()) >= {
+        (c, "test") for c, s in glyphs.split_characters(range(100), (), 0, (30, 10, 20))
+        .items() if s == "test"}
+    capsys.readouterr()
+    assert _glyphs(tmp_path / "bad", "--counts", "10,10,10") == 1
+    assert "leaving characters to pretrain on" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a usage error, as argparse exits
+        _glyphs(tmp_path / "bad2", "--counts", "4,x,6")
+    assert usage.value.code == 2 and "whole numbers" in capsys.readouterr().err
+
+
+def test_pretrain_families_are_drawn_from_the_training_faces_only():
+    sizes = {"noto": 14, "cwtex": 5, "klee": 4, "one1": 1, "one2": 1, "one3": 1}
+    groups = {(g, i): g for g, n in sizes.items() for i in range(n)}
+    chosen = glyphs.held_out_groups(groups, 0.5, 0, "pretrain_faces", min_rest=0)
+    assert "noto" not in chosen and sum(sizes[g] for g in chosen) >= 2
+    with pytest.raises(ValueError, match="pretrain_faces must be in"):
+        glyphs.held_out_groups(groups, 1.5, 0, "pretrain_faces", min_rest=0)

@@ -1,0 +1,45 @@
+"""CJK glyphs in the paper's regime: a pretrained backbone fine-tuned on 100 characters.
+
+Run:  hdml-tf data glyphs --out ~/hdml_data/glyphs_finetune --max-chars 0 --counts 100,100,1000
+      hdml-tf pretrain --config glyphs_finetune_npair        (once: the backbone's weights)
+      hdml-tf compare --config glyphs_finetune_npair --seeds 16 --workdir runs/finetune_npair
+The folder ($HDML_GLYPHS_FINETUNE_DIR, else $HDML_DATA_DIR/glyphs_finetune) holds every
+character the installed faces share: 100 fine-tuning characters drawn by the training
+faces (as CUB-200-2011 has 100 training classes), 100 validation and 1,000 unseen test
+characters drawn only by the held-out typeface families, and the ~5,000 others, drawn by
+half of the training families, for pretraining only. The backbone (model.weights,
+$HDML_PRETRAINED_DIR, else $HDML_DATA_DIR/pretrained) is the small CNN pretrained by
+softmax classification on those (`hdml-tf pretrain`), so every seed starts from the same
+meaningful embedding, as an ImageNet GoogLeNet does on CUB. Batch 128 = 64 classes per
+N-pair batch, as in the paper. The protocol and why each number: docs/results.md,
+"Glyphs, fine-tuned"; the settings were chosen there on the validation characters.
+"""
+
+import os
+
+from hdml_tf.configs import glyphs_npair
+from hdml_tf.data import base
+
+PRETRAINED = "glyphs_finetune_small_cnn.weights.h5"
+
+
+def finetune_config(name, loss, batch_size):
+    """The glyph preset's small-CNN recipe on the fine-tuning folder, starting from the
+    pretrained backbone."""
+    config = glyphs_npair.get_config()
+    config.name = name
+    d, m, o, t = config.data, config.model, config.optim, config.train
+    d.root = base.default_root("HDML_GLYPHS_FINETUNE_DIR", "glyphs_finetune")
+    d.batch_size = batch_size
+    m.loss = loss
+    m.weights = os.path.join(base.default_root("HDML_PRETRAINED_DIR", "pretrained"),
+                             PRETRAINED)
+    o.lr_metric, o.lr_gen, o.lr_cls = 5e-4, 1e-2, 1e-3
+    m.l2_reg, m.lambda_start, m.w_start, m.alpha, m.beta = 3e-3, 0.5, None, 90.0, 1e4
+    t.steps, t.steps_per_epoch = 300, 100
+    t.export_name = name.replace("_finetune", "_finetune_hdml")
+    return config
+
+
+def get_config():
+    return finetune_config("glyphs_finetune_npair", "npair", 128)
