@@ -25,9 +25,6 @@ Online Products: 60,502 points, 11,316 clusters). faiss uses random initial cent
 drawn from the points (no k-means++), a fixed number of Lloyd iterations (FAISS_NITER by
 default) and one run (`nredo`); a random start can leave two centroids in one class, so
 faiss NMI/F1 can be slightly below what a k-means++ start would give. Both are seeded.
-
-Deprecated for this release only (each call warns): ``nmi`` and ``f1`` of embeddings (ask
-`hdml_tf.evaluation.evaluate_embeddings` for them, or `clustering_metrics` here).
 """
 
 from __future__ import annotations

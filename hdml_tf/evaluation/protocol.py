@@ -9,11 +9,6 @@ clustering, and return every requested metric in a flat dict::
 The rules (leave-one-out, tie rule, singletons, K larger than what a query can retrieve)
 are stated in `hdml_tf.evaluation.retrieval`; the clustering protocol in
 `hdml_tf.evaluation.clustering`.
-
-Deprecated for this release only (each call warns): ``recall_at_k``, ``map_at_r`` and
-``r_precision`` (one metric each: ask `evaluate_embeddings` for it), and the metric
-names ``"recall@k"``, ``"map_at_r"``, ``"mapr"``, ``"r-precision"`` and ``"rp"`` (use
-the names of `ALL_METRICS`).
 """
 
 from __future__ import annotations
