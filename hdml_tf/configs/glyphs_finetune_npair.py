@@ -35,7 +35,7 @@ def finetune_config(name, loss, batch_size):
     m.weights = os.path.join(base.default_root("HDML_PRETRAINED_DIR", "pretrained"),
                              PRETRAINED)
     o.lr_metric, o.lr_gen, o.lr_cls = 5e-4, 1e-2, 1e-3
-    m.l2_reg, m.lambda_start, m.w_start, m.alpha, m.beta = 3e-3, 0.5, None, 90.0, 1e4
+    m.l2_reg, m.lambda_start, m.w_start, m.alpha, m.beta = 3e-3, 0.5, None, 90.0, 5e3
     t.steps, t.steps_per_epoch = 300, 100
     t.export_name = name.replace("_finetune", "_finetune_hdml")
     return config
