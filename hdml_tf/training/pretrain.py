@@ -131,12 +131,17 @@ def pretrain(config, out: str, settings: PretrainSettings, *, command: str = "",
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     started = time.time()
     per_epoch = min(500, settings.steps)
-    history = model.fit(batches, epochs=-(-settings.steps // per_epoch),
+    history = model.fit(batches, epochs=-(-settings.steps // per_epoch), shuffle=False,
                         steps_per_epoch=per_epoch, verbose=2 if config.train.verbose else 0)
     seconds = time.time() - started
     evaluation = pipeline.eval_dataset(check, batch_size=d.eval_batch_size, resize=d.resize,
                                        crop=d.crop, preprocessing=backbone.preprocessing)
-    _, accuracy = model.evaluate(evaluation, verbose=0)
+    correct = total = 0
+    for images, labels in evaluation:
+        predicted = tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+        correct += int(tf.reduce_sum(tf.cast(predicted == labels, tf.int32)))
+        total += int(tf.size(labels))
+    accuracy = correct / max(total, 1)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     backbone.save_weights(out)
     record = {
