@@ -131,14 +131,18 @@ def _train(args, parser):
 def _pretrain_parser(prog):
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Pretrain a preset's backbone by softmax classification on its "
-                    "dataset's 'pretrain' classes, and write the weights file the preset "
+        description="Pretrain a preset's backbone on its dataset's 'pretrain' classes, "
+                    "and write the weights file the preset "
                     "loads (model.weights) with a JSON record of its SHA-256 and accuracy "
                     "beside it (hdml_tf.training.pretrain).")
     _add_config_options(parser, "override, e.g. --set data.root=DIR (repeatable)")
     defaults = pretrain_lib.PretrainSettings()
     parser.add_argument("--out", default=None, metavar="FILE.weights.h5",
                         help="the weights file (default: the preset's model.weights)")
+    parser.add_argument("--objective", choices=pretrain_lib.OBJECTIVES,
+                        default=defaults.objective,
+                        help="softmax over the batch's classes (npair, the default) or "
+                             "over every class (softmax)")
     parser.add_argument("--steps", type=int, default=defaults.steps,
                         help=f"optimizer steps (default {defaults.steps})")
     parser.add_argument("--lr", type=float, default=defaults.lr,
@@ -159,8 +163,8 @@ def _pretrain(args, parser):
         if not out.endswith(".weights.h5"):
             raise ConfigError(f"--out: a backbone's weights file ends in .weights.h5, got "
                               f"{out!r}")
-        settings = pretrain_lib.PretrainSettings(steps=args.steps, lr=args.lr,
-                                                 seed=args.seed)
+        settings = pretrain_lib.PretrainSettings(
+            objective=args.objective, steps=args.steps, lr=args.lr, seed=args.seed)
         pretrain_lib.pretrain(config, out, settings, overwrite=args.overwrite,
                               command="hdml-tf pretrain " + shlex.join(args.argv))
 

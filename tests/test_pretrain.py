@@ -52,6 +52,7 @@ def test_writes_the_weights_and_a_record_of_them(folder, tmp_path, capsys):
     # one image of each class held out for the accuracy, three trained on
     assert record["held_out_images"] == 10 and record["train_images"] == 30
     assert 0.0 <= record["held_out_accuracy"] <= 1.0 and record["settings"]["steps"] == 4
+    assert record["settings"]["objective"] == "npair" and np.isfinite(record["final_loss"])
     assert record["command"].startswith("hdml-tf pretrain --config glyphs_finetune_npair")
     # The same command writes the same bytes (same machine).
     again = tmp_path / "again.weights.h5"
@@ -75,6 +76,44 @@ def test_writes_the_weights_and_a_record_of_them(folder, tmp_path, capsys):
     mine = [w.numpy() for w in model.embedder.backbone.weights]
     assert all(np.array_equal(a, b.numpy()) for a, b in zip(mine, loaded.weights))
     assert not all(np.array_equal(a, b.numpy()) for a, b in zip(mine, fresh.weights))
+
+
+def test_the_softmax_objective_trains_a_classifier_over_every_class(folder, tmp_path):
+    out = tmp_path / "softmax.weights.h5"
+    assert _pretrain(folder, out, "--objective", "softmax") == 0
+    record = json.loads((tmp_path / "softmax.pretrain.json").read_text())
+    assert record["settings"]["objective"] == "softmax"
+    fresh = build_backbone("small_cnn", None, input_shape=(16, 16, 3))
+    trained = build_backbone("small_cnn", str(out), input_shape=(16, 16, 3))
+    assert not all(np.array_equal(a.numpy(), b.numpy())
+                   for a, b in zip(fresh.weights, trained.weights))
+
+
+def test_nearest_mean_accuracy_counts_the_images_nearest_their_own_class():
+    import types
+
+    import tensorflow as tf
+
+    from hdml_tf.data.base import ImageDataset
+
+    class Identity:
+        preprocessing = "tf"
+
+        def __call__(self, x):
+            return tf.reshape(x, (tf.shape(x)[0], -1))
+
+    images = np.zeros((6, 2, 2, 3), np.uint8)
+    images[[0, 1, 4], 0, 0, 0] = 255  # class 0: red top-left
+    images[[2, 3, 5], 1, 1, 1] = 255  # class 1: green bottom-right
+    labels = np.array([0, 0, 1, 1, 1, 0])  # images 4 and 5 sit with the other class
+    split = ImageDataset(name="t", split="pretrain", labels=labels, class_ids=np.arange(2),
+                         class_names=["a", "b"], images=images)
+    train = pretrain._subset(split, np.array([1, 1, 1, 1, 0, 0], bool))
+    check = pretrain._subset(split, np.array([0, 0, 0, 0, 1, 1], bool))
+    config = types.SimpleNamespace(eval_batch_size=4, resize=None, crop=None)
+    assert pretrain.nearest_mean_accuracy(Identity(), train, check, config) == 0.0
+    check = pretrain._subset(split, np.array([1, 0, 1, 0, 0, 0], bool))
+    assert pretrain.nearest_mean_accuracy(Identity(), train, check, config) == 1.0
 
 
 def test_a_missing_pretrained_file_is_one_line(folder, tmp_path, capsys):
