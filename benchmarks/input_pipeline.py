@@ -10,7 +10,7 @@ Measures, in one run and at one image size:
 
 and prints the ratio pipeline / step. Target: >= 2x, so the pipeline is never the
 bottleneck. On a CPU-only machine the step is slow, so a smaller crop (128 by default
-here instead of the spec's 227) keeps the run short; the ratio is what matters.
+here instead of the authors' 227) keeps the run short; the ratio is what matters.
 
     python benchmarks/input_pipeline.py                       # generated JPEG folder
     python benchmarks/input_pipeline.py --resize 256 --crop 227 --pairs 32
@@ -21,7 +21,7 @@ The generated folder mimics CUB: JPEGs of about 500x375 pixels (override with
 
 ``--compare-cache`` measures instead the decoded cache (``cache=True``,
 hdml_tf/data/decoded_cache.py) against JPEG decoding: the same N-pair pipeline at the
-spec's sizes (batch 128, 256 -> 227) on a generated tree of a few hundred ~500x400
+authors' sizes (batch 128, 256 -> 227) on a generated tree of a few hundred ~500x400
 JPEGs at quality 90, the two pipelines' repeats interleaved, medians shown with the
 load average, and both rates divided by a stated GPU step rate (``--gpu-rate``):
 
@@ -111,7 +111,7 @@ ASSUMED_GPU_RATE = 409.0
 
 
 def compare_cache(args) -> int:
-    """Decoded cache vs JPEG decoding at the spec's sizes: one table with the ratio."""
+    """Decoded cache vs JPEG decoding at the authors' sizes: one table with the ratio."""
     import statistics
 
     import tensorflow as tf
@@ -165,7 +165,7 @@ def compare_cache(args) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compare-cache", action="store_true",
-                    help="decoded cache vs JPEG decoding at the spec's sizes (see above)")
+                    help="decoded cache vs JPEG decoding at the authors' sizes (see above)")
     ap.add_argument("--gpu-rate", type=float, default=ASSUMED_GPU_RATE,
                     help="images/s of the GPU step to compare with (default: assumed, "
                          "see ASSUMED_GPU_RATE)")

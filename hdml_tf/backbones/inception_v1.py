@@ -46,7 +46,7 @@ __all__ = [
     "INCEPTION_MODULES",
 ]
 
-# (name, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj): the spec's layer table,
+# (name, 1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool proj): GoogLeNet's layer table,
 # identical to deploy.prototxt's num_output values.
 INCEPTION_MODULES = (
     ("inception_3a", 64, 96, 128, 16, 32, 32),

@@ -10,7 +10,7 @@ hdml_tf reads:
 
   - ``"caffe"``: RGB -> BGR and subtract the ImageNet channel means, no scaling
     (BVLC GoogLeNet; keras.applications ResNet50, whose ``preprocess_input`` uses
-    ``mode="caffe"``). The BGR means are (104, 117, 123) in the HDML spec for
+    ``mode="caffe"``). The BGR means are (104, 117, 123) in the HDML authors' code for
     GoogLeNet and (103.939, 116.779, 123.68) in keras.applications (they differ by
     less than 0.33 on the 0-255 scale); the input pipeline chooses which to use;
   - ``"none"``: feed raw 0-255 RGB; the network rescales and normalises inside

@@ -3,7 +3,7 @@
 Run:  hdml-tf train --config sop_npair --set data.root=/data/Stanford_Online_Products --workdir runs/sop_npair
       (baseline: add --set model.hdml=false)
 Paper (HDML N-pair, SOP): Recall@1/10/100 = 68.7 / 83.2 / 92.4.
-The spec gives no step count for SOP; 40,000 steps (about 43 epochs of the 59,551
+The authors' files give no step count for SOP; 40,000 steps (about 43 epochs of the 59,551
 training images at batch 128) is this preset's choice: override with train.steps.
 """
 
@@ -25,7 +25,7 @@ def get_config():
 
 def get_provenance():
     return paper_provenance("sop", "npair", ours={
-        "train.steps": "the spec gives no step count for SOP",
+        "train.steps": "the authors' files give no step count for SOP",
         "train.authors_selection": "their schedule over 60,502 test images would cost "
                                    "more than the training",
         "train.ks": "the paper's Recall@K (their products_neighbours: 1, 10, 1000)"})

@@ -1,4 +1,4 @@
-"""CUB-200-2011 (Wah et al., 2011), zero-shot split of the HDML spec.
+"""CUB-200-2011 (Wah et al., 2011), the paper's zero-shot split.
 
 Layout (the extracted official ``CUB_200_2011.tgz``)::
 

@@ -36,7 +36,7 @@ from hdml_tf.data.base import DataWarning, ImageDataset
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-# The spec's sizes (resize 256, random crop 227): GoogLeNet at the paper's resolution.
+# The authors' sizes (resize 256, random crop 227): GoogLeNet at the paper's resolution.
 SPEC_RESIZE, SPEC_CROP = 256, 227
 # Warn when the pipeline enlarges the images by more than this per side.
 _UPSAMPLING_WARNING = 2.0
@@ -51,7 +51,7 @@ def image_sizes(data: ImageDataset, preprocessing=None, resize="auto", crop="aut
     ``"auto"`` (the pipelines' default): ``crop`` is the input size the backbone was
     built for when ``preprocessing`` is a built backbone of a fixed size, else the
     images' own size when they are pixels in memory (Fashion-MNIST: 28), else the
-    spec's 227; ``resize`` is ``crop`` scaled by the spec's 256 / 227 (28 -> 32). Either
+    authors' 227; ``resize`` is ``crop`` scaled by their 256 / 227 (28 -> 32). Either
     way, a resize that enlarges the data's images by more than 2x per side warns once,
     naming the factor: it costs time (28 px to 256 px is 84x the pixels) and adds no
     information.
@@ -150,10 +150,10 @@ def training_pipeline(data: ImageDataset, layout: str, per_batch: int, *,
             "queue" or "authors" (``AuthorsSampler``, the authors' code).
         seed: fixes the class/image draw and the augmentation: the same seed gives
             the same batches, pixel for pixel.
-        resize: int or (H, W) resize before cropping (256 in the spec); None to keep
+        resize: int or (H, W) resize before cropping (256 in the authors' code); None to keep
             the stored size (images must then share one size); "auto" (default):
             ``crop`` scaled by 256 / 227 (see ``image_sizes``).
-        crop: int or (h, w) random crop (227 in the spec); None for no crop; "auto"
+        crop: int or (h, w) random crop (227 in the authors' code); None for no crop; "auto"
             (default): the backbone's input size, else the images' own size when in
             memory, else 227 (``image_sizes``). A resize that enlarges the images by
             more than 2x per side warns, naming the factor.
@@ -353,7 +353,7 @@ def eval_dataset(
     Args:
         data: an ImageDataset, usually a "test", "val", "query" or "gallery" split.
         batch_size: images per batch.
-        resize, crop: resize to ``resize`` then take the centre ``crop`` (spec: 256,
+        resize, crop: resize to ``resize`` then take the centre ``crop`` (the authors': 256,
             227); with both None the stored images must share one size; "auto"
             (default) as in ``training_pipeline`` (``image_sizes``).
         preprocessing: ``normalize`` mode, backbone name or backbone object.

@@ -4,7 +4,7 @@ Everything here is graph-safe (no Python side effects, no numpy) so that the exp
 code can call it inside a ``tf.function`` serving signature on ``tf.string`` inputs,
 and the tf.data pipelines can call it in parallel ``map``s.
 
-Protocol (HDML spec, "Protocol"): training resizes to 256x256, takes a random 227x227
+Protocol (the HDML authors' code): training resizes to 256x256, takes a random 227x227
 crop and flips horizontally with probability 1/2; evaluation resizes to 256x256 and
 takes the centre 227x227 crop. The Caffe-converted GoogLeNet wants BGR, 0-255, minus
 the mean (104, 117, 123) given in BGR order.
@@ -367,7 +367,7 @@ def normalize(images, mode: str = "caffe") -> tf.Tensor:
     Args:
         images: float (..., 3) RGB in 0-255 (one image or a batch).
         mode: ``"caffe"``: RGB->BGR, minus (104, 117, 123) in BGR order, 0-255 scale
-            (BVLC GoogLeNet, as in the HDML spec; also fine for keras ResNet50);
+            (BVLC GoogLeNet, as in the HDML authors' code; also fine for keras ResNet50);
             ``"caffe_keras"``: the same with keras.applications' exact means
             (103.939, 116.779, 123.68); ``"tf"``: scale to [-1, 1];
             ``"torch"``: /255, minus ImageNet mean, over ImageNet std;

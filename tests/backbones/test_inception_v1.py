@@ -2,7 +2,7 @@
 
 References compared against are written here from Caffe's definitions, not from the
 module under test: the pooling loop of Caffe's PoolingLayer (MAX, ceil rounding, window
-clipped to the image), Caffe's LRNLayer formula, and the layer table of the spec.
+clipped to the image), Caffe's LRNLayer formula, and GoogLeNet's layer table.
 """
 
 import math
@@ -337,7 +337,7 @@ def test_caffe_layers_cover_every_weight():
         assert [v.name for v in layer.weights] == ["kernel", "bias"]
         ids.update(id(v) for v in layer.weights)
     assert ids == {id(v) for v in m.weights}
-    # Caffe kernels are OIHW with the spec's channel counts, e.g. inception_4d/5x5.
+    # Caffe kernels are OIHW with GoogLeNet's channel counts, e.g. inception_4d/5x5.
     assert tuple(layers["inception_4d/5x5"].kernel.shape) == (5, 5, 32, 64)
     assert tuple(layers["conv1/7x7_s2"].kernel.shape) == (7, 7, 3, 64)
 

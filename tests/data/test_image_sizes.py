@@ -53,14 +53,14 @@ def test_auto_for_files_is_the_spec_and_explicit_sizes_are_kept(tmp_path):
 
 
 def test_upsampling_warns_once_naming_the_factor(tmp_path):
-    """28 px pixels at the spec's 256: 256 / 28 = 9.1x per side, 84x the pixels; 40 px
+    """28 px pixels at the authors' 256: 256 / 28 = 9.1x per side, 84x the pixels; 40 px
     files (their headers read) at 256: 6.4x."""
     with pytest.warns(DataWarning, match=r"28x28 images .* 256x256 \(9\.1x per side, 84x "
                                          r"the pixels.*resize=32, crop=28"):
         pipeline.image_sizes(_pixels(10, 28), "tf", resize=256, crop=227)
     with pytest.warns(DataWarning, match=r"40x40 images .*6\.4x per side"):
         pipeline.image_sizes(_files(tmp_path, (40, 40)), "caffe")
-    # Up to 2x is not worth a warning (the spec itself enlarges 500 x 375 photos).
+    # Up to 2x is not worth a warning (the authors' own resize enlarges 500 x 375 photos).
     _quiet(lambda: pipeline.image_sizes(_pixels(10, 28), "tf", resize=56, crop=50))
 
 
