@@ -46,8 +46,10 @@ SCRATCH = {"lr_metric": ("5e-4", "1e-3", "2e-3", "4e-3"), "l2_reg": ("3e-3", "1e
            "beta": "1e4"}
 # A pretrained backbone is fine-tuned at lower learning rates.
 FINETUNE = {**SCRATCH, "lr_metric": ("1e-4", "2e-4", "5e-4", "1e-3"), "beta": "5e3"}
+# The triplet loss has no embedding-norm penalty: l2_reg is not a knob there.
+FINETUNE_TRIPLET = {**FINETUNE, "l2_reg": ("3e-3",)}
 SPACES = {"glyphs_npair": SCRATCH, "glyphs_finetune_npair": FINETUNE,
-          "glyphs_finetune_triplet": FINETUNE}
+          "glyphs_finetune_triplet": FINETUNE_TRIPLET}
 
 
 def baseline_settings(count, space=SCRATCH):
