@@ -23,7 +23,8 @@ from hdml_tf.data import pipeline
 from hdml_tf.evaluation import embed, plots
 from hdml_tf.export import display_path
 
-TABLE_KEYS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "f1", "map@r")
+TABLE_KEYS = ("map@r", "r_precision", "recall@1", "recall@2", "recall@4", "recall@8", "nmi",
+              "f1")
 
 
 def _data_or_explain():
