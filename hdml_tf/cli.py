@@ -612,9 +612,9 @@ def _data_glyphs_parser(prog):
                              "the others become a 'pretrain' split for `hdml-tf pretrain` "
                              "(the fine-tuning protocol, docs/results.md: 100,100,1000 "
                              "with --max-chars 0)")
-    parser.add_argument("--pretrain-faces", type=float, default=0.5, metavar="SHARE",
+    parser.add_argument("--pretrain-faces", type=float, default=0.15, metavar="SHARE",
                         help="with --counts: share of the training faces (whole families) "
-                             "that draw the pretrain characters (default 0.5)")
+                             "that draw the pretrain characters (default 0.15)")
     parser.add_argument("--fonts", action="append", default=None, metavar="PATH",
                         help="use these font files or directories instead of every "
                              "installed face (repeatable)")

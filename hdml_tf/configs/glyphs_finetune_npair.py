@@ -7,10 +7,10 @@ The folder ($HDML_GLYPHS_FINETUNE_DIR, else $HDML_DATA_DIR/glyphs_finetune) hold
 character the installed faces share: 100 fine-tuning characters drawn by the training
 faces (as CUB-200-2011 has 100 training classes), 100 validation and 1,000 unseen test
 characters drawn only by the held-out typeface families, and the ~5,000 others, drawn by
-half of the training families, for pretraining only. The backbone (model.weights,
-$HDML_PRETRAINED_DIR, else $HDML_DATA_DIR/pretrained) is the small CNN pretrained by
-softmax classification on those (`hdml-tf pretrain`), so every seed starts from the same
-meaningful embedding, as an ImageNet GoogLeNet does on CUB. Batch 128 = 64 classes per
+a few of the training faces only (--pretrain-faces), for pretraining. The backbone
+(model.weights, $HDML_PRETRAINED_DIR, else $HDML_DATA_DIR/pretrained) is the small CNN
+pretrained on those (`hdml-tf pretrain`, a softmax over each batch's classes), so every
+seed starts from the same meaningful embedding, as an ImageNet GoogLeNet does on CUB. Batch 128 = 64 classes per
 N-pair batch, as in the paper. The protocol and why each number: docs/results.md,
 "Glyphs, fine-tuned"; the settings were chosen there on the validation characters.
 """

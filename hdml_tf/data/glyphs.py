@@ -697,7 +697,7 @@ def _faces_and_characters(fonts, min_ideographs, size, margin, seed, max_chars, 
 def build(out: str | None = None, *, size: int = 16, margin: int | None = None, seed: int = 0,
           max_chars: int | None = None, min_ideographs: int = 7000,
           fractions: Sequence[float] = (0.45, 0.05, 0.5), held_out: float = 1 / 3,
-          counts: Sequence[int] | None = None, pretrain_faces: float = 0.5,
+          counts: Sequence[int] | None = None, pretrain_faces: float = 0.15,
           fonts: Sequence[str] | None = None, command: str = "", log=print) -> dict:
     """Write the glyph folder (module docstring) to ``out``; returns the manifest.
 
