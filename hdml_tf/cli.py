@@ -148,7 +148,11 @@ def _pretrain_parser(prog):
     parser.add_argument("--lr", type=float, default=defaults.lr,
                         help=f"Adam's learning rate, cosine-decayed (default {defaults.lr})")
     parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="batches, held-out images and initial weights (default 0)")
+                        help="batches, held-out images, classes kept and initial weights "
+                             "(default 0)")
+    parser.add_argument("--classes", type=int, default=defaults.classes,
+                        help="pretrain on a seeded choice of this many classes (default: "
+                             "all)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing weights file")
     return parser
@@ -164,7 +168,8 @@ def _pretrain(args, parser):
             raise ConfigError(f"--out: a backbone's weights file ends in .weights.h5, got "
                               f"{out!r}")
         settings = pretrain_lib.PretrainSettings(
-            objective=args.objective, steps=args.steps, lr=args.lr, seed=args.seed)
+            objective=args.objective, steps=args.steps, lr=args.lr, seed=args.seed,
+            classes=args.classes)
         pretrain_lib.pretrain(config, out, settings, overwrite=args.overwrite,
                               command="hdml-tf pretrain " + shlex.join(args.argv))
 

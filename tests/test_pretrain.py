@@ -83,6 +83,9 @@ def test_the_softmax_objective_trains_a_classifier_over_every_class(folder, tmp_
     assert _pretrain(folder, out, "--objective", "softmax") == 0
     record = json.loads((tmp_path / "softmax.pretrain.json").read_text())
     assert record["settings"]["objective"] == "softmax"
+    assert _pretrain(folder, tmp_path / "five.weights.h5", "--classes", "5") == 0
+    five = json.loads((tmp_path / "five.pretrain.json").read_text())
+    assert five["classes"] == 5 and five["held_out_images"] == 5 and five["train_images"] == 15
     fresh = build_backbone("small_cnn", None, input_shape=(16, 16, 3))
     trained = build_backbone("small_cnn", str(out), input_shape=(16, 16, 3))
     assert not all(np.array_equal(a.numpy(), b.numpy())

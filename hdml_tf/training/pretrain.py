@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from hdml_tf import data as data_lib
 from hdml_tf.backbones import build_backbone, sha256_file
-from hdml_tf.data import pipeline
+from hdml_tf.data import base, pipeline
 from hdml_tf.evaluation import embed
 
 SPLIT = "pretrain"
@@ -60,7 +60,10 @@ class PretrainSettings:
         scale: the logit scale (module docstring).
         held_out: share of each class's images kept out of training to measure the
             accuracy (at least one image of every class with two or more).
-        seed: the batches, the held-out images and the initial weights.
+        seed: the batches, the held-out images, the classes kept and the initial
+            weights.
+        classes: pretrain on a seeded choice of this many of the split's classes; 0:
+            all of them.
     """
 
     objective: str = "npair"
@@ -70,6 +73,7 @@ class PretrainSettings:
     scale: float = 16.0
     held_out: float = 0.1
     seed: int = 0
+    classes: int = 0
 
 
 def _loss(features, labels, classifier, scale):
@@ -128,6 +132,12 @@ def pretrain(config, out: str, settings: PretrainSettings, *, command: str = "",
         raise FileExistsError(f"pretrain: {out} exists; pass --overwrite to replace it")
     d = config.data
     split = data_lib.load_dataset(d.name, SPLIT, d.root)
+    if settings.classes and settings.classes < split.num_classes:
+        kept = np.random.default_rng(settings.seed).choice(
+            split.num_classes, settings.classes, replace=False)
+        split = base.build(split.name, split.split, split.labels, np.sort(kept),
+                           dict(enumerate(split.class_names)), paths=split.paths,
+                           encoded=split.encoded, images=split.images, root=split.root)
     held = held_out_images(split.labels, settings.held_out, settings.seed)
     train, check = _subset(split, ~held), _subset(split, held)
     log(f"pretraining {config.model.backbone} on {split.num_classes} {d.name} classes: "
