@@ -42,30 +42,58 @@ def saved(tmp_path_factory):
     return paths, str(root / "images.npy"), expected
 
 
-@pytest.mark.parametrize("artefact", ["model", "embedder"])
-def test_load_model_after_only_import_hdml_tf(saved, artefact):
-    paths, images_path, expected = saved
-    code = f"""
-        import json, sys
-        import numpy as np
-        import hdml_tf, keras
-        model = keras.models.load_model({paths[artefact]!r})
-        out = np.asarray(model(np.load({images_path!r})))
-        print("RESULT", json.dumps({{"class": type(model).__name__,
-                                    "out": out.tolist()}}))
-    """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+# One fresh process serves the three tests below: it records what ``import hdml_tf``
+# alone registered, then loads each artefact in turn (a failure is reported per
+# artefact). A load imports no further hdml_tf module (checked after each), so the
+# second load runs after only ``import hdml_tf`` as the first does.
+_FRESH_PROCESS = """
+    import json, sys, traceback
+    import numpy as np
+    import hdml_tf, keras
+
+    def ours():
+        return sorted(m for m in sys.modules if m == "hdml_tf" or m.startswith("hdml_tf."))
+
+    out = {"registered": sorted(n for n in keras.saving.get_custom_objects()
+                                if n.startswith("hdml_tf>"))}
+    imported = ours()
+    for artefact, path in json.loads(sys.argv[1]).items():
+        try:
+            model = keras.models.load_model(path)
+            result = np.asarray(model(np.load(sys.argv[2])))
+            out[artefact] = {"class": type(model).__name__, "out": result.tolist(),
+                             "new_modules": sorted(set(ours()) - set(imported))}
+        except Exception:
+            out[artefact] = {"error": traceback.format_exc()}
+    print("RESULT", json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fresh_process(saved):
+    """What one fresh process that imported only hdml_tf saw (see _FRESH_PROCESS)."""
+    paths, images_path, _ = saved
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_FRESH_PROCESS),
+                             json.dumps(paths), images_path],
                             capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
                             timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    outcome = json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.parametrize("artefact", ["model", "embedder"])
+def test_load_model_after_only_import_hdml_tf(saved, fresh_process, artefact):
+    _, _, expected = saved
+    outcome = fresh_process[artefact]
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["new_modules"] == []  # the load relied on `import hdml_tf` alone
     assert outcome["class"] == {"model": "HDML", "embedder": "Embedder"}[artefact]
     np.testing.assert_array_equal(np.asarray(outcome["out"], np.float32),
                                   expected[artefact])
 
 
-def test_import_hdml_tf_registers_every_serialisable_class():
+def test_import_hdml_tf_registers_every_serialisable_class(fresh_process):
     """In a fresh process, ``import hdml_tf`` alone registers every class that any module
     of the package registers (found by importing them all here)."""
     import hdml_tf
@@ -75,16 +103,5 @@ def test_import_hdml_tf_registers_every_serialisable_class():
             importlib.import_module(info.name)
     every = sorted(name for name in keras.saving.get_custom_objects()
                    if name.startswith("hdml_tf>"))
-    code = """
-        import json
-        import hdml_tf, keras
-        print("RESULT", json.dumps(sorted(n for n in keras.saving.get_custom_objects()
-                                          if n.startswith("hdml_tf>"))))
-    """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                            capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
-                            timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    assert json.loads(line[len("RESULT "):]) == every
+    assert fresh_process["registered"] == every
     assert "hdml_tf>HDML" in every and "hdml_tf>InceptionV1" in every
