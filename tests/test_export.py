@@ -29,6 +29,10 @@ from hdml_tf.data import preprocess
 from hdml_tf import HDML, Embedder
 from tests.conftest import randomise_batchnorm
 
+# One xdist worker runs the whole module, so its module-scoped fixtures are built once
+# (--dist loadgroup in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("test_export")
+
 RESIZE, CROP, DIM, NUM_CLASSES = 40, 32, 8, 5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUBPROCESS_ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",

@@ -21,6 +21,10 @@ from hdml_tf.backbones.small_cnn import SmallCNN
 from hdml_tf import HDML, Embedder
 from tests.test_export import REPO, SUBPROCESS_ENV
 
+# One xdist worker runs the whole module, so its module-scoped fixtures are built once
+# (--dist loadgroup in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("test_registration")
+
 SHAPE = (2, 32, 32, 3)
 
 

@@ -26,6 +26,10 @@ from hdml_tf import export, serving_tools
 from hdml_tf.data import preprocess
 from tests.test_export import CROP, DIM, RESIZE, encoded_images, run_python, tiny_embedder
 
+# One xdist worker runs the whole module, so its module-scoped fixtures are built once
+# (--dist loadgroup in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("test_serving_limits")
+
 MAX_BATCH = 4
 
 

@@ -15,6 +15,10 @@ from hdml_tf import cli, export, serving_tools
 from tests.test_export import (CROP, DIM, REPO, RESIZE, SUBPROCESS_ENV, encoded_images,
                                tiny_embedder)
 
+# One xdist worker runs the whole module, so its module-scoped fixtures are built once
+# (--dist loadgroup in pyproject.toml).
+pytestmark = pytest.mark.xdist_group("test_serving_tools")
+
 # Modules a serving process that embeds must not import: training, its evaluation and
 # its configs (``import hdml_tf`` itself brings the model classes, for loading saved
 # models; `serving_tools.search` imports the evaluation's neighbour search when it runs).
