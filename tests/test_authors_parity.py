@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import authors_parity_common as common  # noqa: E402
 
 from hdml_tf import config as config_lib  # noqa: E402
-from hdml_tf import experiment, training  # noqa: E402
+from hdml_tf import checkpoints, experiment, training  # noqa: E402
 from hdml_tf.data.base import ImageDataset  # noqa: E402
 
 OBJECTIVES = {"J_metric": "metric", "J_gen": "generator", "cross_entropy": "classifier"}
@@ -116,7 +116,10 @@ def ours_as_theirs(terms):
 
 
 def relu_with_mask_at(side):
-    """ReLU whose gradient mask is ``x > side KINK_BAND rms(x)`` (``side`` 0: tf.nn.relu)."""
+    """ReLU whose gradient mask is ``x > side KINK_BAND rms(x)`` (``side`` 0: tf.nn.relu).
+
+    ``side`` may be a tf.Variable, read whenever a gradient is taken: one model (and one
+    traced train step) then serves both edges of the band."""
     @tf.custom_gradient
     def relu(x):
         def grad(dy):
@@ -136,7 +139,10 @@ def move_relu_masks(model, side):
     return model
 
 
-@pytest.fixture(scope="module", params=common.LOSSES)
+# One xdist worker runs every test of a loss, so its model and kink brackets are built
+# once (--dist loadgroup in pyproject.toml); the two losses may run side by side.
+@pytest.fixture(scope="module", params=[pytest.param(loss, marks=pytest.mark.xdist_group(
+    f"authors_parity_{loss}")) for loss in common.LOSSES], ids=common.LOSSES)
 def case(request):
     loss = request.param
     fixture = common.load_fixture(loss)
@@ -145,17 +151,41 @@ def case(request):
     return loss, fixture["arrays"], fixture["meta"], model, batch_of(loss, config, model)
 
 
+def _state(model):
+    """Every variable a resumed run restores (hdml_tf.checkpoints.make_checkpoint's):
+    the model's, and each optimizer's down its chain of wrappers."""
+    return list(model.variables) + [v for name in checkpoints.OPTIMIZERS for v in
+                                    checkpoints.optimizer_variables(getattr(model, name))
+                                    .values()]
+
+
 @pytest.fixture(scope="module")
 def kink_brackets(case):
     """hdml_tf's side with the ReLU masks moved to each edge of the band: the step-0
-    gradients and the K steps' terms and snapshots, for side -1 and +1."""
+    gradients and the K steps' terms and snapshots, for side -1 and +1.
+
+    One model serves both edges (its masks read ``side``): before each, every
+    variable, optimizer state included, is put back to its value after the build, as
+    a fresh ``build`` would give; the train step is traced once instead of twice."""
     loss, _, _, _, batch = case
+    side = tf.Variable(0.0, trainable=False)
+    model = move_relu_masks(build(preset_config(loss), loss), side)
+    state = _state(model)
+    start = [v.numpy() for v in state]
     out = []
-    for side in (-1, 1):
-        model = move_relu_masks(build(preset_config(loss), loss), side)
+    for edge in (-1.0, 1.0):
+        for variable, value in zip(state, start):
+            variable.assign(value)
+        side.assign(edge)
         grads = {ours: {name: g.numpy() for name, g in _named(model, pairs)}
                  for ours, pairs in model.objective_gradients(batch).items()}
         out.append((grads, *_train(model, batch)))
+    # Nothing was created after the snapshot, and the second edge started where the
+    # first did: the same weights and statistics, so the same forward pass.
+    assert [id(v) for v in _state(model)] == [id(v) for v in state]
+    assert out[0][1][0] == out[1][1][0]
+    for name, value in out[0][2][0].items():
+        np.testing.assert_array_equal(out[1][2][0][name], value, err_msg=name)
     return out
 
 
