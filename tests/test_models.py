@@ -162,12 +162,17 @@ def test_each_objective_updates_only_its_variables(loss):
     variables have moved. So J_gen reaches only G, J_cls only C, J_metric only F + H."""
     x, y = make_batch(loss)
     parts = ["embedder", "generator", "classifier"]
+    optimizers = ["metric_optimizer", "generator_optimizer", "classifier_optimizer"]
+    # A wide margin keeps every triplet active, so no objective is exactly zero. One
+    # model (one traced step) for the three cases: the learning rates are variables,
+    # set before each step.
+    model = make_model(loss, lrs=(0.0, 0.0, 0.0), margin=100.0)
+    model.build_from_data(x)
     for active in range(3):
-        lrs = [0.0, 0.0, 0.0]
-        lrs[active] = 1e-2
-        # A wide margin keeps every triplet active, so no objective is exactly zero.
-        model = make_model(loss, lrs=lrs, margin=100.0)
-        model.build_from_data(x)
+        for i, name in enumerate(optimizers):
+            getattr(model, name).learning_rate = 1e-2 if i == active else 0.0
+        assert [float(getattr(model, name).learning_rate) for name in optimizers] == (
+            pytest.approx([1e-2 if i == active else 0.0 for i in range(3)]))
         before = {p: snapshot(getattr(model, p).trainable_variables) for p in parts}
         model.train_on_batch(x, y)
         for i, part in enumerate(parts):
@@ -286,31 +291,46 @@ def test_schedule_constants_as_given_without_starts():
         make_model(lambda_start=1.0)
 
 
+@pytest.fixture(scope="module")
+def head_statistics_reference():
+    """What every mode is compared with, trained once for the three modes: a "real"
+    model's initial and final weights over 3 steps, and the head's statistics of a
+    baseline (same embedder) after its first step."""
+    x, y = make_batch("npair")
+    reference = make_model(window=2, head_bn_updates="real")
+    baseline = make_model(window=2, hdml=False)
+    for m in (reference, baseline):
+        m.build_from_data((x, y))
+    initial = reference.get_weights()
+    baseline.embedder.set_weights(reference.embedder.get_weights())
+    for step in range(3):
+        batch = make_batch("npair", seed=step)
+        reference.train_on_batch(*batch)
+        if step == 0:
+            baseline.train_on_batch(*batch)
+    return (initial, [v.numpy() for v in reference.trainable_weights],
+            [v.numpy() for v in baseline.embedder.head.non_trainable_weights])
+
+
+@pytest.mark.xdist_group("test_models_head_statistics")  # one worker builds the fixture
 @pytest.mark.parametrize("mode", ["real", "sequential", "prestep"])
-def test_head_statistics_modes_train_the_same_weights(mode):
+def test_head_statistics_modes_train_the_same_weights(mode, head_statistics_reference):
     """The moving statistics are never read in training, so every head_bn_updates mode
     trains bit-identical weights. "real" moves the head's moving statistics exactly as
     the baseline's single (real) pass does; the other two let the synthetic pass move
     them as well."""
+    initial, reference_weights, theirs = head_statistics_reference
     x, y = make_batch("npair")
-    reference = make_model(window=2, head_bn_updates="real")
     model = make_model(window=2, head_bn_updates=mode)
-    baseline = make_model(window=2, hdml=False)
-    for m in (reference, model, baseline):
-        m.build_from_data((x, y))
-    model.set_weights(reference.get_weights())
-    baseline.embedder.set_weights(reference.embedder.get_weights())
+    model.build_from_data((x, y))
+    model.set_weights(initial)
     for step in range(3):
-        batch = make_batch("npair", seed=step)
-        for m in (reference, model):
-            m.train_on_batch(*batch)
+        model.train_on_batch(*make_batch("npair", seed=step))
         if step == 0:
-            baseline.train_on_batch(*batch)
-            head_after_one = {id(m): [v.numpy() for v in m.embedder.head.non_trainable_weights]
-                              for m in (model, baseline)}
-    for a, b in zip(reference.trainable_weights, model.trainable_weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
-    ours, theirs = head_after_one[id(model)], head_after_one[id(baseline)]
+            ours = [v.numpy() for v in model.embedder.head.non_trainable_weights]
+    assert len(reference_weights) == len(model.trainable_weights)
+    for a, b in zip(reference_weights, model.trainable_weights):
+        np.testing.assert_array_equal(a, b.numpy())
     same = all(np.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(ours, theirs))
     assert same == (mode == "real")
 
@@ -319,6 +339,7 @@ def test_head_statistics_are_reestimated_from_real_features():
     """`Embedder.feature_moments` over a dataset, then `set_moving_statistics`: the
     head then normalises with the mean and population variance of F(x)."""
     model = make_model(window=2, head_bn_updates="sequential")
+    model.run_eagerly = True  # the steps only move the weights: no need to trace them
     model.fit(dataset("npair"), steps_per_epoch=3, epochs=1, verbose=0)
     images = np.concatenate([make_batch("npair", seed=s)[0][0] for s in range(5)])
     batches = tf.data.Dataset.from_tensor_slices(
@@ -476,6 +497,7 @@ def test_tf_checkpoint_restores_everything(tmp_path):
     from hdml_tf.checkpoints import make_checkpoint
 
     model = make_model(window=2, backbone=small_cnn_backbone())
+    model.run_eagerly = True  # the steps only move the state: no need to trace them
     model.fit(dataset("npair"), steps_per_epoch=3, epochs=1, verbose=0)
     statistics = randomise_batchnorm(model, seed=1)
     assert any("small_cnn" in v.path for v in statistics)  # the nested backbone's
