@@ -53,11 +53,22 @@ def gallery(tmp_path_factory):
     return root, files, str(listing)
 
 
-def test_embed_and_search_end_to_end(model_dir, gallery, tmp_path):
+@pytest.fixture(scope="module")
+def serving_process(model_dir, gallery, tmp_path_factory):
+    """One fresh process for the two tests below. First, as a serving process that
+    embeds through the library: ``serving_tools`` imported and the model loaded, then
+    the training-side modules loaded so far are printed (before anything else is
+    imported). Then `hdml-tf embed` and `hdml-tf search`, as a user runs them."""
     root, files, listing = gallery
-    npz, grid, report = (str(tmp_path / n) for n in ("g.npz", "grid.png", "r.json"))
+    out = tmp_path_factory.mktemp("serving_process")
+    npz, grid, report = (str(out / n) for n in ("g.npz", "grid.png", "r.json"))
     code = f"""
         import json, sys
+        from hdml_tf import serving_tools
+        serving_tools.load_model({model_dir!r})
+        loaded = sorted(m for m in sys.modules if m.startswith({TRAINING_MODULES!r}))
+        print("IMPORTED", json.dumps(loaded), flush=True)
+
         from hdml_tf.cli import main
         codes = [
             main(["embed", "--model", {model_dir!r}, "--images", {str(root / "images")!r},
@@ -71,6 +82,12 @@ def test_embed_and_search_end_to_end(model_dir, gallery, tmp_path):
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
                             capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
                             timeout=240)
+    return result, npz, grid, report
+
+
+def test_embed_and_search_end_to_end(serving_process, model_dir, gallery):
+    root, files, listing = gallery
+    result, npz, grid, report = serving_process
     assert result.returncode == 0, result.stderr[-3000:]
     line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
     outcome = json.loads(line[len("RESULT "):])
@@ -104,21 +121,12 @@ def test_embed_and_search_end_to_end(model_dir, gallery, tmp_path):
         assert image.size[0] > 100 and image.size[1] > 100
 
 
-def test_serving_tools_import_no_training_code(model_dir):
+def test_serving_tools_import_no_training_code(serving_process):
     """A serving process that embeds through the library (``serving_tools``) loads the
     model classes (``import hdml_tf``) but none of the training side."""
-    code = f"""
-        import json, sys
-        from hdml_tf import serving_tools
-        serving_tools.load_model({model_dir!r})
-        loaded = sorted(m for m in sys.modules if m.startswith({TRAINING_MODULES!r}))
-        print("RESULT", json.dumps(loaded))
-    """
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
-                            capture_output=True, text=True, cwd=REPO, env=SUBPROCESS_ENV,
-                            timeout=240)
-    line = [l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    assert json.loads(line[len("RESULT "):]) == [], result.stderr[-3000:]
+    result = serving_process[0]
+    line = [l for l in result.stdout.splitlines() if l.startswith("IMPORTED ")][-1]
+    assert json.loads(line[len("IMPORTED "):]) == [], result.stderr[-3000:]
 
 
 def test_search_golden():
