@@ -740,14 +740,24 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
     held = frozenset(f.key for f in kept if groups[f.key] in test_groups)
     pretrain, pretrain_groups = frozenset(), []
     if counts is not None:
-        training = {key: group for key, group in groups.items() if key not in held}
-        pretrain_groups = (sorted(set(training.values())) if pretrain_faces == 1 else
-                           held_out_groups(training, pretrain_faces, seed, "pretrain_faces",
-                                           min_rest=0))
-        pretrain = frozenset(key for key in training if groups[key] in pretrain_groups)
+        pretrain, pretrain_groups = pretraining_faces(groups, held, pretrain_faces, seed)
     _prepare_out(out)
     images = write_folder(out, kept, codes, results, ids, split, held, pretrain)
-    manifest = {
+    manifest = _manifest(command, settings, probe, kept, dropped, codes, results, ids,
+                         packages, groups, held, test_groups, pretrain, pretrain_groups,
+                         split, counts is not None, images)
+    with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, ensure_ascii=False, indent=1, sort_keys=True)
+        f.write("\n")
+    log(_summary(manifest, kept, held, pretrain, out))
+    return manifest
+
+
+def _manifest(command, settings, probe, kept, dropped, codes, results, ids, packages,
+              groups, held, test_groups, pretrain, pretrain_groups, split, with_pretrain,
+              images) -> dict:
+    """The manifest.json of `build` (module docstring, step 5)."""
+    return {
         "format": FORMAT, "command": command,
         "settings": {**settings, "range": "U+%04X-U+%04X" % IDEOGRAPHS,
                      "oversample": OVERSAMPLE, "max_rejected": MAX_REJECTED,
@@ -757,25 +767,37 @@ def build(out: str | None = None, *, size: int = 16, margin: int | None = None, 
         "software": _software(),
         "faces": [_face_entry(f, ids, packages, groups, held, pretrain) for f in kept],
         "held_out_groups": test_groups,
-        **({"pretrain_groups": pretrain_groups} if counts is not None else {}),
+        **({"pretrain_groups": pretrain_groups} if with_pretrain else {}),
         "dropped": _dropped_entries(dropped, ids, packages),
         "characters": "".join(chr(c) for c in codes),
         "shared_in_charsets": len(frozenset.intersection(*[f.ideographs for f in kept])),
         "rejected_characters": _rejections(kept, results, ids),
         "splits": {s: sum(v == s for v in split.values()) for s in SPLITS
-                   if s != "pretrain" or counts is not None},
+                   if s != "pretrain" or with_pretrain},
         "images": images,
     }
-    with open(os.path.join(out, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, ensure_ascii=False, indent=1, sort_keys=True)
-        f.write("\n")
+
+
+def pretraining_faces(groups: dict, held: frozenset, share: float, seed: int):
+    """(face keys, family names) of the training faces that draw the pretraining
+    characters: a ``share`` of them in whole families (`held_out_groups`), or all of
+    them when ``share`` is 1."""
+    training = {key: group for key, group in groups.items() if key not in held}
+    names = (sorted(set(training.values())) if share == 1 else
+             held_out_groups(training, share, seed, "pretrain_faces", min_rest=0))
+    return frozenset(key for key in training if groups[key] in names), names
+
+
+def _summary(manifest, kept, held, pretrain, out) -> str:
     sides = (f"; {len(kept) - len(held)} draw the train ones, {len(held)} "
-             f"({', '.join(test_groups)}) the val and test ones" if held else "")
+             f"({', '.join(manifest['held_out_groups'])}) the val and test ones"
+             if held else "")
     if pretrain:
-        sides += (f"; {len(pretrain)} of the training faces ({', '.join(pretrain_groups)}) "
-                  f"draw the {manifest['splits']['pretrain']} pretraining characters")
-    log(f"glyphs: {len(kept)} faces, {len(codes)} characters{sides}: {images} images in {out}")
-    return manifest
+        sides += (f"; {len(pretrain)} of the training faces "
+                  f"({', '.join(manifest['pretrain_groups'])}) draw the "
+                  f"{manifest['splits']['pretrain']} pretraining characters")
+    return (f"glyphs: {len(kept)} faces, {len(manifest['characters'])} characters{sides}: "
+            f"{manifest['images']} images in {out}")
 
 
 # -------------------------------------------------------------------- loading

@@ -130,47 +130,23 @@ def pretrain(config, out: str, settings: PretrainSettings, *, command: str = "",
         raise ValueError(f"pretrain: the output must end in .weights.h5, got {out!r}")
     if os.path.exists(out) and not overwrite:
         raise FileExistsError(f"pretrain: {out} exists; pass --overwrite to replace it")
-    d = config.data
-    split = data_lib.load_dataset(d.name, SPLIT, d.root)
-    if settings.classes and settings.classes < split.num_classes:
-        kept = np.random.default_rng(settings.seed).choice(
-            split.num_classes, settings.classes, replace=False)
-        split = base.build(split.name, split.split, split.labels, np.sort(kept),
-                           dict(enumerate(split.class_names)), paths=split.paths,
-                           encoded=split.encoded, images=split.images, root=split.root)
-    held = held_out_images(split.labels, settings.held_out, settings.seed)
-    train, check = _subset(split, ~held), _subset(split, held)
-    log(f"pretraining {config.model.backbone} on {split.num_classes} {d.name} classes: "
-        f"{len(train)} images, {len(check)} held out for the accuracy; "
-        f"{settings.steps} {settings.objective} steps of {settings.classes_per_batch} "
-        "classes x 2 images")
     if settings.objective not in OBJECTIVES:
         raise ValueError(f"pretrain: objective must be one of {OBJECTIVES}, got "
                          f"{settings.objective!r}")
+    d = config.data
+    train, check = pretraining_images(config, settings)
+    log(f"pretraining {config.model.backbone} on {train.num_classes} {d.name} classes: "
+        f"{len(train)} images, {len(check)} held out for the accuracy; "
+        f"{settings.steps} {settings.objective} steps of {settings.classes_per_batch} "
+        "classes x 2 images")
     keras.utils.set_random_seed(settings.seed)
     tf.config.experimental.enable_op_determinism()
     backbone = build_backbone(config.model.backbone, None, input_shape=(d.crop, d.crop, 3))
-    classifier = None
-    if settings.objective == "softmax":
-        classifier = tf.Variable(keras.initializers.GlorotUniform(settings.seed)(
-            (backbone.feature_dim, split.num_classes)), name="classifier")
-    variables = backbone.trainable_variables + ([classifier] if classifier is not None else [])
-    optimizer = keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(settings.lr, settings.steps))
-    optimizer.build(variables)
+    step = _step_function(backbone, train.num_classes, settings)
     batches = pipeline.m_per_class_dataset(
         train, min(settings.classes_per_batch, train.num_classes), 2, seed=settings.seed,
         resize=d.resize, crop=d.crop, flip=d.flip, preprocessing=backbone.preprocessing,
         cache=d.cache)
-
-    @tf.function
-    def step(images, labels):
-        with tf.GradientTape() as tape:
-            loss = _loss(backbone(images, training=True), labels, classifier,
-                         settings.scale)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
     started, losses = time.time(), []
     for number, (images, labels) in enumerate(batches.take(settings.steps), 1):
         losses.append(float(step(images, labels)))
@@ -181,10 +157,57 @@ def pretrain(config, out: str, settings: PretrainSettings, *, command: str = "",
     accuracy = nearest_mean_accuracy(backbone, train, check, d)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     backbone.save_weights(out)
+    record = _record(out, config, settings, train, check, accuracy, losses, seconds, command)
+    log(f"wrote {out} (SHA-256 {record['sha256']}): held-out accuracy "
+        f"{100 * accuracy:.2f}% over {len(check)} images, {seconds / 60:.1f} min")
+    return record
+
+
+def _step_function(backbone, num_classes, settings):
+    """A compiled step (images, labels) -> loss: Adam on the backbone (and, for the
+    "softmax" objective, on a cosine classifier over ``num_classes``)."""
+    classifier = None
+    if settings.objective == "softmax":
+        classifier = tf.Variable(keras.initializers.GlorotUniform(settings.seed)(
+            (backbone.feature_dim, num_classes)), name="classifier")
+    variables = backbone.trainable_variables + ([classifier] if classifier is not None else [])
+    optimizer = keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(settings.lr, settings.steps))
+    optimizer.build(variables)
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            loss = _loss(backbone(images, training=True), labels, classifier,
+                         settings.scale)
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    return step
+
+
+def pretraining_images(config, settings):
+    """(train, held out) ImageDatasets of the "pretrain" split: ``settings.classes`` of
+    its classes (a seeded choice; all when 0), each class's `held_out_images` apart."""
+    d = config.data
+    split = data_lib.load_dataset(d.name, SPLIT, d.root)
+    if settings.classes and settings.classes < split.num_classes:
+        kept = np.random.default_rng(settings.seed).choice(
+            split.num_classes, settings.classes, replace=False)
+        split = base.build(split.name, split.split, split.labels, np.sort(kept),
+                           dict(enumerate(split.class_names)), paths=split.paths,
+                           encoded=split.encoded, images=split.images, root=split.root)
+    held = held_out_images(split.labels, settings.held_out, settings.seed)
+    return _subset(split, ~held), _subset(split, held)
+
+
+def _record(out, config, settings, train, check, accuracy, losses, seconds, command):
+    """The JSON record of a pretraining, written to `record_path` of ``out``."""
+    d = config.data
     record = {
         "weights": os.path.basename(out), "sha256": sha256_file(out),
         "backbone": config.model.backbone, "dataset": d.name, "split": SPLIT,
-        "classes": int(split.num_classes), "train_images": len(train),
+        "classes": int(train.num_classes), "train_images": len(train),
         "held_out_images": len(check), "held_out_accuracy": float(accuracy),
         "final_loss": float(np.mean(losses[-500:])),
         "seconds": round(seconds, 1), "settings": dataclasses.asdict(settings),
@@ -195,8 +218,6 @@ def pretrain(config, out: str, settings: PretrainSettings, *, command: str = "",
     with open(record_path(out), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, sort_keys=True)
         f.write("\n")
-    log(f"wrote {out} (SHA-256 {record['sha256']}): held-out accuracy "
-        f"{100 * accuracy:.2f}% over {len(check)} images, {seconds / 60:.1f} min")
     return record
 
 
