@@ -124,17 +124,21 @@ def test_global_step_decay_changes_after_the_boundary_step():
 
 
 def test_the_learning_rate_follows_the_global_step_not_the_update_count():
-    """A skipped metric step advances the batches trained, not Adam's iterations."""
-    model = model_with(lr=GlobalStepDecay(1e-3, [1], 0.5))
+    """A skipped metric step advances the batches trained, not Adam's iterations.
+
+    One model (one traced step): the rate halves at step 1 and again at step 2, so
+    after an applied step and a skipped one the global step (2) and Adam's count (1)
+    give different rates."""
+    model = model_with(lr=GlobalStepDecay(1e-3, [1, 2], 0.5))
     x, y = make_batch("npair")
     model.train_on_batch(x, y)  # step 0 applied
+    assert int(model.metric_optimizer.inner_optimizer.iterations.numpy()) == 1
     assert float(model.metric_optimizer.learning_rate) == pytest.approx(5e-4)
-    model = model_with(lr=GlobalStepDecay(1e-3, [1], 0.5))
     bad = (np.full_like(x[0], np.nan), x[1])
-    model.train_on_batch(bad, y)  # step 0 skipped
-    assert int(model.metric_optimizer.inner_optimizer.iterations.numpy()) == 0
-    assert int(model.metric_optimizer.iterations.numpy()) == 1  # the step advanced
-    assert float(model.metric_optimizer.learning_rate) == pytest.approx(5e-4)
+    model.train_on_batch(bad, y)  # step 1 skipped
+    assert int(model.metric_optimizer.inner_optimizer.iterations.numpy()) == 1
+    assert int(model.metric_optimizer.iterations.numpy()) == 2  # the step advanced
+    assert float(model.metric_optimizer.learning_rate) == pytest.approx(2.5e-4)
 
 
 @pytest.mark.parametrize("preset, rule, expected", [

@@ -246,11 +246,21 @@ def test_lambda_and_w_near_one_in_first_window_then_window_mean():
     np.testing.assert_allclose(stats["lambda"], np.exp(-90 / np.mean(recorded_jm)), rtol=1e-4)
 
 
-def test_raw_jm_recording_option():
-    model = make_model(window=1, record_weighted_jm=False)
-    x, y = make_batch("npair")
-    logs = model.train_on_batch(x, y, return_dict=True)
-    np.testing.assert_allclose(model.statistics()["j_avg"], logs["j_m"], rtol=1e-5)
+@pytest.fixture(scope="module")
+def one_step_of_window_one():
+    """One step of a window-1 model that records the raw J_m and has α, β given: the
+    two tests below share it (neither setting acts on what the other test checks).
+    β = 1e5 puts w = exp(-β / 1e6) at 0.90, so w J_m is far from J_m."""
+    model = make_model(window=1, record_weighted_jm=False, alpha=7.0, beta=1e5)
+    logs = model.train_on_batch(*make_batch("npair"), return_dict=True)
+    return logs, model.statistics()
+
+
+@pytest.mark.xdist_group("test_models_window_one")  # one worker builds the fixture
+def test_raw_jm_recording_option(one_step_of_window_one):
+    logs, stats = one_step_of_window_one
+    assert logs["w"] < 0.95  # the weighted value would differ by 5 % or more
+    np.testing.assert_allclose(stats["j_avg"], logs["j_m"], rtol=1e-5)
 
 
 def test_fitted_schedule_starts_where_asked_then_follows_the_formula():
@@ -282,11 +292,11 @@ def test_fitted_schedule_starts_where_asked_then_follows_the_formula():
                                0.8 ** (first["j_avg"] / stats["j_avg"]), rtol=1e-4)
 
 
-def test_schedule_constants_as_given_without_starts():
-    model = make_model(window=1, alpha=7.0, beta=300.0)
-    model.train_on_batch(*make_batch("npair"))
-    stats = model.statistics()
-    assert (stats["alpha"], stats["beta"]) == (7.0, 300.0)
+@pytest.mark.xdist_group("test_models_window_one")
+def test_schedule_constants_as_given_without_starts(one_step_of_window_one):
+    _, stats = one_step_of_window_one
+    assert stats["j_avg_windows"] == 1  # a window ended: the first point a fit happens
+    assert (stats["alpha"], stats["beta"]) == (7.0, 1e5)
     with pytest.raises(ValueError, match="lambda_start=1.0: must be in"):
         make_model(lambda_start=1.0)
 
