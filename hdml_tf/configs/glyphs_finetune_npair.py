@@ -1,8 +1,9 @@
 """CJK glyphs in the paper's regime: a pretrained backbone fine-tuned on 100 characters.
 
 Run:  hdml-tf data glyphs --out ~/hdml_data/glyphs_finetune --max-chars 0 --counts 100,100,1000
-      hdml-tf pretrain --config glyphs_finetune_npair        (once: the backbone's weights)
-      hdml-tf compare --config glyphs_finetune_npair --seeds 16 --workdir runs/finetune_npair
+      hdml-tf pretrain --config glyphs_finetune_npair --classes 1000   (once: the weights)
+      hdml-tf train --config glyphs_finetune_npair --workdir runs/finetune_npair_hdml
+      (baseline: add --set model.hdml=false)
 The folder ($HDML_GLYPHS_FINETUNE_DIR, else $HDML_DATA_DIR/glyphs_finetune) holds every
 character the installed faces share: 100 fine-tuning characters drawn by the training
 faces (as CUB-200-2011 has 100 training classes), 100 validation and 1,000 unseen test
@@ -12,7 +13,9 @@ a few of the training faces only (--pretrain-faces), for pretraining. The backbo
 pretrained on those (`hdml-tf pretrain`, a softmax over each batch's classes), so every
 seed starts from the same meaningful embedding, as an ImageNet GoogLeNet does on CUB. Batch 128 = 64 classes per
 N-pair batch, as in the paper. The protocol and why each number: docs/results.md,
-"Glyphs, fine-tuned"; the settings were chosen there on the validation characters.
+"Glyphs, fine-tuned". The learning rates and the schedule below are where the search on
+the validation characters (benchmarks/glyphs_search.py) starts, not its choice: that
+search is not finished.
 """
 
 import os

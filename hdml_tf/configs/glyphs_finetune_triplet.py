@@ -1,8 +1,10 @@
 """CJK glyphs in the paper's regime, triplet loss: the authors' batch of 120 = 40 triplets.
 
-Run:  as glyphs_finetune_npair (the same folder and pretrained backbone), with
-      --config glyphs_finetune_triplet. The protocol: docs/results.md, "Glyphs,
-      fine-tuned"; the settings were chosen there on the validation characters.
+Run:  hdml-tf train --config glyphs_finetune_triplet --workdir runs/finetune_triplet_hdml
+      (the folder and the pretrained backbone of glyphs_finetune_npair; baseline: add
+      --set model.hdml=false). The protocol: docs/results.md, "Glyphs, fine-tuned". The
+      settings are where the search on the validation characters starts, not its
+      choice: that search is not finished.
 """
 
 from hdml_tf.configs.glyphs_finetune_npair import finetune_config
