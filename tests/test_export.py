@@ -215,9 +215,12 @@ def test_layout_metadata_and_versions(exported, workdir):
     assert (export.DEFAULT_MAX_PIXELS, export.DEFAULT_MAX_BATCH) == (50_000_000, 128)
 
 
-def test_next_version_and_never_overwrite(workdir, tmp_path):
+def test_next_version_and_never_overwrite(workdir, exported, tmp_path):
+    # Version 1 is a copy of the module's export (which was itself version 1 of an
+    # empty base directory: test_layout_metadata_and_versions).
     base = str(tmp_path / "m")
-    first = export.export_checkpoint(workdir, base, warmup="skip", verify=False)
+    first = os.path.join(base, "1")
+    shutil.copytree(exported, first)
     stamp = os.path.getmtime(os.path.join(first, "saved_model.pb"))
     second = export.export_checkpoint(workdir, base, warmup="skip", verify=False)
     assert [os.path.basename(first), os.path.basename(second)] == ["1", "2"]

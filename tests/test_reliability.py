@@ -44,12 +44,16 @@ def test_the_lock_names_its_holder_and_a_dead_holder_frees_it(tmp_path):
                 pass
     with WorkdirLock(tmp_path):  # released: free again
         pass
+    # The holder runs hdml_tf/workdir.py (standard library only) as a module of its
+    # own: the same WorkdirLock, without importing the package (and TensorFlow).
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]);"
-        "from hdml_tf.workdir import WorkdirLock;"
-        "lock = WorkdirLock(sys.argv[2]).__enter__(); print('held', flush=True);"
+        "import importlib.util, sys, time;"
+        "spec = importlib.util.spec_from_file_location('workdir', sys.argv[1]);"
+        "workdir = importlib.util.module_from_spec(spec); spec.loader.exec_module(workdir);"
+        "lock = workdir.WorkdirLock(sys.argv[2]).__enter__(); print('held', flush=True);"
         "time.sleep(600)"),
-        REPO, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        os.path.join(REPO, "hdml_tf", "workdir.py"), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(WorkdirError, match=f"process {holder.pid} "):
