@@ -62,7 +62,7 @@ def evaluate_across_groups(
     names = np.unique(groups)
     if len(names) < 2:
         raise ValueError("evaluate_across_groups needs at least two groups")
-    totals, count = {}, 0
+    weighted_sums, count = {}, 0
     for name in names:
         query = groups == name
         r = num_relevant(labels[query], labels[~query])
@@ -74,10 +74,10 @@ def evaluate_across_groups(
             gallery_embeddings=embeddings[~query], gallery_labels=labels[~query],
             singleton_queries=singleton_queries, **kwargs)
         for key, value in result.items():
-            totals[key] = totals.get(key, 0.0) + weight * value
+            weighted_sums[key] = weighted_sums.get(key, 0.0) + weight * value
         count += weight
     if not count:
         raise ValueError("no query has an item of its class in another group")
-    out = {key: value / count for key, value in totals.items()}
+    out = {key: value / count for key, value in weighted_sums.items()}
     out["queries"] = count
     return out
