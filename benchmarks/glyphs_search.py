@@ -86,6 +86,17 @@ def name_of(arm, setting):
     return arm + "_" + "_".join(f"{short[k]}{v}" for k, v in setting.items())
 
 
+def overrides(arm, setting, steps, seed, extra=()):
+    """The ``--set`` values of one search run. A constant given (α or β) holds only with
+    the preset's fitted start (λ or w) switched off, so that is switched off with it."""
+    unfitted = [f"model.{start}=none" for constant, start in
+                (("model.alpha", "lambda_start"), ("model.beta", "w_start"))
+                if constant in setting]
+    return [f"{k}={v}" for k, v in setting.items()] + unfitted + [
+        f"model.hdml={'true' if arm == 'hdml' else 'false'}", f"train.steps={steps}",
+        f"train.seed={seed}", "data.max_eval_images=1000", "train.export=false", *extra]
+
+
 def run(workdir, arm, setting, steps, seed, config="glyphs_npair", extra=()):
     """Train one candidate and score it on val; cached in WORKDIR/<name>_s<seed>.json."""
     slug = f"{name_of(arm, setting)}_s{seed}"
@@ -93,12 +104,8 @@ def run(workdir, arm, setting, steps, seed, config="glyphs_npair", extra=()):
     if os.path.exists(scored):
         with open(scored) as f:
             return json.load(f)
-    sets = [f"{k}={v}" for k, v in setting.items()] + [
-        f"model.hdml={'true' if arm == 'hdml' else 'false'}", f"train.steps={steps}",
-        f"train.seed={seed}", "data.max_eval_images=1000", "train.export=false",
-        *extra]
     cmd = ["hdml-tf", "train", "--config", config, "--workdir", out]
-    for s in sets:
+    for s in overrides(arm, setting, steps, seed, extra):
         cmd += ["--set", s]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
