@@ -345,8 +345,21 @@ def load_config(spec, overrides=(), smoke=False):
             apply_override(config, f"{key}={value}")
         for assignment in overrides:  # the user's word wins over the preset's
             apply_override(config, assignment)
+    _check_given_constants(config, overrides)
     validate(config)
     return config
+
+
+def _check_given_constants(config, overrides):
+    """``model.alpha`` (``beta``) given while λ (w) is fitted from ``lambda_start``
+    (``w_start``) would be overwritten at the first window: a one-line error instead."""
+    given = {a.split("=", 1)[0].strip() for a in overrides}
+    for constant, start in (("alpha", "lambda_start"), ("beta", "w_start")):
+        fitted = getattr(config.model, start)
+        if f"model.{constant}" in given and fitted is not None:
+            raise ConfigError(
+                f"model.{constant} has no effect while model.{start}={fitted} fits it "
+                f"at the first window; add --set model.{start}=none to use it")
 
 
 def shrink_for_smoke(config):

@@ -37,3 +37,15 @@ def test_each_design_row_is_the_config_trained(preset):
         else:
             assert m.w_start == float(setting["model.w_start"])
     assert constants > 0
+
+
+def test_a_constant_given_beside_a_fitted_start_is_an_error():
+    """The mistake the search once made: α given, λ still fitted by the preset."""
+    from hdml_tf.config import ConfigError
+    with pytest.raises(ConfigError, match="model.alpha has no effect while "
+                                          "model.lambda_start=0.2"):
+        load_config("glyphs_finetune_npair", ["model.alpha=90"])
+    with pytest.raises(ConfigError, match="model.w_start=none"):
+        load_config("glyphs_finetune_npair", ["model.beta=1e4"])
+    assert load_config("glyphs_finetune_npair",
+                       ["model.alpha=90", "model.lambda_start=none"]).model.alpha == 90.0
